@@ -1,0 +1,42 @@
+"""hf_semscale: semantic-scale-balanced learning for the Hugging Face stack.
+
+The math (``scale``, ``imbalance``, ``weighting``, ``losses``, ``pool``) imports torch only;
+``SemScaleTrainer`` and ``SemScaleConfig`` are imported lazily, so ``import hf_semscale`` never
+imports transformers.
+"""
+
+from .imbalance import imbalance_summary, imbalance_degree, normalized_scales
+from .losses import BaseLoss, build_base_loss, weighted_reduce
+from .pool import FeaturePool
+from .scale import class_semantic_scales, classes_without_volume, semantic_scale
+from .weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+
+__version__ = "0.1.0"
+
+_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleConfig": ".config"}
+
+__all__ = [
+    "semantic_scale",
+    "class_semantic_scales",
+    "classes_without_volume",
+    "normalized_scales",
+    "imbalance_degree",
+    "imbalance_summary",
+    "semantic_scale_weights",
+    "inverse_frequency_weights",
+    "effective_number_weights",
+    "BaseLoss",
+    "build_base_loss",
+    "weighted_reduce",
+    "FeaturePool",
+    "SemScaleTrainer",
+    "SemScaleConfig",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'hf_semscale' has no attribute {name!r}")

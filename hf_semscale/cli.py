@@ -1,0 +1,36 @@
+"""``hf-semscale``: ``measure`` (scales of a dataset + model), ``push`` (publish), ``demo`` (the main job).
+
+Each subcommand lives in ``hf_semscale/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "measure": "Measure per-class semantic scales of a dataset with a model; write JSON, plots and a table.",
+    "push": "Publish a trained output directory (model, semantic_scales.json, model card) to the Hub.",
+    "demo": "Train CE vs DSB on a long-tailed built-in dataset (no download) and print the comparison.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-semscale", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, help_text in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f"hf_semscale.commands.{name}").add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"hf_semscale.commands.{args.command}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``hf-semscale`` console script."""

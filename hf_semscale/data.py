@@ -1,0 +1,451 @@
+"""Datasets for measuring and training: long-tailed subsets and loaders that need no download.
+
+Every loader returns a ``datasets.Dataset`` whose label column is a ``ClassLabel`` with the real
+class names. Image columns hold ``uint8`` arrays ``[H, W, C]`` (HWC; ``C = 1`` for grayscale)
+stored as ``datasets.Array3D``: ``ds.with_format("numpy")[i:j]["image"]`` is one
+``[B, H, W, C]`` array (datasets' numpy formatter returns it as int64: cast as you need).
+
+Local folders in the layout of the shared data (``SOURCE.md`` in each):
+
+- ``*.npz`` folders (cifar10, breastmnist): ``<split>.npz`` or ``<split>_part<k>.npz`` holding
+  ``images`` ``[N, H, W(, C)]`` uint8, ``labels`` ``[N]`` and the class names in ``classes``;
+- ``*.jsonl`` folders (banking77, clinc150, trec): ``<split>.jsonl`` lines ``{"text", "label", ...}``
+  and ``labels.json`` with the class names; an integer column ``<x>_label`` gets its names from
+  ``<x>_labels.json`` when that file exists (trec's ``coarse_label``).
+
+A bare folder name such as ``"cifar10"`` is looked up under ``$HF_SEMSCALE_DATA_DIR`` before the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.features.features import Array3DExtensionType
+from datasets.fingerprint import Hasher
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DatasetLoadError",
+    "long_tail_counts",
+    "long_tail_indices",
+    "make_long_tailed",
+    "limit_per_class",
+    "train_validation_split",
+    "load_local_dataset",
+    "load_dataset_any",
+    "load_builtin_digits",
+    "class_counts",
+    "class_names",
+]
+
+DATA_DIR_ENV = "HF_SEMSCALE_DATA_DIR"
+_IMAGE_COLUMNS = ("image", "img")
+_TEXT_COLUMNS = ("text", "sentence", "content")
+_LABEL_COLUMNS = ("label", "labels")
+_PART_SUFFIX = re.compile(r"_part\d+$")
+
+
+class DatasetLoadError(ValueError):
+    """A dataset that cannot be found or read, or a split / column it does not have."""
+
+
+# --------------------------------------------------------------------------- long-tailed subsets
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
+    """Per-class sizes ``n_c = int(n_max * IF ** (-c / (C - 1)))`` (Cao et al. 2019); class 0 is the head.
+
+    ``IF = 1`` gives ``C`` classes of ``n_max``; ``C = 1`` gives ``[n_max]``.
+    """
+    if n_max < 1 or num_classes < 1:
+        raise ValueError(f"n_max and num_classes must be positive, got {n_max} and {num_classes}")
+    if imbalance_factor < 1:
+        raise ValueError(f"imbalance_factor must be >= 1 (n_max / n_min), got {imbalance_factor}")
+    if num_classes == 1:
+        return [int(n_max)]
+    # Written as Cao et al.'s code computes it, so the standard CIFAR-LT counts come out exactly.
+    ratio = 1.0 / imbalance_factor
+    return [int(n_max * ratio ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def long_tail_indices(
+    labels: Sequence[int] | np.ndarray,
+    imbalance_factor: float,
+    seed: int = 0,
+    n_max: int | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Sorted indices of a long-tailed subset: ``long_tail_counts(n_max, C, IF)[c]`` samples of class ``c``.
+
+    Args:
+        labels: ``[N]`` int class ids.
+        imbalance_factor: ``n_max / n_min`` (>= 1).
+        seed: seeds the per-class permutation that picks the kept samples.
+        n_max: size of the head class; ``None`` means the smallest class size, so that every
+            class has enough samples and the imbalance factor is exact.
+        num_classes: ``C``; ``None`` means ``max(labels) + 1``.
+
+    Returns:
+        ``[sum_c n_c]`` int64, sorted ascending.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size == 0:
+        raise ValueError("labels is empty: nothing to subsample")
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    available = np.bincount(labels, minlength=num_classes)
+    empty = np.flatnonzero(available == 0).tolist()
+    if empty:
+        raise ValueError(f"classes {empty} have no samples; a long-tailed subset needs every class present")
+    n_max = int(available.min()) if n_max is None else n_max
+    targets = long_tail_counts(n_max, num_classes, imbalance_factor)
+    short = [(c, int(available[c]), t) for c, t in enumerate(targets) if available[c] < t]
+    if short:
+        detail = ", ".join(f"class {c} has {have} < {want}" for c, have, want in short)
+        raise ValueError(f"not enough samples for n_max={n_max}: {detail}. Fix: lower n_max or leave it None.")
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(np.flatnonzero(labels == c))[:t] for c, t in enumerate(targets)]
+    return np.sort(np.concatenate(kept))
+
+
+def _labels_array(dataset: datasets.Dataset, label_column: str) -> np.ndarray:
+    """``[N]`` int64 labels of ``dataset`` (respects ``select`` indices)."""
+    if label_column not in dataset.column_names:
+        raise DatasetLoadError(
+            f"no label column {label_column!r}; columns are {dataset.column_names}. Fix: pass the right label column."
+        )
+    return np.asarray(dataset.with_format("numpy")[label_column], dtype=np.int64).reshape(-1)
+
+
+def _num_classes(dataset: datasets.Dataset, label_column: str, labels: np.ndarray) -> int:
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.num_classes
+    return int(labels.max()) + 1 if labels.size else 0
+
+
+def make_long_tailed(
+    dataset: datasets.Dataset,
+    imbalance_factor: float,
+    label_column: str = "label",
+    seed: int = 0,
+    n_max: int | None = None,
+) -> datasets.Dataset:
+    """The long-tailed subset of ``dataset`` (see :func:`long_tail_indices`); row order is kept."""
+    labels = _labels_array(dataset, label_column)
+    indices = long_tail_indices(labels, imbalance_factor, seed, n_max, _num_classes(dataset, label_column, labels))
+    return dataset.select(indices)
+
+
+def limit_per_class(
+    dataset: datasets.Dataset, max_per_class: int, seed: int = 0, label_column: str = "label"
+) -> datasets.Dataset:
+    """At most ``max_per_class`` seeded-random rows of each class (smaller classes keep all); order kept."""
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class must be positive, got {max_per_class}")
+    labels = _labels_array(dataset, label_column)
+    rng = np.random.default_rng(seed)
+    kept = [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
+    return dataset.select(np.sort(np.concatenate(kept)) if kept else [])
+
+
+def train_validation_split(
+    dataset: datasets.Dataset, validation_per_class: int, seed: int = 0, label_column: str = "label"
+) -> datasets.DatasetDict:
+    """Carve a class-stratified validation split off TRAINING data (for tuning; never use the test set).
+
+    Each class gives ``validation_per_class`` seeded-random rows to ``"validation"``; the rest stay
+    in ``"train"``. Raises if a class would keep no training row.
+    """
+    if validation_per_class < 1:
+        raise ValueError(f"validation_per_class must be positive, got {validation_per_class}")
+    labels = _labels_array(dataset, label_column)
+    names = class_names(dataset, label_column)
+    counts = np.bincount(labels, minlength=len(names))
+    too_small = [f"{names[c]!r} ({n})" for c, n in enumerate(counts) if 0 < n <= validation_per_class]
+    if too_small:
+        raise ValueError(
+            f"validation_per_class={validation_per_class} leaves no training sample for classes "
+            f"{', '.join(too_small)}. Fix: lower validation_per_class, or split before making the data long-tailed."
+        )
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:validation_per_class] for c in np.unique(labels)]
+    validation = np.sort(np.concatenate(picked))
+    train = np.setdiff1d(np.arange(labels.size), validation)
+    return datasets.DatasetDict({"train": dataset.select(train), "validation": dataset.select(validation)})
+
+
+def class_counts(dataset: datasets.Dataset, num_classes: int | None = None, label_column: str = "label") -> list[int]:
+    """Samples per class ``[C]``; ``C`` defaults to the ClassLabel size (else ``max label + 1``)."""
+    labels = _labels_array(dataset, label_column)
+    num_classes = _num_classes(dataset, label_column, labels) if num_classes is None else num_classes
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes})")
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:
+    """ClassLabel names of ``label_column``; ``"0".."C-1"`` for a plain integer column."""
+    if label_column not in dataset.column_names:
+        raise DatasetLoadError(f"no label column {label_column!r}; columns are {dataset.column_names}")
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        labels = _labels_array(dataset, label_column)
+        return [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
+    raise DatasetLoadError(
+        f"label column {label_column!r} is {feature}, not class ids. "
+        f"Fix: dataset.class_encode_column({label_column!r})."
+    )
+
+
+# --------------------------------------------------------------------------- local shared-style folders
+
+
+def _split_files(data_dir: Path) -> tuple[str, dict[str, list[Path]]]:
+    """The folder kind (``"npz"`` or ``"jsonl"``) and its ``{split: [files]}``."""
+    npz = sorted(data_dir.glob("*.npz"))
+    if npz:
+        splits: dict[str, list[Path]] = {}
+        for path in npz:
+            splits.setdefault(_PART_SUFFIX.sub("", path.stem), []).append(path)
+        return "npz", splits
+    jsonl = sorted(data_dir.glob("*.jsonl"))
+    if jsonl and (data_dir / "labels.json").is_file():
+        return "jsonl", {path.stem: [path] for path in jsonl}
+    found = sorted(p.name for p in data_dir.iterdir())[:20] if data_dir.is_dir() else []
+    raise DatasetLoadError(
+        f"{data_dir}: not a known dataset folder (found {found}). Expected <split>.npz files with "
+        "'images' and 'labels', or <split>.jsonl files with labels.json, or a datasets.save_to_disk folder."
+    )
+
+
+def _is_local_data_folder(path: Path) -> bool:
+    return path.is_dir() and (any(path.glob("*.npz")) or (any(path.glob("*.jsonl")) and (path / "labels.json").is_file()))
+
+
+def _image_array(images: np.ndarray) -> pa.ExtensionArray:
+    """``[N, H, W, C]`` uint8 -> a datasets ``Array3D`` arrow column, without a Python-level copy."""
+    n, h, w, c = images.shape
+    flat: pa.Array = pa.array(np.ascontiguousarray(images).reshape(-1))
+    for size, count in ((c, n * h * w), (w, n * h), (h, n)):
+        offsets = pa.array(np.arange(0, (count + 1) * size, size, dtype=np.int32))
+        flat = pa.ListArray.from_arrays(offsets, flat)
+    return pa.ExtensionArray.from_storage(Array3DExtensionType((h, w, c), "uint8"), flat)
+
+
+def _load_npz_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
+    arrays = [np.load(path, allow_pickle=False) for path in files]
+    missing = [f.name for f, a in zip(files, arrays) if not {"images", "labels"} <= set(a.files)]
+    if missing:
+        raise DatasetLoadError(f"{data_dir}: {missing} lack the 'images' / 'labels' arrays")
+    images = np.concatenate([a["images"] for a in arrays])
+    labels = np.concatenate([a["labels"] for a in arrays]).astype(np.int64)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DatasetLoadError(f"{data_dir}: images must be uint8 [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if "classes" in arrays[0].files:
+        names = [str(c) for c in arrays[0]["classes"]]
+    else:
+        names = _read_names(data_dir / "labels.json", data_dir)
+    features = datasets.Features(
+        {"image": datasets.Array3D(images.shape[1:], "uint8"), "label": datasets.ClassLabel(names=names)}
+    )
+    _check_label_range(labels, len(names), data_dir)
+    table = pa.table({"image": _image_array(images), "label": pa.array(labels)})
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    fingerprint = Hasher.hash(stamp)
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
+
+
+def _read_names(path: Path, data_dir: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetLoadError(f"{data_dir}: no class names (expected {path.name} or a 'classes' array)")
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetLoadError(f"{path}: expected a JSON list of class-name strings")
+    return names
+
+
+def _check_label_range(labels: np.ndarray, num_names: int, data_dir: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_names):
+        raise DatasetLoadError(
+            f"{data_dir}: labels span [{labels.min()}, {labels.max()}] but there are {num_names} class names"
+        )
+
+
+def _load_jsonl_split(path: Path, data_dir: Path) -> datasets.Dataset:
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if not rows or "text" not in rows[0] or "label" not in rows[0]:
+        raise DatasetLoadError(f"{path}: expected non-empty JSON lines with 'text' and 'label'")
+    dataset = datasets.Dataset.from_list(rows)
+    for column in dataset.column_names:
+        if column != "label" and not column.endswith("_label"):
+            continue
+        names_file = data_dir / f"{column[: -len('label')]}labels.json"
+        if names_file.is_file():
+            names = _read_names(names_file, data_dir)
+            _check_label_range(np.asarray(dataset[column], dtype=np.int64), len(names), data_dir)
+            dataset = dataset.cast_column(column, datasets.ClassLabel(names=names))
+    return dataset
+
+
+def load_local_dataset(data_dir: str | os.PathLike, split: str) -> datasets.Dataset:
+    """One split of a shared-style folder (see the module docstring) as an in-memory ``Dataset``.
+
+    Columns: ``image`` (Array3D uint8 ``[H, W, C]``) and ``label`` for ``.npz`` folders;
+    ``text``, ``label`` and any extra fields for ``.jsonl`` folders. Labels are ClassLabels.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetLoadError(f"{data_dir}: no such folder. Fix: pass the dataset folder (e.g. ../shared/data/cifar10).")
+    kind, splits = _split_files(data_dir)
+    if split not in splits:
+        raise DatasetLoadError(f"{data_dir}: no split {split!r}; available splits: {sorted(splits)}")
+    if kind == "npz":
+        return _load_npz_split(splits[split], data_dir)
+    return _load_jsonl_split(splits[split][0], data_dir)
+
+
+# --------------------------------------------------------------------------- any source
+
+
+def _resolve_local(name_or_path: str) -> Path | None:
+    """The local folder ``name_or_path`` names (directly or under ``$HF_SEMSCALE_DATA_DIR``), else None."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    root = os.environ.get(DATA_DIR_ENV)
+    if root and (Path(root) / name_or_path).is_dir():
+        return Path(root) / name_or_path
+    return None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DatasetLoadError(f"{path}: no split {split!r}; available splits: {sorted(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _load_from_hub(name: str, split: str) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(name, split=split)
+    except Exception as err:  # the Hub raises many types (offline, not found, gated, bad split)
+        raise DatasetLoadError(
+            f"could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: {err}. "
+            "Fix: pass an existing local folder (shared-style or datasets.save_to_disk), or a Hub id "
+            "reachable from here (HF_HUB_OFFLINE must be unset)."
+        ) from err
+    if not isinstance(loaded, datasets.Dataset):
+        raise DatasetLoadError(f"{name!r}: expected one split, got {type(loaded).__name__}; pass a split name")
+    return loaded
+
+
+def _pick_column(dataset: datasets.Dataset, given: str | None, candidates: Sequence[str], role: str, option: str) -> str | None:
+    if given is not None:
+        if given not in dataset.column_names:
+            raise DatasetLoadError(f"no {role} column {given!r}; columns are {dataset.column_names}. Fix: {option}.")
+        return given
+    return next((c for c in candidates if c in dataset.column_names), None)
+
+
+def _rename(dataset: datasets.Dataset, source: str, target: str) -> datasets.Dataset:
+    if source == target:
+        return dataset
+    if target in dataset.column_names:
+        dataset = dataset.remove_columns(target)
+    return dataset.rename_column(source, target)
+
+
+def load_dataset_any(
+    name_or_path: str | os.PathLike,
+    split: str,
+    text_column: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> datasets.Dataset:
+    """Load a split from a shared-style folder, a ``save_to_disk`` folder, or a Hub id.
+
+    Columns are renamed to ``"image"`` or ``"text"`` and ``"label"`` (a ClassLabel: integer labels
+    get names ``"0".."C-1"``, string labels are class-encoded in sorted order). Without explicit
+    column names, ``image``/``img``, ``text``/``sentence``/``content`` and ``label``/``labels`` are tried.
+    """
+    name = str(name_or_path)
+    local = _resolve_local(name)
+    if local is not None:
+        if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
+            dataset = _load_from_disk(local, split)
+        else:
+            dataset = load_local_dataset(local, split)
+    elif _looks_like_path(name):
+        raise DatasetLoadError(
+            f"dataset folder {name!r} does not exist. Fix: pass an existing folder (e.g. ../shared/data/banking77), "
+            f"set {DATA_DIR_ENV}, or pass a Hub id such as 'owner/name'."
+        )
+    else:
+        dataset = _load_from_hub(name, split)
+
+    image = _pick_column(dataset, image_column, _IMAGE_COLUMNS, "image", "pass --image-column")
+    text = None if image else _pick_column(dataset, text_column, _TEXT_COLUMNS, "text", "pass --text-column")
+    label = _pick_column(dataset, label_column, _LABEL_COLUMNS, "label", "pass --label-column")
+    if image is None and text is None:
+        raise DatasetLoadError(
+            f"{name}: no image or text column among {dataset.column_names}. Fix: pass --image-column or --text-column."
+        )
+    if label is None:
+        raise DatasetLoadError(f"{name}: no label column among {dataset.column_names}. Fix: pass --label-column.")
+    dataset = _rename(dataset, image or text, "image" if image else "text")
+    dataset = _rename(dataset, label, "label")
+    feature = dataset.features["label"]
+    if isinstance(feature, datasets.Value) and feature.dtype == "string":
+        dataset = dataset.class_encode_column("label")
+    elif not isinstance(feature, datasets.ClassLabel):
+        dataset = dataset.cast_column("label", datasets.ClassLabel(names=class_names(dataset, "label")))
+    return dataset
+
+
+# --------------------------------------------------------------------------- built-in default data
+
+
+def load_builtin_digits(
+    imbalance_factor: float = 10, seed: int = 0, test_fraction: float = 0.3
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """scikit-learn's bundled digits (1,797 8x8 images, 10 classes; no download) as long-tailed train + test.
+
+    The split is stratified and seeded; only the train split is made long-tailed (class 0 the head,
+    ``n_max`` = its smallest class). Columns: ``pixel_values`` ``[64]`` float32 in ``[0, 1]`` and
+    ``labels`` (ClassLabel ``"0".."9"``).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        pixels, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+    )
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.List(datasets.Value("float32"), length=pixels.shape[1]),
+            "labels": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+        }
+    )
+    train = datasets.Dataset.from_dict({"pixel_values": x_train, "labels": y_train}, features=features)
+    test = datasets.Dataset.from_dict({"pixel_values": x_test, "labels": y_test}, features=features)
+    return make_long_tailed(train, imbalance_factor, label_column="labels", seed=seed), test

@@ -1,0 +1,128 @@
+"""Per-sample base losses and their class-weighted reduction.
+
+A base loss maps ``logits [B, C]`` and ``labels [B]`` (``-100`` = ignore) to a per-sample loss
+``[B]`` (0 at ignored positions). :func:`weighted_reduce` then computes
+``sum_i w_{y_i} l_i / normaliser`` with the normaliser the number of labelled samples (or the
+``num_items_in_batch`` the Trainer passes under gradient accumulation), never the sum of weights.
+
+Losses: cross-entropy; focal (Lin et al. 2017); LDAM (Cao et al., NeurIPS 2019); balanced
+softmax / logit adjustment (Ren et al. 2020; Menon et al. 2021). Label smoothing applies to all.
+This module imports torch only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["IGNORE_INDEX", "BaseLossName", "BaseLoss", "build_base_loss", "weighted_reduce"]
+
+IGNORE_INDEX = -100
+BaseLossName = Literal["ce", "focal", "ldam", "balanced_softmax"]
+
+
+@dataclass
+class BaseLoss:
+    """A per-sample classification loss.
+
+    Attributes:
+        name: ``"ce"``, ``"focal"``, ``"ldam"`` or ``"balanced_softmax"``.
+        label_smoothing: in ``[0, 1)``, as in ``F.cross_entropy``.
+        focal_gamma: focusing parameter of the focal loss.
+        logit_offsets: ``[C]`` added to the logits before the softmax: ``tau * log(prior)`` for
+            balanced softmax, ``None`` otherwise.
+        margins: ``[C]`` LDAM margins subtracted from the true-class logit, ``None`` otherwise.
+        logit_scale: LDAM's ``s`` multiplying the margin-adjusted logits.
+    """
+
+    name: BaseLossName = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    logit_offsets: Tensor | None = None
+    margins: Tensor | None = None
+    logit_scale: float = 1.0
+
+    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``logits [B, C]`` (any float dtype), ``labels [B]`` -> per-sample loss ``[B]`` float32."""
+        if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+            raise ValueError(
+                f"expected logits [B, C] and labels [B]; got {tuple(logits.shape)} and {tuple(labels.shape)}"
+            )
+        logits = logits.float()
+        valid = labels != IGNORE_INDEX
+        safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
+        if self.logit_offsets is not None:
+            logits = logits + self.logit_offsets.to(logits)
+        if self.margins is not None:
+            margin = self.margins.to(logits)[safe_labels]
+            logits = logits - F.one_hot(safe_labels, logits.shape[1]).to(logits) * margin[:, None]
+            logits = logits * self.logit_scale
+        ce = F.cross_entropy(logits, safe_labels, reduction="none", label_smoothing=self.label_smoothing)
+        if self.name == "focal":
+            p_true = torch.softmax(logits, dim=-1).gather(1, safe_labels[:, None]).squeeze(1)
+            ce = (1.0 - p_true).clamp_min(0.0).pow(self.focal_gamma) * ce
+        return torch.where(valid, ce, torch.zeros_like(ce))
+
+
+def build_base_loss(
+    name: BaseLossName,
+    class_counts: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+    ldam_max_margin: float = 0.5,
+    ldam_scale: float = 30.0,
+    logit_adjust_tau: float = 1.0,
+) -> BaseLoss:
+    """Build a base loss; ``ldam`` and ``balanced_softmax`` need the training ``class_counts [C]``.
+
+    LDAM margins are ``m_c ∝ n_c ** -1/4`` with ``max_c m_c = ldam_max_margin``; balanced softmax adds
+    ``logit_adjust_tau * log(n_c / N)`` to the logits (``tau = 1`` is balanced softmax).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if name not in ("ce", "focal", "ldam", "balanced_softmax"):
+        raise ValueError(f"unknown base loss {name!r}; choose 'ce', 'focal', 'ldam' or 'balanced_softmax'")
+    loss = BaseLoss(name=name, label_smoothing=label_smoothing, focal_gamma=focal_gamma)
+    if name in ("ldam", "balanced_softmax"):
+        if class_counts is None:
+            raise ValueError(f"base loss {name!r} needs the training class counts")
+        counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp_min(1.0)
+        if name == "ldam":
+            margins = counts.pow(-0.25)
+            loss.margins = margins * (ldam_max_margin / margins.max())
+            loss.logit_scale = ldam_scale
+        else:
+            loss.logit_offsets = logit_adjust_tau * torch.log(counts / counts.sum())
+    return loss
+
+
+def weighted_reduce(
+    per_sample: Tensor,
+    labels: Tensor,
+    class_weights: Tensor | None = None,
+    num_items_in_batch: int | Tensor | None = None,
+) -> Tensor:
+    """``sum_i w_{y_i} l_i / normaliser`` over labelled samples.
+
+    Args:
+        per_sample: ``[B]`` losses (0 where ``labels == -100``).
+        labels: ``[B]`` int.
+        class_weights: ``[C]`` or None (all ones).
+        num_items_in_batch: the normaliser when given (labelled samples across the accumulated
+            micro-batches, and across processes if the Trainer averages across devices); else the
+            number of labelled samples in this batch.
+    """
+    valid = labels != IGNORE_INDEX
+    per_sample = per_sample * valid
+    if class_weights is not None:
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        per_sample = per_sample * class_weights.to(per_sample)[safe]
+    if num_items_in_batch is None:
+        denom = valid.sum().clamp_min(1).to(per_sample)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, device=per_sample.device).to(per_sample)
+    return per_sample.sum() / denom

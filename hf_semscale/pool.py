@@ -1,0 +1,187 @@
+"""Per-class ring-buffer storage pool of recent features (the DSB "storage pool").
+
+Class ``c`` owns ``capacity[c]`` rows of one contiguous storage tensor ``[sum(capacity), d]``;
+new features of class ``c`` overwrite its oldest rows. With ``capacity[c] = n_c`` and sampling
+without replacement, the pool holds exactly the latest feature of every sample of the class.
+
+State (``state_dict``) is tensors only and round-trips through safetensors; nothing is pickled.
+This module imports torch and safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+__all__ = [
+    "FeaturePool",
+    "PoolFileError",
+    "pool_capacities",
+    "estimate_pool_bytes",
+    "atomic_save_safetensors",
+    "load_safetensors_checked",
+]
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+class PoolFileError(ValueError):
+    """A pool / weights file that is unreadable, truncated, or from another model."""
+
+
+def pool_capacities(class_counts: Tensor | list[int], max_per_class: int | None) -> Tensor:
+    """``[C]`` int64 capacities ``min(n_c, K)``; ``K = None`` or ``<= 0`` means ``n_c``; at least 1 each."""
+    counts = torch.as_tensor(class_counts, dtype=torch.long)
+    if max_per_class is not None and max_per_class > 0:
+        counts = counts.clamp_max(max_per_class)
+    return counts.clamp_min(1)
+
+
+def estimate_pool_bytes(capacities: Tensor, feature_dim: int, dtype: str | torch.dtype = "float16") -> int:
+    """Bytes the pool's storage will take: ``sum(capacities) * feature_dim * itemsize``."""
+    dt = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return int(capacities.sum()) * int(feature_dim) * torch.empty((), dtype=dt).element_size()
+
+
+def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically: a temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class FeaturePool:
+    """Ring buffers of detached features, one per class.
+
+    Args:
+        capacities: ``[C]`` rows per class (see :func:`pool_capacities`).
+        feature_dim: ``d``.
+        dtype: storage dtype (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``);
+            scales are computed in float64 whatever it is.
+        device: where the storage lives.
+    """
+
+    def __init__(self, capacities: Tensor, feature_dim: int, dtype: str | torch.dtype = "float16", device: str | torch.device = "cpu"):
+        self.capacities = torch.as_tensor(capacities, dtype=torch.long).cpu()
+        if self.capacities.ndim != 1 or bool((self.capacities < 1).any()):
+            raise ValueError("capacities must be a [C] vector of positive integers")
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        self.num_classes = int(self.capacities.numel())
+        self.feature_dim = int(feature_dim)
+        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+        self.offsets = torch.cumsum(self.capacities, 0) - self.capacities
+        self.storage = torch.zeros(int(self.capacities.sum()), self.feature_dim, dtype=self.dtype, device=self.device)
+        self.write_pos = torch.zeros(self.num_classes, dtype=torch.long)  # next row to write, per class
+        self.filled = torch.zeros(self.num_classes, dtype=torch.long)  # rows holding data, per class
+        self.total_added = torch.zeros(self.num_classes, dtype=torch.long)
+
+    @property
+    def nbytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
+
+    @property
+    def is_full(self) -> bool:
+        return bool((self.filled >= self.capacities).all())
+
+    def add(self, features: Tensor, labels: Tensor) -> None:
+        """Insert ``features [B, d]`` of classes ``labels [B]`` (rows with label -100 are skipped).
+
+        Within a batch, later rows are newer; if a class gets more rows than its capacity, only
+        the newest ``capacity`` rows are kept.
+        """
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"pool holds features of size {self.feature_dim}; got shape {tuple(features.shape)}")
+        labels = labels.reshape(-1).to(torch.long).cpu()
+        keep = labels != -100
+        if labels.numel() != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} feature rows but {labels.numel()} labels")
+        if bool(keep.any()) and (int(labels[keep].min()) < 0 or int(labels[keep].max()) >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}) or -100")
+        idx = torch.nonzero(keep).flatten()
+        labels = labels[idx]
+        if labels.numel() == 0:
+            return
+        order = torch.argsort(labels, stable=True)  # group by class, keep arrival order
+        labels, idx = labels[order], idx[order]
+        per_class = torch.bincount(labels, minlength=self.num_classes)
+        first = torch.cumsum(per_class, 0) - per_class
+        rank = torch.arange(labels.numel()) - first[labels]  # arrival rank within its class
+        cap = self.capacities[labels]
+        newest = rank >= per_class[labels] - cap  # drop rows that the same batch overwrites anyway
+        labels, idx, rank, cap = labels[newest], idx[newest], rank[newest], cap[newest]
+        rows = self.offsets[labels] + (self.write_pos[labels] + rank) % cap
+        self.storage[rows.to(self.device)] = features[idx.to(features.device)].detach().to(self.storage)
+        self.write_pos = (self.write_pos + per_class) % self.capacities
+        self.total_added += per_class
+        self.filled = torch.minimum(self.filled + per_class, self.capacities)
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """All stored rows ``[N, d]`` (storage dtype) and their labels ``[N]``, N = ``filled.sum()``."""
+        rows = torch.cat([torch.arange(int(o), int(o) + int(f)) for o, f in zip(self.offsets, self.filled)])
+        labels = torch.repeat_interleave(torch.arange(self.num_classes), self.filled)
+        return self.storage[rows.to(self.device)], labels.to(self.device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "pool.storage": self.storage,
+            "pool.capacities": self.capacities,
+            "pool.write_pos": self.write_pos,
+            "pool.filled": self.filled,
+            "pool.total_added": self.total_added,
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Restore from :meth:`state_dict`; a mismatch raises :class:`PoolFileError` naming ``source``."""
+        missing = [k for k in self.state_dict() if k not in state]
+        if missing:
+            raise PoolFileError(f"{source}: not a feature-pool state (missing {missing})")
+        caps = state["pool.capacities"].to(torch.long)
+        storage = state["pool.storage"]
+        if caps.numel() != self.num_classes:
+            raise PoolFileError(
+                f"{source}: pool is for {caps.numel()} classes but this model has {self.num_classes}. "
+                "Fix: resume with the model and label set it was saved with, or start a fresh run."
+            )
+        if storage.ndim != 2 or storage.shape[1] != self.feature_dim:
+            raise PoolFileError(
+                f"{source}: pool features have size {tuple(storage.shape[1:])} but this model's are "
+                f"{self.feature_dim}. Fix: resume with the same model architecture."
+            )
+        if not torch.equal(caps.cpu(), self.capacities):
+            raise PoolFileError(
+                f"{source}: per-class capacities differ from this run's (pool capacity or training data "
+                "changed). Fix: keep semscale_pool_capacity and the training set of the original run."
+            )
+        self.storage = storage.to(device=self.device, dtype=self.dtype).clone()
+        self.write_pos = state["pool.write_pos"].to(torch.long).cpu().clone()
+        self.filled = state["pool.filled"].to(torch.long).cpu().clone()
+        self.total_added = state["pool.total_added"].to(torch.long).cpu().clone()
+
+
+def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file (tensors and metadata), turning any failure into :class:`PoolFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoolFileError(f"{path}: file not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise PoolFileError(
+            f"{path}: not a readable safetensors file ({err}). It may be truncated by an interrupted "
+            "write or be another format (pickle is never loaded). Fix: resume from an earlier checkpoint."
+        ) from err
+    return tensors, metadata

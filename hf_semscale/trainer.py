@@ -1,0 +1,585 @@
+"""``SemScaleTrainer``: dynamic semantic-scale-balanced (DSB) learning inside ``transformers.Trainer``.
+
+The data path of one training micro-batch: forward pass -> the classification head's input
+(captured by a hook) -> gathered across processes -> the per-class ring-buffer pool; every
+``semscale_update_interval`` optimizer steps the pool's class volumes give new class weights; the
+base loss of the batch is weighted by the latest weights. This module is the glue: the math lives
+in ``scale``/``weighting``/``losses``, the state in ``pool``, the cross-process part in
+``distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .capture import HeadInputCapture
+from .config import SemScaleConfig
+from .distributed import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from .imbalance import imbalance_summary
+from .losses import IGNORE_INDEX, build_base_loss, weighted_reduce
+from .pool import (
+    FeaturePool,
+    PoolFileError,
+    atomic_save_safetensors,
+    estimate_pool_bytes,
+    load_safetensors_checked,
+    pool_capacities,
+)
+from .report import SCALES_FILENAME, build_scale_report, write_json_atomic
+from .scale import check_finite_features
+from .weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+
+__all__ = ["SemScaleTrainer", "STATE_FILENAME", "HISTORY_FILENAME", "latest_complete_checkpoint", "checkpoint_problem"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILENAME = "semscale_state.safetensors"
+HISTORY_FILENAME = "semscale_history.jsonl"
+STAGES = ("warmup", "fill", "reweight")
+_STATE_FORMAT = "hf_semscale.trainer_state.v1"
+_TRAINER_STATE_NAME = "trainer_state.json"
+
+
+def checkpoint_problem(checkpoint_dir: str | os.PathLike, needs_semscale_state: bool = True) -> str | None:
+    """Why ``checkpoint_dir`` is not a complete checkpoint, or None if it is.
+
+    A checkpoint is complete when ``trainer_state.json`` (the last file the Trainer writes) parses
+    and, for runs with a pool, ``semscale_state.safetensors`` reads back.
+    """
+    path = Path(checkpoint_dir)
+    try:
+        json.loads((path / _TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{path / _TRAINER_STATE_NAME} is missing or unreadable ({err.__class__.__name__})"
+    if needs_semscale_state:
+        try:
+            load_safetensors_checked(path / STATE_FILENAME)
+        except PoolFileError as err:
+            return str(err)
+    return None
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike, needs_semscale_state: bool = True) -> str | None:
+    """The highest-step ``checkpoint-N`` folder of ``output_dir`` that is complete (see :func:`checkpoint_problem`)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = []
+    for child in root.iterdir():
+        name = child.name
+        if child.is_dir() and name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
+            steps.append((int(name.split("-")[-1]), child))
+    for _, child in sorted(steps, reverse=True):
+        problem = checkpoint_problem(child, needs_semscale_state)
+        if problem is None:
+            return str(child)
+        logger.warning("Skipping incomplete checkpoint %s: %s", child, problem)
+    return None
+
+
+def _label_column_counts(dataset: Any, num_labels: int) -> list[int] | None:
+    """Per-class counts of a ``datasets.Dataset``'s label column (no transforms run), else None."""
+    names = getattr(dataset, "column_names", None)
+    if not names:
+        return None
+    column = next((c for c in ("labels", "label") if c in names), None)
+    if column is None:
+        return None
+    values = torch.as_tensor(list(dataset.with_format(None)[column]))
+    if values.ndim != 1 or values.is_floating_point():
+        raise ValueError(
+            f"The training set's '{column}' column is not a 1-D integer class id (shape {tuple(values.shape)}, "
+            f"{values.dtype}). SemScaleTrainer handles single-label classification only."
+        )
+    values = values[values != IGNORE_INDEX]
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_labels):
+        raise ValueError(
+            f"The training set's '{column}' column has labels in [{int(values.min())}, {int(values.max())}] but the "
+            f"model has num_labels={num_labels}. Fix: set num_labels (and id2label) on the model config to the "
+            "number of classes, or remap the labels to 0..num_labels-1."
+        )
+    return torch.bincount(values.to(torch.long), minlength=num_labels).tolist()
+
+
+class SemScaleTrainer(Trainer):
+    """A drop-in ``transformers.Trainer`` for single-label classification with DSB re-weighting.
+
+    Args (beyond ``Trainer``'s):
+        class_counts: ``[C]`` training samples per class; read from the training set's
+            ``labels``/``label`` column when omitted.
+        class_names: ``[C]`` names for reports; default ``model.config.id2label``.
+        feature_module: the module whose input is the feature (name or module); overrides
+            ``args.semscale_feature_module``; default: the classification head, found automatically.
+        feature_pool_fn: ``(head_input, batch_inputs) -> [B, d]`` for heads whose input needs custom pooling.
+
+    Attributes:
+        class_weights: ``[C]`` float64, the weights the loss uses now (ones before re-weighting).
+        semantic_scales: ``[C]`` float64 bits, the latest measured scales (zeros before the first).
+        stage: ``"warmup"``, ``"fill"`` or ``"reweight"``.
+        pool: the :class:`~hf_semscale.pool.FeaturePool` (None until the first captured batch).
+    """
+
+    # compute_loss normalises by num_items_in_batch, counted over the accumulated micro-batches.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: SemScaleConfig | None = None,
+        *trainer_args: Any,
+        class_counts: list[int] | Tensor | None = None,
+        class_names: list[str] | None = None,
+        feature_module: str | nn.Module | None = None,
+        feature_pool_fn: Callable[[Tensor, Mapping[str, Any]], Tensor] | None = None,
+        **trainer_kwargs: Any,
+    ):
+        if args is None:
+            args = SemScaleConfig(output_dir="tmp_trainer")
+        if not isinstance(args, SemScaleConfig):
+            raise TypeError(
+                f"SemScaleTrainer needs args of type SemScaleConfig, got {type(args).__name__}. "
+                "Fix: build SemScaleConfig(...) with the same arguments (it subclasses TrainingArguments)."
+            )
+        if trainer_kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "SemScaleTrainer computes its own weighted loss; compute_loss_func is not supported. "
+                "Fix: choose the base loss with SemScaleConfig.semscale_loss."
+            )
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        # Makes the Trainer count the labelled samples of all accumulated micro-batches (and, with
+        # average_tokens_across_devices, of all processes) and pass them as num_items_in_batch.
+        self.model_accepts_loss_kwargs = True
+        self.num_labels = self._check_single_label_task(self.model)
+        counts = class_counts if class_counts is not None else _label_column_counts(self.train_dataset, self.num_labels)
+        if counts is None and self.train_dataset is not None:
+            raise ValueError(
+                "SemScaleTrainer could not read per-class counts from the training set (it has no 'labels' or "
+                "'label' column). Fix: pass class_counts=[n_0, ..., n_{C-1}]."
+            )
+        self.class_counts = torch.as_tensor(counts if counts is not None else [1] * self.num_labels, dtype=torch.long)
+        if self.class_counts.shape != (self.num_labels,):
+            raise ValueError(f"class_counts has {self.class_counts.numel()} entries but num_labels={self.num_labels}")
+        absent = [c for c, n in enumerate(self.class_counts.tolist()) if n == 0]
+        if absent:
+            logger.warning(
+                "Classes %s have no training samples: they get no pool rows, scale 0 and are listed in the summary's "
+                "classes_without_volume; their weight never touches the loss.", absent
+            )
+        self.class_names = list(class_names) if class_names is not None else self._names_from_config(self.model)
+        a = self.args
+        self.base_loss = build_base_loss(
+            a.semscale_loss,
+            class_counts=self.class_counts,
+            label_smoothing=a.label_smoothing_factor,
+            focal_gamma=a.semscale_focal_gamma,
+            ldam_max_margin=a.semscale_ldam_max_margin,
+            ldam_scale=a.semscale_ldam_scale,
+            logit_adjust_tau=a.semscale_logit_adjust_tau,
+        )
+        self.class_weights = torch.ones(self.num_labels, dtype=torch.float64)
+        self.semantic_scales = torch.zeros(self.num_labels, dtype=torch.float64)
+        self.pool: FeaturePool | None = None
+        self.stage = "warmup"
+        self._feature_module = feature_module if feature_module is not None else a.semscale_feature_module
+        self._feature_pool_fn = feature_pool_fn
+        self._capture: HeadInputCapture | None = None
+        self._captured_model: nn.Module | None = None
+        self._capacities = pool_capacities(self.class_counts, a.semscale_pool_capacity)
+        self._fill_start_step = -1
+        self._reweight_start_step = -1
+        self._last_update_step = -1
+        self._num_updates = 0
+        self._last_seen_step = -1
+        self._loss_weights: Tensor | None = None
+        self._pending_logs: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _check_single_label_task(model: nn.Module) -> int:
+        config = getattr(model, "config", None)
+        num_labels = getattr(config, "num_labels", None)
+        problem_type = getattr(config, "problem_type", None)
+        if problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                f"model.config.problem_type={problem_type!r}: SemScaleTrainer handles single-label classification "
+                "only (semantic scales are per class). Fix: use transformers.Trainer for multi-label or regression."
+            )
+        if not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(
+                f"model.config.num_labels={num_labels!r}: SemScaleTrainer needs a classifier with >= 2 labels "
+                "(num_labels=1 is regression). Fix: load the model with num_labels=<number of classes>."
+            )
+        return num_labels
+
+    def _names_from_config(self, model: nn.Module) -> list[str]:
+        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+        return [str(id2label.get(c, id2label.get(str(c), c))) for c in range(self.num_labels)]
+
+    @property
+    def uses_pool(self) -> bool:
+        return self.args.semscale_weighting == "dsb"
+
+    def _install_capture(self) -> None:
+        if not self.uses_pool or (self._capture is not None and self._captured_model is self.model):
+            return
+        if self._capture is not None:
+            self._capture.remove()
+        self._capture = HeadInputCapture(
+            self.model, num_labels=self.num_labels, module=self._feature_module, pool_fn=self._feature_pool_fn
+        )
+        self._captured_model = self.model
+        head = self.model.get_submodule(self._capture.head_name)
+        if isinstance(head, nn.Linear):
+            self._check_pool_budget(head.in_features)
+
+    def _check_pool_budget(self, feature_dim: int) -> None:
+        a = self.args
+        needed = estimate_pool_bytes(self._capacities, feature_dim, a.semscale_pool_dtype)
+        budget = a.semscale_max_pool_memory_mb * 2**20
+        logger.info(
+            "SemScaleTrainer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %.1f MiB (budget %.0f MiB)",
+            self.num_labels, int(self._capacities.sum()), a.semscale_pool_capacity or "n_c", feature_dim,
+            a.semscale_pool_dtype, needed / 2**20, a.semscale_max_pool_memory_mb,
+        )
+        if needed <= budget:
+            return
+        itemsize = needed // max(int(self._capacities.sum()) * feature_dim, 1)
+        fitting_k = 1
+        for k in range(int(self.class_counts.max()), 0, -1):
+            if int(pool_capacities(self.class_counts, k).sum()) * feature_dim * itemsize <= budget:
+                fitting_k = k
+                break
+        raise MemoryError(
+            f"The feature pool would take {needed / 2**20:.1f} MiB, over semscale_max_pool_memory_mb="
+            f"{a.semscale_max_pool_memory_mb:.0f} ({self.num_labels} classes, {int(self._capacities.sum())} rows, "
+            f"d={feature_dim}, {a.semscale_pool_dtype}). Fix: set semscale_pool_capacity={fitting_k} (rows per "
+            "class), or semscale_pool_dtype='float16'/'bfloat16', or raise semscale_max_pool_memory_mb."
+        )
+
+    def _create_pool(self, feature_dim: int) -> None:
+        assert_same_on_all_processes(
+            self.accelerator, "SemScaleTrainer", num_labels=self.num_labels, feature_dim=feature_dim
+        )
+        self._check_pool_budget(feature_dim)
+        self.pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
+
+    # ------------------------------------------------------------------ stages
+
+    def _warmup_steps(self) -> int:
+        a = self.args
+        if a.semscale_warmup_steps >= 0:
+            return a.semscale_warmup_steps
+        return int(a.semscale_warmup_ratio * self.state.max_steps)
+
+    def _fill_max_steps(self) -> int:
+        if self.args.semscale_fill_max_steps >= 0:
+            return self.args.semscale_fill_max_steps
+        epochs = max(float(self.state.num_train_epochs or 1), 1e-9)
+        return max(1, math.ceil(self.state.max_steps / epochs))
+
+    def _pool_ready(self, step: int) -> bool:
+        if self.pool is None:
+            return False
+        present = self.class_counts > 0
+        full = bool((self.pool.filled[present] >= self._capacities[present]).all())
+        return full or step - self._fill_start_step >= self._fill_max_steps()
+
+    def _enter_stage(self, stage: str, step: int) -> None:
+        logger.info("SemScaleTrainer: stage %s -> %s at step %d", self.stage, stage, step)
+        self.stage = stage
+        self._pending_logs["semscale/stage"] = float(STAGES.index(stage))
+        if stage == "fill":
+            self._fill_start_step = step
+        elif stage == "reweight":
+            self._reweight_start_step = step
+            if not self.uses_pool:
+                self._set_static_weights()
+
+    def _set_static_weights(self) -> None:
+        a = self.args
+        if a.semscale_weighting == "inverse_frequency":
+            weights = inverse_frequency_weights(self.class_counts, a.semscale_normalization)
+        elif a.semscale_weighting == "effective_number":
+            weights = effective_number_weights(self.class_counts, a.semscale_cb_beta, a.semscale_normalization)
+        else:
+            weights = torch.ones(self.num_labels, dtype=torch.float64)
+        self._set_weights(weights)
+
+    def _set_weights(self, weights: Tensor) -> None:
+        self.class_weights = weights.to(torch.float64).cpu()
+        self._loss_weights = None
+        self._pending_logs.update({"semscale/weight_min": float(weights.min()), "semscale/weight_max": float(weights.max())})
+
+    def _advance(self, step: int) -> None:
+        """Stage transitions and weight updates, once per optimizer step (same decisions on every process)."""
+        if step == self._last_seen_step:
+            return
+        self._last_seen_step = step
+        if self.stage == "warmup" and step >= self._warmup_steps():
+            self._enter_stage("fill" if self.uses_pool else "reweight", step)
+        if self.stage == "fill" and self._pool_ready(step):
+            self._enter_stage("reweight", step)
+        if (
+            self.stage == "reweight"
+            and self.uses_pool
+            and (step - self._reweight_start_step) % self.args.semscale_update_interval == 0
+            and step != self._last_update_step
+        ):
+            self._update_weights(step)
+
+    def _update_weights(self, step: int) -> None:
+        a = self.args
+        features, labels = self.pool.contents()
+        scales = sharded_class_scales(
+            self.accelerator, features, labels, self.num_labels, normalize=a.semscale_normalize_features, alpha=a.semscale_alpha
+        ).cpu()
+        self.semantic_scales = scales
+        self._set_weights(
+            semantic_scale_weights(scales, a.semscale_gamma, self.class_counts, a.semscale_normalization, a.semscale_weight_floor)
+        )
+        self._last_update_step = step
+        self._num_updates += 1
+        present = self.class_counts > 0
+        self._pending_logs.update(
+            {
+                "semscale/scale_min": float(scales[present].min()),
+                "semscale/scale_mean": float(scales[present].mean()),
+                "semscale/scale_max": float(scales[present].max()),
+                "semscale/updates": float(self._num_updates),
+            }
+        )
+        if self.args.should_save:
+            self._append_history(step)
+
+    # ------------------------------------------------------------------ loss
+
+    def _validate_labels(self, labels: Tensor) -> None:
+        if labels.ndim != 1 or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be integer class ids of shape [batch]; got {labels.dtype} of shape {tuple(labels.shape)}. "
+                "SemScaleTrainer handles single-label classification; use transformers.Trainer for multi-label."
+            )
+        bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_labels))]
+        if bad.numel():
+            raise ValueError(
+                f"labels {sorted(set(bad.tolist()))[:10]} are outside [0, {self.num_labels}) and not -100. "
+                "Fix: remap the labels to 0..num_labels-1 or load the model with the right num_labels."
+            )
+
+    def _store(self, features: Tensor | None, labels: Tensor) -> None:
+        if features is None:
+            raise RuntimeError(
+                f"The feature module {self._capture.head_name!r} was not called in this forward pass. "
+                "Fix: set SemScaleConfig.semscale_feature_module to the module whose input is the feature."
+            )
+        features = features.float()
+        if self.args.semscale_normalize_features:
+            features = F.normalize(features, dim=-1)
+        features, labels = gather_labelled_features(self.accelerator, features, labels.to(features.device))
+        try:
+            check_finite_features(features, labels)
+        except ValueError as err:
+            raise ValueError(f"At step {self.state.global_step}: {err}") from None
+        if self.pool is None:
+            self._create_pool(features.shape[1])
+        self.pool.add(features, labels)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ):
+        """Weighted base loss ``sum_i w_{y_i} l_i / num_items_in_batch``; captures features in training."""
+        if "labels" not in inputs:
+            raise ValueError("SemScaleTrainer needs a 'labels' entry in every batch (integer class ids).")
+        labels = inputs["labels"]
+        self._validate_labels(labels)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        training = model.training
+        if training:
+            self._advance(self.state.global_step)
+            self._install_capture()
+        capturing = training and self.uses_pool and self.stage != "warmup"
+        if capturing:
+            self._capture.arm()
+        outputs = model(**model_inputs)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        if capturing:
+            self._store(self._capture.take(model_inputs), labels)
+        weights = None
+        if training and self.stage == "reweight":
+            if self._loss_weights is None or self._loss_weights.device != logits.device:
+                self._loss_weights = self.class_weights.to(device=logits.device, dtype=torch.float32)
+            weights = self._loss_weights
+        loss = weighted_reduce(self.base_loss(logits, labels), labels, weights, num_items_in_batch)
+        if num_items_in_batch is not None:
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        elif training:
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Merge the stage / scale / weight summaries gathered since the last log into training logs."""
+        if self._pending_logs and "loss" in logs:
+            logs = {**logs, **self._pending_logs}
+            self._pending_logs = {}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        counters = [self._fill_start_step, self._reweight_start_step, self._last_update_step, self._num_updates]
+        tensors = {
+            "semscale.class_weights": self.class_weights,
+            "semscale.semantic_scales": self.semantic_scales,
+            "semscale.class_counts": self.class_counts,
+            "semscale.counters": torch.tensor(counters + [STAGES.index(self.stage)], dtype=torch.long),
+        }
+        if self.pool is not None:
+            tensors.update(self.pool.state_dict())
+        return tensors
+
+    def _save_semscale_state(self, checkpoint_dir: str) -> None:
+        metadata = {
+            "format": _STATE_FORMAT,
+            "num_labels": str(self.num_labels),
+            "feature_dim": str(self.pool.feature_dim if self.pool is not None else 0),
+            "global_step": str(self.state.global_step),
+        }
+        atomic_save_safetensors(self._state_tensors(), Path(checkpoint_dir) / STATE_FILENAME, metadata=metadata)
+
+    def _load_semscale_state(self, checkpoint_dir: str) -> None:
+        path = Path(checkpoint_dir) / STATE_FILENAME
+        tensors, metadata = load_safetensors_checked(path)
+        if metadata.get("format") != _STATE_FORMAT:
+            raise PoolFileError(f"{path}: not a SemScaleTrainer state file (format {metadata.get('format')!r})")
+        saved_labels = int(metadata.get("num_labels", -1))
+        if saved_labels != self.num_labels:
+            raise PoolFileError(
+                f"{path}: saved for num_labels={saved_labels} but this model has {self.num_labels}. "
+                "Fix: resume with the model and label set of the original run, or start a fresh output_dir."
+            )
+        if not torch.equal(tensors["semscale.class_counts"].to(torch.long), self.class_counts):
+            raise PoolFileError(
+                f"{path}: the training class counts differ from this run's. Fix: resume on the same training set."
+            )
+        feature_dim = int(metadata.get("feature_dim", 0))
+        if feature_dim:
+            if self.uses_pool:
+                self._install_capture()
+                head = self.model.get_submodule(self._capture.head_name)
+                if isinstance(head, nn.Linear) and head.in_features != feature_dim:
+                    raise PoolFileError(
+                        f"{path}: pool features have size {feature_dim} but this model's head takes "
+                        f"{head.in_features}. Fix: resume with the same model architecture."
+                    )
+            self.pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
+            self.pool.load_state_dict(tensors, source=str(path))
+        fill_start, reweight_start, last_update, updates, stage = tensors["semscale.counters"].tolist()
+        self._fill_start_step, self._reweight_start_step = fill_start, reweight_start
+        self._last_update_step, self._num_updates = last_update, updates
+        self.stage = STAGES[stage]
+        self.semantic_scales = tensors["semscale.semantic_scales"].to(torch.float64)
+        self.class_weights = tensors["semscale.class_weights"].to(torch.float64)
+        self._loss_weights = None
+        self._last_seen_step = -1
+        self._truncate_history(int(metadata.get("global_step", 0)))
+
+    def _history_path(self) -> Path:
+        return Path(self.args.output_dir) / HISTORY_FILENAME
+
+    def _append_history(self, step: int) -> None:
+        record = {
+            "step": step,
+            "stage": self.stage,
+            "scales": self.semantic_scales.tolist(),
+            "weights": self.class_weights.tolist(),
+            "pool_counts": self.pool.filled.tolist() if self.pool is not None else None,
+        }
+        self._history_path().parent.mkdir(parents=True, exist_ok=True)
+        with open(self._history_path(), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _truncate_history(self, resume_step: int) -> None:
+        """Drop history lines a killed run wrote after the checkpoint being resumed."""
+        path = self._history_path()
+        if not self.args.should_save or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] < resume_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by the interruption
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def scale_report(self) -> dict[str, Any]:
+        """The current ``semantic_scales.json`` content."""
+        pool_counts = self.pool.filled.tolist() if self.pool is not None else [0] * self.num_labels
+        summary = imbalance_summary(self.semantic_scales, torch.as_tensor(pool_counts)) if self._num_updates else {}
+        return build_scale_report(
+            source="trainer",
+            scales=self.semantic_scales.tolist(),
+            counts=pool_counts,
+            class_names=self.class_names,
+            weights=self.class_weights.tolist(),
+            feature_dim=self.pool.feature_dim if self.pool is not None else None,
+            step=self.state.global_step,
+            stage=self.stage,
+            settings=self.args.semscale_settings(),
+            summary=summary,
+            extra_per_class={"train_count": self.class_counts.tolist()},
+            num_updates=self._num_updates,
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            write_json_atomic(Path(output_dir or self.args.output_dir) / SCALES_FILENAME, self.scale_report())
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            self._save_semscale_state(str(checkpoint_dir))
+        super()._save_checkpoint(model, trial)  # writes trainer_state.json last: the completeness mark
+        if self.args.should_save:
+            write_json_atomic(Path(self.args.output_dir) / SCALES_FILENAME, self.scale_report())
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` picks the latest COMPLETE checkpoint and the
+        pool, weights and stage are restored from it."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
+        elif resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        if resume_from_checkpoint is not None:
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
+            self._load_semscale_state(str(resume_from_checkpoint))
+        self._last_seen_step = -1
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )
