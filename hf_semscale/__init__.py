@@ -8,8 +8,15 @@ imports transformers.
 from .imbalance import imbalance_summary, imbalance_degree, normalized_scales
 from .losses import BaseLoss, build_base_loss, weighted_reduce
 from .pool import FeaturePool
-from .scale import class_semantic_scales, classes_without_volume, semantic_scale
-from .weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from .scale import (
+    MarginalEffect,
+    check_finite_features,
+    class_semantic_scales,
+    classes_without_volume,
+    marginal_effect_curves,
+    semantic_scale,
+)
+from .weighting import effective_number_weights, inverse_frequency_weights, normalize_weights, semantic_scale_weights
 
 __version__ = "0.1.0"
 
@@ -19,12 +26,16 @@ __all__ = [
     "semantic_scale",
     "class_semantic_scales",
     "classes_without_volume",
+    "check_finite_features",
+    "marginal_effect_curves",
+    "MarginalEffect",
     "normalized_scales",
     "imbalance_degree",
     "imbalance_summary",
     "semantic_scale_weights",
     "inverse_frequency_weights",
     "effective_number_weights",
+    "normalize_weights",
     "BaseLoss",
     "build_base_loss",
     "weighted_reduce",

@@ -106,7 +106,8 @@ class HeadInputCapture:
 
     Usage per training step: :meth:`arm`, run the model, :meth:`take` with the batch. Only the
     first head call after :meth:`arm` is kept, so a head called twice, or called again by reentrant
-    gradient-checkpoint recomputation during backward, does not overwrite the capture.
+    gradient-checkpoint recomputation during backward, does not overwrite the capture. The features
+    are the head's actual input: after the model's dropout when it runs in training mode.
 
     Args:
         model: the model (its ``config.num_labels`` / ``pad_token_id`` are read when present).

@@ -120,7 +120,8 @@ def _labels_array(dataset: datasets.Dataset, label_column: str) -> np.ndarray:
         raise DatasetLoadError(
             f"no label column {label_column!r}; columns are {dataset.column_names}. Fix: pass the right label column."
         )
-    return np.asarray(dataset.with_format("numpy")[label_column], dtype=np.int64).reshape(-1)
+    column = dataset.with_format("numpy", columns=[label_column])[:][label_column]
+    return np.asarray(column, dtype=np.int64).reshape(-1)
 
 
 def _num_classes(dataset: datasets.Dataset, label_column: str, labels: np.ndarray) -> int:
@@ -209,26 +210,28 @@ def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[
 # --------------------------------------------------------------------------- local shared-style folders
 
 
+def _folder_kind(data_dir: Path) -> str | None:
+    """``"npz"`` or ``"jsonl"`` for a shared-style folder, else None."""
+    if any(data_dir.glob("*.npz")):
+        return "npz"
+    if (data_dir / "labels.json").is_file() and any(data_dir.glob("*.jsonl")):
+        return "jsonl"
+    return None
+
+
 def _split_files(data_dir: Path) -> tuple[str, dict[str, list[Path]]]:
-    """The folder kind (``"npz"`` or ``"jsonl"``) and its ``{split: [files]}``."""
-    npz = sorted(data_dir.glob("*.npz"))
-    if npz:
-        splits: dict[str, list[Path]] = {}
-        for path in npz:
-            splits.setdefault(_PART_SUFFIX.sub("", path.stem), []).append(path)
-        return "npz", splits
-    jsonl = sorted(data_dir.glob("*.jsonl"))
-    if jsonl and (data_dir / "labels.json").is_file():
-        return "jsonl", {path.stem: [path] for path in jsonl}
-    found = sorted(p.name for p in data_dir.iterdir())[:20] if data_dir.is_dir() else []
-    raise DatasetLoadError(
-        f"{data_dir}: not a known dataset folder (found {found}). Expected <split>.npz files with "
-        "'images' and 'labels', or <split>.jsonl files with labels.json, or a datasets.save_to_disk folder."
-    )
-
-
-def _is_local_data_folder(path: Path) -> bool:
-    return path.is_dir() and (any(path.glob("*.npz")) or (any(path.glob("*.jsonl")) and (path / "labels.json").is_file()))
+    """The folder kind and its ``{split: [files]}`` (``<split>_part<k>`` files are one split)."""
+    kind = _folder_kind(data_dir)
+    if kind is None:
+        found = sorted(p.name for p in data_dir.iterdir())[:20]
+        raise DatasetLoadError(
+            f"{data_dir}: not a shared-style dataset folder (found {found}). Expected <split>.npz files with "
+            "'images' and 'labels', or <split>.jsonl files with labels.json."
+        )
+    splits: dict[str, list[Path]] = {}
+    for path in sorted(data_dir.glob(f"*.{kind}")):
+        splits.setdefault(_PART_SUFFIX.sub("", path.stem), []).append(path)
+    return kind, splits
 
 
 def _image_array(images: np.ndarray) -> pa.ExtensionArray:
@@ -252,6 +255,8 @@ def _load_npz_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
         raise DatasetLoadError(f"{data_dir}: images must be uint8 [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}")
     if images.ndim == 3:
         images = images[..., None]
+    if images.size >= 2**31:
+        raise DatasetLoadError(f"{data_dir}: {images.size} pixel values exceed an Arrow list column (2**31); split the files")
     if "classes" in arrays[0].files:
         names = [str(c) for c in arrays[0]["classes"]]
     else:
@@ -261,8 +266,7 @@ def _load_npz_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
     )
     _check_label_range(labels, len(names), data_dir)
     table = pa.table({"image": _image_array(images), "label": pa.array(labels)})
-    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    fingerprint = Hasher.hash(stamp)
+    fingerprint = Hasher.hash([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
 
 
@@ -282,21 +286,24 @@ def _check_label_range(labels: np.ndarray, num_names: int, data_dir: Path) -> No
         )
 
 
-def _load_jsonl_split(path: Path, data_dir: Path) -> datasets.Dataset:
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+def _load_jsonl_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
+    rows = []
+    for path in files:
+        with open(path, encoding="utf-8") as fh:
+            rows += [json.loads(line) for line in fh if line.strip()]
     if not rows or "text" not in rows[0] or "label" not in rows[0]:
-        raise DatasetLoadError(f"{path}: expected non-empty JSON lines with 'text' and 'label'")
-    dataset = datasets.Dataset.from_list(rows)
-    for column in dataset.column_names:
-        if column != "label" and not column.endswith("_label"):
-            continue
+        raise DatasetLoadError(f"{files[0]}: expected non-empty JSON lines with 'text' and 'label'")
+    table = pa.Table.from_pylist(rows)
+    features = datasets.Features.from_arrow_schema(table.schema)
+    for column in table.column_names:
         names_file = data_dir / f"{column[: -len('label')]}labels.json"
-        if names_file.is_file():
+        if (column == "label" or column.endswith("_label")) and names_file.is_file():
             names = _read_names(names_file, data_dir)
-            _check_label_range(np.asarray(dataset[column], dtype=np.int64), len(names), data_dir)
-            dataset = dataset.cast_column(column, datasets.ClassLabel(names=names))
-    return dataset
+            _check_label_range(table.column(column).to_numpy(), len(names), data_dir)
+            features[column] = datasets.ClassLabel(names=names)
+    table = table.cast(features.arrow_schema)
+    fingerprint = Hasher.hash([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features), fingerprint=fingerprint)
 
 
 def load_local_dataset(data_dir: str | os.PathLike, split: str) -> datasets.Dataset:
@@ -313,7 +320,7 @@ def load_local_dataset(data_dir: str | os.PathLike, split: str) -> datasets.Data
         raise DatasetLoadError(f"{data_dir}: no split {split!r}; available splits: {sorted(splits)}")
     if kind == "npz":
         return _load_npz_split(splits[split], data_dir)
-    return _load_jsonl_split(splits[split][0], data_dir)
+    return _load_jsonl_split(splits[split], data_dir)
 
 
 # --------------------------------------------------------------------------- any source
@@ -343,14 +350,15 @@ def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_from_hub(name: str, split: str) -> datasets.Dataset:
+def _load_with_datasets(name: str, split: str) -> datasets.Dataset:
+    """``datasets.load_dataset``: a Hub id, or a local folder of csv / json / parquet / image files."""
     try:
         loaded = datasets.load_dataset(name, split=split)
-    except Exception as err:  # the Hub raises many types (offline, not found, gated, bad split)
+    except Exception as err:  # many types: offline, not found, gated, no data files, bad split
         raise DatasetLoadError(
-            f"could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: {err}. "
-            "Fix: pass an existing local folder (shared-style or datasets.save_to_disk), or a Hub id "
-            "reachable from here (HF_HUB_OFFLINE must be unset)."
+            f"datasets.load_dataset({name!r}, split={split!r}) failed: {err}. Fix: pass a shared-style folder "
+            "(<split>.npz or <split>.jsonl + labels.json), a datasets.save_to_disk folder, a folder of "
+            "csv / json / parquet / image files, or a Hub id reachable from here (HF_HUB_OFFLINE unset)."
         ) from err
     if not isinstance(loaded, datasets.Dataset):
         raise DatasetLoadError(f"{name!r}: expected one split, got {type(loaded).__name__}; pass a split name")
@@ -380,7 +388,9 @@ def load_dataset_any(
     image_column: str | None = None,
     label_column: str | None = None,
 ) -> datasets.Dataset:
-    """Load a split from a shared-style folder, a ``save_to_disk`` folder, or a Hub id.
+    """Load a split from a shared-style folder, a ``save_to_disk`` folder, or ``datasets.load_dataset``.
+
+    ``datasets.load_dataset`` gets Hub ids and local folders of csv / json / parquet / image files.
 
     Columns are renamed to ``"image"`` or ``"text"`` and ``"label"`` (a ClassLabel: integer labels
     get names ``"0".."C-1"``, string labels are class-encoded in sorted order). Without explicit
@@ -388,18 +398,19 @@ def load_dataset_any(
     """
     name = str(name_or_path)
     local = _resolve_local(name)
-    if local is not None:
-        if (local / "state.json").is_file() or (local / "dataset_dict.json").is_file():
-            dataset = _load_from_disk(local, split)
-        else:
-            dataset = load_local_dataset(local, split)
+    if local is not None and ((local / "state.json").is_file() or (local / "dataset_dict.json").is_file()):
+        dataset = _load_from_disk(local, split)
+    elif local is not None and _folder_kind(local) is not None:
+        dataset = load_local_dataset(local, split)
+    elif local is not None:
+        dataset = _load_with_datasets(str(local), split)
     elif _looks_like_path(name):
         raise DatasetLoadError(
             f"dataset folder {name!r} does not exist. Fix: pass an existing folder (e.g. ../shared/data/banking77), "
             f"set {DATA_DIR_ENV}, or pass a Hub id such as 'owner/name'."
         )
     else:
-        dataset = _load_from_hub(name, split)
+        dataset = _load_with_datasets(name, split)
 
     image = _pick_column(dataset, image_column, _IMAGE_COLUMNS, "image", "pass --image-column")
     text = None if image else _pick_column(dataset, text_column, _TEXT_COLUMNS, "text", "pass --text-column")

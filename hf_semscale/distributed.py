@@ -1,10 +1,25 @@
 """Cross-process helpers on top of Accelerate: gather uneven batches, split class volumes by rank.
 
-With one process every function is a local no-op, so the trainer calls them unconditionally.
+With one process every function is a local no-op (no communication), so the trainer calls them
+unconditionally. With several (DDP, FSDP, DeepSpeed, multi-CPU over gloo):
+
+- :func:`gather_labelled_features` gives every process the global batch ``[sum_r B_r, d]`` in rank
+  order. One small gather of the per-rank sizes (which also checks that every process has the same
+  feature size), the batch padded to the largest one, one gather, the padding cut off.
+- :func:`sharded_class_scales` splits the per-class volume computations across processes (each
+  computes its share of classes, balanced by cost) and gathers the results, so every process ends
+  with the bit-identical ``[C]`` vector: each value is copied from the one process that computed it.
+- :func:`assert_same_on_all_processes` turns a configuration mismatch between processes into the
+  same clear error on every process instead of a hang inside a later collective.
+- Every collective is wrapped: a timeout or a lost peer becomes :class:`DistributedSyncError`, naming
+  the operation, the step, the rank and the likely causes.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -12,35 +27,140 @@ from torch import Tensor
 
 from .scale import class_semantic_scales
 
-__all__ = ["gather_labelled_features", "shard_classes_by_cost", "sharded_class_scales", "assert_same_on_all_processes"]
+__all__ = [
+    "DistributedSyncError",
+    "gather_labelled_features",
+    "shard_classes_by_cost",
+    "sharded_class_scales",
+    "assert_same_on_all_processes",
+    "apply_process_group_timeout",
+    "MAX_GATHERED_LABEL",
+]
+
+logger = logging.getLogger(__name__)
 
 _PAD_LABEL = -1
+MAX_GATHERED_LABEL = 2**24
+"""Labels travel as a float32 column next to the features; float32 holds integers exactly below 2**24."""
+
+_LIKELY_CAUSES = (
+    "Every process must reach the same cross-process calls in the same order. Likely causes: "
+    "(1) another process crashed or was killed: its own traceback (printed by that process, or in its log) "
+    "is the root cause; "
+    "(2) the processes run different numbers of batches: an uneven split of the data (an IterableDataset "
+    "with unequal shards, a custom sampler or dataloader that is not sharded evenly, dataloader_drop_last / "
+    "even_batches set so that one process gets an extra batch), or a per-process max_steps; "
+    "(3) a process is stuck (slow I/O, a deadlock, a debugger) for longer than the process-group timeout "
+    "(TrainingArguments.ddp_timeout)."
+)
 
 
-def gather_labelled_features(accelerator: Any, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+class DistributedSyncError(RuntimeError):
+    """A collective across processes failed or timed out: a peer crashed, stalled or runs a different schedule."""
+
+
+def _is_multi_process(accelerator: Any) -> bool:
+    return accelerator is not None and accelerator.num_processes > 1
+
+
+def _failure_kind(err: BaseException) -> str:
+    text = str(err).lower()
+    if "timed out" in text or "timeout" in text:
+        return "timed out waiting for the other processes"
+    if any(s in text for s in ("connection closed", "connection reset", "broken pipe", "connection refused")):
+        return "the connection to another process was lost (it probably exited)"
+    return "the collective failed"
+
+
+def _collective(accelerator: Any, operation: str, step: int | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one collective; turn a backend failure into :class:`DistributedSyncError` with a diagnosis."""
+    try:
+        return fn(*args)
+    except DistributedSyncError:
+        raise
+    except Exception as err:  # torch.distributed.DistError (a RuntimeError), accelerate's DistributedOperationException
+        if not isinstance(err, RuntimeError) and type(err).__name__ != "DistributedOperationException":
+            raise
+        at_step = f" at optimizer step {step}" if step is not None else ""
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedSyncError(
+            f"SemScaleTrainer: the {operation} across {accelerator.num_processes} processes failed on rank "
+            f"{accelerator.process_index}{at_step}: {_failure_kind(err)}. {_LIKELY_CAUSES} "
+            f"Original error: {type(err).__name__}: {first_line}"
+        ) from err
+
+
+def apply_process_group_timeout(accelerator: Any, seconds: float) -> bool:
+    """Make a gloo process group time out after ``seconds`` (``TrainingArguments.ddp_timeout``).
+
+    ``TrainingArguments(use_cpu=True)`` does not pass ``ddp_timeout`` to the process group it creates
+    (transformers passes it only for GPU backends and DeepSpeed), so a stalled peer would block the
+    others for gloo's default 30 minutes. Returns True when the timeout was applied.
+    """
+    if not _is_multi_process(accelerator):
+        return False
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not hasattr(dist, "set_timeout"):
+        return False
+    if dist.get_backend() != "gloo":
+        return False  # NCCL and others get ddp_timeout from TrainingArguments already
+    dist.set_timeout(timedelta(seconds=float(seconds)))
+    logger.info("gloo process group: collectives now time out after %s s (ddp_timeout)", seconds)
+    return True
+
+
+def gather_labelled_features(
+    accelerator: Any, features: Tensor, labels: Tensor, step: int | None = None
+) -> tuple[Tensor, Tensor]:
     """All processes' ``features [B_r, d]`` and ``labels [B_r]`` concatenated in rank order.
 
-    Batches of different sizes are padded with ``pad_across_processes`` (labels with -1) before the
-    gather and the padding is masked out after it. Rows labelled -100 are dropped too.
+    Rows labelled ``-100`` (or any negative label) are dropped locally first. The batches may differ
+    in size between processes: the per-rank sizes are gathered (checking every process has the same
+    feature size ``d``, else the same ``RuntimeError`` is raised on every process), each batch is
+    padded to the largest with ``-1`` and sent as one ``float32`` tensor ``[B_max, d + 1]`` (the last
+    column is the label, exact below :data:`MAX_GATHERED_LABEL`), and the padding is cut off after
+    the gather. Features come back as ``float32``. Two collectives per call; none with one process.
     """
     labels = labels.reshape(-1).to(torch.long)
-    if accelerator is None or accelerator.num_processes == 1:
-        keep = labels >= 0
-        return features[keep], labels[keep]
-    features = features.contiguous()
-    padded_feats = accelerator.pad_across_processes(features, dim=0, pad_index=0)
-    padded_labels = accelerator.pad_across_processes(labels, dim=0, pad_index=_PAD_LABEL)
-    all_feats = accelerator.gather(padded_feats)
-    all_labels = accelerator.gather(padded_labels)
-    keep = all_labels >= 0
-    return all_feats[keep], all_labels[keep]
+    if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"features must be [B, d] and labels [B]; got {tuple(features.shape)} and {tuple(labels.shape)}"
+        )
+    keep = labels >= 0
+    features, labels = features[keep.to(features.device)], labels[keep]
+    if not _is_multi_process(accelerator):
+        return features, labels
+    num_rows, width = features.shape
+    packed = torch.cat([features.float(), labels.to(device=features.device, dtype=torch.float32)[:, None]], dim=1)
+    local_size = torch.tensor([[num_rows, width]], dtype=torch.long, device=packed.device)
+    sizes = _collective(accelerator, "gather of the feature-batch sizes", step, accelerator.gather, local_size).cpu()
+    widths = sizes[:, 1].tolist()
+    if len(set(widths)) > 1:
+        per_rank = ", ".join(f"rank {r}: {w}" for r, w in enumerate(widths))
+        raise RuntimeError(
+            f"SemScaleTrainer: processes disagree on the feature size ({per_rank}) at optimizer step {step}. "
+            "Every process must train the same model. Fix: launch all processes with the same model and "
+            "feature_module / feature_pool_fn."
+        )
+    rows = sizes[:, 0].tolist()
+    max_rows = max(rows)
+    if max_rows == 0:
+        return features.float(), labels
+    if num_rows < max_rows:
+        pad = packed.new_full((max_rows - num_rows, width + 1), float(_PAD_LABEL))
+        packed = torch.cat([packed, pad], dim=0)
+    gathered = _collective(accelerator, "gather of the batch features", step, accelerator.gather, packed)
+    gathered = torch.cat([gathered[r * max_rows : r * max_rows + n] for r, n in enumerate(rows)], dim=0)
+    return gathered[:, :width], gathered[:, width].round().to(torch.long)
 
 
 def shard_classes_by_cost(class_sizes: list[int], feature_dim: int, num_shards: int) -> list[list[int]]:
     """Split class ids into ``num_shards`` lists of about equal Cholesky + Gram cost.
 
-    Deterministic (same result on every process): classes in decreasing cost order, each to the
-    currently cheapest shard (ties to the lowest rank).
+    The cost of a class of ``m`` rows is ``min(m, d)^2 * max(m, d)``; classes with fewer than 2 rows
+    cost nothing and are left out (their scale is 0). Deterministic (the same on every process):
+    classes in decreasing cost order, each to the currently cheapest shard (ties to the lowest rank).
     """
     costs = [min(m, feature_dim) ** 2 * max(m, feature_dim) if m >= 2 else 0 for m in class_sizes]
     shards: list[list[int]] = [[] for _ in range(num_shards)]
@@ -61,33 +181,53 @@ def sharded_class_scales(
     num_classes: int,
     normalize: bool = True,
     alpha: float | None = None,
+    step: int | None = None,
 ) -> Tensor:
     """:func:`~hf_semscale.scale.class_semantic_scales` with the classes split across processes.
 
-    Every process must hold the same ``features`` / ``labels`` (the pool). Each computes its share;
-    the shares are gathered and summed (each class is non-zero on exactly one process), so every
-    process returns the bit-identical ``[C]`` float64 vector.
+    Every process must hold the same ``features`` / ``labels`` (the pool). Each computes the scales of
+    its share of classes (:func:`shard_classes_by_cost`, on its rows only); the ``[P, C]`` results
+    are gathered and each class's value is taken from the process that computed it, so every process
+    returns the bit-identical ``[C]`` float64 vector (on ``features.device``).
     """
-    if accelerator is None or accelerator.num_processes == 1:
+    if not _is_multi_process(accelerator):
         return class_semantic_scales(features, labels, num_classes, normalize=normalize, alpha=alpha)
-    sizes = torch.bincount(labels.to(torch.long).cpu(), minlength=num_classes).tolist()
-    shard = shard_classes_by_cost(sizes, features.shape[1], accelerator.num_processes)[accelerator.process_index]
-    mine = class_semantic_scales(features, labels, num_classes, normalize=normalize, alpha=alpha, classes=shard)
-    gathered = accelerator.gather(mine.to(accelerator.device).unsqueeze(0))  # [P, C]
-    return gathered.sum(dim=0).to(features.device)
+    labels = labels.to(torch.long)
+    sizes = torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+    shards = shard_classes_by_cost(sizes, features.shape[1], accelerator.num_processes)
+    owner = torch.full((num_classes,), -1, dtype=torch.long)
+    for rank, classes in enumerate(shards):
+        owner[classes] = rank
+    mine = owner == accelerator.process_index
+    rows = mine.to(labels.device)[labels]
+    local = class_semantic_scales(
+        features[rows], labels[rows], num_classes, normalize=normalize, alpha=alpha, classes=shards[accelerator.process_index]
+    )
+    gathered = _collective(
+        accelerator, "gather of the per-class semantic scales", step, accelerator.gather, local.to(accelerator.device)[None]
+    ).cpu()  # [P, C]
+    scales = gathered.gather(0, owner.clamp_min(0)[None])[0]
+    scales[owner < 0] = 0.0  # fewer than 2 rows: no volume, 0 on every process
+    return scales.to(features.device)
 
 
-def assert_same_on_all_processes(accelerator: Any, what: str, **values: int) -> None:
-    """Raise on every process if integer ``values`` differ between processes, naming them and the ranks."""
-    if accelerator is None or accelerator.num_processes == 1:
+def assert_same_on_all_processes(accelerator: Any, what: str, step: int | None = None, **values: int) -> None:
+    """Raise the same ``RuntimeError`` on every process if integer ``values`` differ between processes.
+
+    The message names each differing value and every rank's value. One small gather; none with one process.
+    """
+    if not _is_multi_process(accelerator):
         return
-    mine = torch.tensor(list(values.values()), dtype=torch.long, device=accelerator.device)
-    everyone = accelerator.gather(mine.unsqueeze(0)).cpu()  # [P, K]
+    mine = torch.tensor([int(v) for v in values.values()], dtype=torch.long, device=accelerator.device)
+    everyone = _collective(accelerator, f"consistency check ({', '.join(values)})", step, accelerator.gather, mine[None]).cpu()
+    problems = []
     for k, name in enumerate(values):
         column = everyone[:, k].tolist()
         if len(set(column)) > 1:
-            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(column))
-            raise RuntimeError(
-                f"{what}: processes disagree on {name} ({per_rank}). Every process must train the same "
-                "model on the same label set. Fix: launch all processes with the same model and dataset."
-            )
+            problems.append(f"{name} (" + ", ".join(f"rank {r}: {v}" for r, v in enumerate(column)) + ")")
+    if problems:
+        raise RuntimeError(
+            f"{what}: processes disagree on {'; '.join(problems)}. Every process must train the same model on "
+            "the same label set with the same settings. Fix: launch all processes with the same model, dataset "
+            "and arguments (pass class_counts computed on the WHOLE training set if each process loads a shard)."
+        )

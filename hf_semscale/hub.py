@@ -30,6 +30,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
+from . import __version__
 from .report import SCALES_FILENAME, read_scale_report
 
 try:  # the HTTP client of huggingface_hub: httpx2 from 2.x, httpx in 1.x
@@ -45,7 +46,7 @@ HUB_URL = "https://huggingface.co"
 TAGS = ["hf_semscale", "semantic-scale"]
 # Trainer.push_to_hub's patterns, plus temporary and hidden files; README.md is replaced by the generated card.
 IGNORE_PATTERNS = ["_*", "checkpoint-*", "*.tmp*", ".*", "*/.*", CARD_FILENAME]
-ANALYSIS_PATTERNS = ["*.json", "*.png", "*.csv"]
+ANALYSIS_PATTERNS = [SCALES_FILENAME, "*.png"]
 CONFIG_FILENAMES = ("config.json", "adapter_config.json")
 WEIGHT_FILENAMES = (
     "model.safetensors",
@@ -106,9 +107,10 @@ def build_model_card(
     """The model card of a trained ``output_dir``: method, per-class scales, settings, plots, metrics, citation.
 
     ``metrics`` (e.g. ``trainer.evaluate()``'s dict, ``eval_`` prefixes allowed) override the report's
-    ``metrics`` section. The long-tail metrics present and finite go to ``model-index`` (which needs
-    ``dataset_name``, a Hub dataset id); missing ones are left out. ``task_type`` defaults to the one of
-    the head in ``config.json`` (``*ForSequenceClassification`` -> ``text-classification``, ...).
+    ``metrics`` section. The long-tail metrics present and finite go to ``model-index``, which needs
+    ``dataset_name`` (the Hub id of the dataset trained and evaluated on); missing ones are left out.
+    ``task_type`` defaults to the one of the head in ``config.json`` (``*ForSequenceClassification`` ->
+    ``text-classification``, ...).
     """
     output_dir = Path(output_dir)
     report = read_scale_report(output_dir)
@@ -163,6 +165,7 @@ def build_model_card(
         dataset_split=dataset_split,
         metric_rows=[(LONG_TAIL_METRICS[name], f"{value:.4f}") for name, value in values.items()],
         report=_report_context(report),
+        collapse_above=COLLAPSE_TABLE_ABOVE,
         plots=_plots(output_dir),
         citation=CITATION,
     )
@@ -186,10 +189,11 @@ def build_analysis_card(
         analysis=True,
         title=title,
         model_id=model_id,
-        model_url=f"{HUB_URL}/{model_id}" if model_id and _is_hub_id(model_id) else None,
+        model_url=f"{HUB_URL}/{model_id}" if model_id and "/" in model_id and _is_hub_id(model_id) else None,
         dataset_name=dataset_name,
         metric_rows=[],
         report=_report_context(report),
+        collapse_above=COLLAPSE_TABLE_ABOVE,
         plots=_plots(analysis_dir),
         citation=CITATION,
     )
@@ -236,14 +240,16 @@ def _report_context(report: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "id": row["id"],
                 "name": _cell(row["name"]),
+                "train_count": _format(row.get("train_count"), ".0f"),  # the report stores extras as floats
                 "count": row["count"],
                 "scale": _format(row["scale"]),
                 "weight": _format(row.get("weight")),
             }
             for row in report["classes"]
         ],
-        "summary": [(_cell(k), _format(v)) for k, v in (report.get("summary") or {}).items() if _is_scalar(v)],
-        "settings": [(_cell(k), _format(v)) for k, v in (report.get("settings") or {}).items() if _is_scalar(v)],
+        "has_train_count": any("train_count" in row for row in report["classes"]),
+        "summary": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("summary") or {}).items() if _is_scalar(v)],
+        "settings": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("settings") or {}).items() if _is_scalar(v)],
     }
 
 
@@ -259,11 +265,12 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, float_spec: str = ".4f") -> str:
+    """A report value as table text; missing and non-finite numbers show as a dash."""
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else "—"
+        return format(value, float_spec) if math.isfinite(value) else "—"
     return _cell(value)
 
 
@@ -302,7 +309,7 @@ def push_output_dir(
     exist_ok: bool = True,
     **card_kwargs: Any,
 ) -> str:
-    """Upload a trained ``output_dir`` (model files, ``semantic_scales.json``, plots, generated README.md) in one commit.
+    """Upload a trained ``output_dir`` in one commit: model files, ``semantic_scales.json``, plots, generated README.md.
 
     Creates the model repo if needed (``exist_ok=False``: fail if it exists; ``private=None``: the
     namespace's default visibility) and the branch ``revision`` if given. Files matching
@@ -341,7 +348,7 @@ def push_analysis(
 ) -> str:
     """Publish a scale analysis of an existing model (``hf-semscale measure --push``) as a Hub *dataset* repo.
 
-    Uploads ``semantic_scales.json``, the plots and tables (``ANALYSIS_PATTERNS``) and a card naming
+    Uploads ``semantic_scales.json``, the PNG plots (``ANALYSIS_PATTERNS``) and a card naming
     ``model_id`` and ``dataset_name``, in one commit. Why a dataset repo in the user's namespace rather
     than a ``semscale/`` folder in the model repo: most people measure models they do not own, so they
     cannot commit there, and a pull request waits for the owner's merge (often forever), stays invisible on
@@ -422,7 +429,7 @@ def _push(
     """Create the repo (and branch) if needed, then commit ``files`` plus the in-memory card at once."""
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in files.items()]
     operations.append(CommitOperationAdd(path_in_repo=CARD_FILENAME, path_or_fileobj=str(card).encode("utf-8")))
-    api = HfApi(token=token)
+    api = HfApi(token=token, library_name="hf_semscale", library_version=__version__)
     with _explained_hub_errors(repo_id):
         try:
             repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=exist_ok)
@@ -463,11 +470,11 @@ def _explained_hub_errors(repo_id: str) -> Iterator[None]:
         elif status == 404:
             hint = f"{repo_id} or the revision was not found. Fix: check the repo id and --revision."
         else:
-            hint = "the Hub did not accept the commit (transient 5xx/429 answers: retry later)."
+            hint = "the Hub answered with an error (5xx and 429 answers are usually transient: retry later)."
         raise PushError(f"Push to {repo_id} failed ({status}): {hint} {unchanged} [{first_line}]") from err
     except TransportError as err:
         raise PushError(
-            f"Push to {repo_id} failed: network error ({type(err).__name__}: {err}). The preupload step was already "
-            "retried with backoff by huggingface_hub; the commit request is not retried automatically because a "
-            f"lost answer could duplicate it, so check the repo's history before retrying. {unchanged}"
+            f"Push to {repo_id} failed: network error ({type(err).__name__}: {err}). "
+            "huggingface_hub already retried the file uploads with backoff; it does not retry the commit request "
+            f"itself (a lost answer could mean a duplicate commit), so check the repo's history first. {unchanged}"
         ) from err

@@ -52,8 +52,21 @@ class BaseLoss:
             raise ValueError(
                 f"expected logits [B, C] and labels [B]; got {tuple(logits.shape)} and {tuple(labels.shape)}"
             )
-        logits = logits.float()
+        num_classes = logits.shape[1]
+        for name, per_class in (("logit_offsets", self.logit_offsets), ("margins", self.margins)):
+            if per_class is not None and per_class.shape != (num_classes,):
+                raise ValueError(
+                    f"{self.name} loss has {name} for {per_class.numel()} classes but the logits have {num_classes}. "
+                    "Fix: build the loss with class_counts of length num_labels."
+                )
         valid = labels != IGNORE_INDEX
+        out_of_range = labels[valid & ((labels < 0) | (labels >= num_classes))]
+        if out_of_range.numel():
+            raise ValueError(
+                f"labels {sorted(set(out_of_range.tolist()))[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
+                "Fix: remap the labels to 0..num_labels-1."
+            )
+        logits = logits.float()
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         if self.logit_offsets is not None:
             logits = logits + self.logit_offsets.to(logits)
@@ -86,11 +99,18 @@ def build_base_loss(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if name not in ("ce", "focal", "ldam", "balanced_softmax"):
         raise ValueError(f"unknown base loss {name!r}; choose 'ce', 'focal', 'ldam' or 'balanced_softmax'")
+    if focal_gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
     loss = BaseLoss(name=name, label_smoothing=label_smoothing, focal_gamma=focal_gamma)
     if name in ("ldam", "balanced_softmax"):
         if class_counts is None:
-            raise ValueError(f"base loss {name!r} needs the training class counts")
-        counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp_min(1.0)
+            raise ValueError(f"base loss {name!r} needs the training class counts: pass class_counts=[n_0, ..., n_C-1]")
+        counts = torch.as_tensor(class_counts, dtype=torch.float32)
+        if counts.ndim != 1 or counts.numel() == 0 or not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+            raise ValueError(f"class_counts must be a non-empty [C] vector of counts >= 0; got {class_counts!r}")
+        if name == "ldam" and (ldam_max_margin <= 0 or ldam_scale <= 0):
+            raise ValueError(f"ldam_max_margin and ldam_scale must be > 0; got {ldam_max_margin} and {ldam_scale}")
+        counts = counts.clamp_min(1.0)  # a class without samples is treated as having one
         if name == "ldam":
             margins = counts.pow(-0.25)
             loss.margins = margins * (ldam_max_margin / margins.max())
@@ -114,15 +134,17 @@ def weighted_reduce(
         class_weights: ``[C]`` or None (all ones).
         num_items_in_batch: the normaliser when given (labelled samples across the accumulated
             micro-batches, and across processes if the Trainer averages across devices); else the
-            number of labelled samples in this batch.
+            number of labelled samples in this batch. Clamped to at least 1.
     """
+    if per_sample.shape != labels.shape or per_sample.ndim != 1:
+        raise ValueError(f"expected per_sample [B] and labels [B]; got {tuple(per_sample.shape)} and {tuple(labels.shape)}")
     valid = labels != IGNORE_INDEX
-    per_sample = per_sample * valid
+    per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))  # not a product: NaN * 0 is NaN
     if class_weights is not None:
         safe = torch.where(valid, labels, torch.zeros_like(labels))
         per_sample = per_sample * class_weights.to(per_sample)[safe]
     if num_items_in_batch is None:
         denom = valid.sum().clamp_min(1).to(per_sample)
-    else:
-        denom = torch.as_tensor(num_items_in_batch, device=per_sample.device).to(per_sample)
+    else:  # 0 when no micro-batch has a label: the loss is then 0, not NaN
+        denom = torch.as_tensor(num_items_in_batch, device=per_sample.device).to(per_sample).clamp_min(1)
     return per_sample.sum() / denom

@@ -58,14 +58,16 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.pad = planes - in_planes if (stride != 1 or in_planes != planes) else 0
+        if planes < in_planes:
+            raise ValueError(f"CIFAR ResNet widths must not shrink ({in_planes} -> {planes})")
+        self.pad = planes - in_planes
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x
-        if self.pad:  # option A: subsample and zero-pad the channels
+        if self.stride != 1 or self.pad:  # option A: subsample and zero-pad the channels
             shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return F.relu(out + shortcut)
 

@@ -30,6 +30,14 @@ __all__ = [
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
 
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"unsupported pool dtype {dtype!r}; choose one of {list(_DTYPES)}")
+
+
 class PoolFileError(ValueError):
     """A pool / weights file that is unreadable, truncated, or from another model."""
 
@@ -44,18 +52,21 @@ def pool_capacities(class_counts: Tensor | list[int], max_per_class: int | None)
 
 def estimate_pool_bytes(capacities: Tensor, feature_dim: int, dtype: str | torch.dtype = "float16") -> int:
     """Bytes the pool's storage will take: ``sum(capacities) * feature_dim * itemsize``."""
-    dt = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-    return int(capacities.sum()) * int(feature_dim) * torch.empty((), dtype=dt).element_size()
+    itemsize = torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
+    return int(torch.as_tensor(capacities).sum()) * int(feature_dim) * itemsize
 
 
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically: a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left behind when the write failed
 
 
 class FeaturePool:
@@ -77,7 +88,7 @@ class FeaturePool:
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
         self.num_classes = int(self.capacities.numel())
         self.feature_dim = int(feature_dim)
-        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.dtype = _resolve_dtype(dtype)
         self.device = torch.device(device)
         self.offsets = torch.cumsum(self.capacities, 0) - self.capacities
         self.storage = torch.zeros(int(self.capacities.sum()), self.feature_dim, dtype=self.dtype, device=self.device)
@@ -120,15 +131,37 @@ class FeaturePool:
         newest = rank >= per_class[labels] - cap  # drop rows that the same batch overwrites anyway
         labels, idx, rank, cap = labels[newest], idx[newest], rank[newest], cap[newest]
         rows = self.offsets[labels] + (self.write_pos[labels] + rank) % cap
-        self.storage[rows.to(self.device)] = features[idx.to(features.device)].detach().to(self.storage)
+        values = features[idx.to(features.device)].detach().to(self.storage)
+        self._check_representable(features[idx.to(features.device)], values, labels)
+        self.storage[rows.to(self.device)] = values
         self.write_pos = (self.write_pos + per_class) % self.capacities
         self.total_added += per_class
         self.filled = torch.minimum(self.filled + per_class, self.capacities)
 
+    def _check_representable(self, source: Tensor, stored: Tensor, labels: Tensor) -> None:
+        """Refuse a batch (before writing any of it) whose rows are or would become NaN/inf in storage."""
+        bad = ~torch.isfinite(stored).all(dim=1).cpu()
+        if not bool(bad.any()):
+            return
+        classes = sorted(set(labels[bad].tolist()))
+        if not bool(torch.isfinite(source[bad.to(source.device)]).all()):
+            raise ValueError(f"Non-finite (NaN or inf) features of class(es) {classes}: the pool refuses them.")
+        raise ValueError(
+            f"Features of class(es) {classes} exceed the range of the pool's {str(self.dtype).replace('torch.', '')} "
+            f"storage (largest finite value {torch.finfo(self.dtype).max:g}) and would be stored as inf. Fix: "
+            "semscale_pool_dtype='bfloat16' or 'float32', or L2-normalise the features (semscale_normalize_features=True)."
+        )
+
     def contents(self) -> tuple[Tensor, Tensor]:
-        """All stored rows ``[N, d]`` (storage dtype) and their labels ``[N]``, N = ``filled.sum()``."""
-        rows = torch.cat([torch.arange(int(o), int(o) + int(f)) for o, f in zip(self.offsets, self.filled)])
+        """All stored rows ``[N, d]`` (storage dtype) and their labels ``[N]``, N = ``filled.sum()``.
+
+        Grouped by class (0 first); within a class, oldest row first.
+        """
         labels = torch.repeat_interleave(torch.arange(self.num_classes), self.filled)
+        first_of_class = torch.cumsum(self.filled, 0) - self.filled
+        age_rank = torch.arange(labels.numel()) - first_of_class[labels]  # 0 = oldest
+        oldest = self.write_pos[labels] - self.filled[labels]
+        rows = self.offsets[labels] + (oldest + age_rank) % self.capacities[labels]
         return self.storage[rows.to(self.device)], labels.to(self.device)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -162,10 +195,29 @@ class FeaturePool:
                 f"{source}: per-class capacities differ from this run's (pool capacity or training data "
                 "changed). Fix: keep semscale_pool_capacity and the training set of the original run."
             )
+        counters = {name: state[f"pool.{name}"].to(torch.long).cpu() for name in ("write_pos", "filled", "total_added")}
+        consistent = (
+            storage.shape[0] == int(self.capacities.sum())
+            and all(c.shape == self.capacities.shape for c in counters.values())
+            and torch.equal(counters["filled"], torch.minimum(counters["total_added"], self.capacities))
+            and torch.equal(counters["write_pos"], counters["total_added"] % self.capacities)
+            and bool((counters["total_added"] >= 0).all())
+        )
+        if not consistent:
+            raise PoolFileError(
+                f"{source}: pool counters or storage size are inconsistent with its capacities (a damaged or "
+                "edited file). Fix: resume from an earlier checkpoint or start a fresh run."
+            )
+        if not storage.is_floating_point():
+            raise PoolFileError(f"{source}: pool storage has dtype {storage.dtype}; a feature pool stores floats")
+        held = torch.arange(storage.shape[0]) - self.offsets.repeat_interleave(self.capacities)
+        held = held < counters["filled"].repeat_interleave(self.capacities)  # rows that hold features
+        if not bool(torch.isfinite(storage[held.to(storage.device)]).all()):
+            raise PoolFileError(f"{source}: the stored features hold NaN or inf (a damaged file)")
+        if not bool(torch.isfinite(storage[held.to(storage.device)].to(self.dtype)).all()):
+            raise PoolFileError(f"{source}: the stored features exceed the range of this pool's dtype {self.dtype}")
         self.storage = storage.to(device=self.device, dtype=self.dtype).clone()
-        self.write_pos = state["pool.write_pos"].to(torch.long).cpu().clone()
-        self.filled = state["pool.filled"].to(torch.long).cpu().clone()
-        self.total_added = state["pool.total_added"].to(torch.long).cpu().clone()
+        self.write_pos, self.filled, self.total_added = (c.clone() for c in counters.values())
 
 
 def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:

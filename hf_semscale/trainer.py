@@ -10,6 +10,7 @@ in ``scale``/``weighting``/``losses``, the state in ``pool``, the cross-process 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,8 +26,14 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .capture import HeadInputCapture
-from .config import SemScaleConfig
-from .distributed import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from .config import WEIGHTING_MODES, SemScaleConfig
+from .distributed import (
+    MAX_GATHERED_LABEL,
+    apply_process_group_timeout,
+    assert_same_on_all_processes,
+    gather_labelled_features,
+    sharded_class_scales,
+)
 from .imbalance import imbalance_summary
 from .losses import IGNORE_INDEX, build_base_loss, weighted_reduce
 from .pool import (
@@ -97,7 +104,7 @@ def _label_column_counts(dataset: Any, num_labels: int) -> list[int] | None:
     column = next((c for c in ("labels", "label") if c in names), None)
     if column is None:
         return None
-    values = torch.as_tensor(list(dataset.with_format(None)[column]))
+    values = torch.as_tensor(dataset.with_format("numpy", columns=[column])[:][column])
     if values.ndim != 1 or values.is_floating_point():
         raise ValueError(
             f"The training set's '{column}' column is not a 1-D integer class id (shape {tuple(values.shape)}, "
@@ -204,6 +211,9 @@ class SemScaleTrainer(Trainer):
         self._last_seen_step = -1
         self._loss_weights: Tensor | None = None
         self._pending_logs: dict[str, float] = {}
+        # Fail at construction, not at the first step, when the head cannot be found or the pool
+        # would not fit (the hook is re-installed if model_init later replaces the model).
+        self._install_capture()
 
     # ------------------------------------------------------------------ setup
 
@@ -242,36 +252,105 @@ class SemScaleTrainer(Trainer):
         )
         self._captured_model = self.model
         head = self.model.get_submodule(self._capture.head_name)
-        if isinstance(head, nn.Linear):
-            self._check_pool_budget(head.in_features)
+        in_features = getattr(head, "in_features", None)  # nn.Linear, NormedLinear, ...
+        if isinstance(in_features, int):
+            self._check_pool_budget(in_features)
+
+    @staticmethod
+    def _largest_fitting_capacity(class_counts: Tensor, feature_dim: int, itemsize: int, budget: float) -> int | None:
+        """Largest K with ``sum_c min(n_c, K) * d * itemsize <= budget`` (bisection); None if K = 1 is over."""
+
+        def fits(k: int) -> bool:
+            return int(pool_capacities(class_counts, k).sum()) * feature_dim * itemsize <= budget
+
+        lo, hi = 1, max(int(class_counts.max()), 1)
+        if not fits(lo):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
 
     def _check_pool_budget(self, feature_dim: int) -> None:
+        """Log the pool's storage size; over ``semscale_max_pool_memory_mb``, stop with the settings that fit."""
+        if getattr(self, "_budget_checked_dim", None) == feature_dim:
+            return  # once per run and feature size
         a = self.args
+        rows = int(self._capacities.sum())
         needed = estimate_pool_bytes(self._capacities, feature_dim, a.semscale_pool_dtype)
         budget = a.semscale_max_pool_memory_mb * 2**20
         logger.info(
-            "SemScaleTrainer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %.1f MiB (budget %.0f MiB)",
-            self.num_labels, int(self._capacities.sum()), a.semscale_pool_capacity or "n_c", feature_dim,
-            a.semscale_pool_dtype, needed / 2**20, a.semscale_max_pool_memory_mb,
+            "SemScaleTrainer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %d bytes = %.1f MiB "
+            "(budget %g MiB; each update briefly copies it once more)",
+            self.num_labels, rows, a.semscale_pool_capacity or "n_c", feature_dim, a.semscale_pool_dtype, needed,
+            needed / 2**20, a.semscale_max_pool_memory_mb,
         )
         if needed <= budget:
+            self._budget_checked_dim = feature_dim
             return
-        itemsize = needed // max(int(self._capacities.sum()) * feature_dim, 1)
-        fitting_k = 1
-        for k in range(int(self.class_counts.max()), 0, -1):
-            if int(pool_capacities(self.class_counts, k).sum()) * feature_dim * itemsize <= budget:
-                fitting_k = k
-                break
-        raise MemoryError(
-            f"The feature pool would take {needed / 2**20:.1f} MiB, over semscale_max_pool_memory_mb="
-            f"{a.semscale_max_pool_memory_mb:.0f} ({self.num_labels} classes, {int(self._capacities.sum())} rows, "
-            f"d={feature_dim}, {a.semscale_pool_dtype}). Fix: set semscale_pool_capacity={fitting_k} (rows per "
-            "class), or semscale_pool_dtype='float16'/'bfloat16', or raise semscale_max_pool_memory_mb."
+        itemsize = estimate_pool_bytes(torch.ones(1, dtype=torch.long), 1, a.semscale_pool_dtype)
+        k = self._largest_fitting_capacity(self.class_counts, feature_dim, itemsize, budget)
+        fixes = []
+        if k is not None:
+            fitted = estimate_pool_bytes(pool_capacities(self.class_counts, k), feature_dim, a.semscale_pool_dtype)
+            fixes.append(f"set semscale_pool_capacity={k} (rows per class; {fitted / 2**20:.2f} MiB)")
+        if itemsize > 2:
+            half = estimate_pool_bytes(self._capacities, feature_dim, "float16")
+            fixes.append(f"set semscale_pool_dtype='bfloat16' or 'float16' ({half / 2**20:.2f} MiB)")
+        fixes.append("raise semscale_max_pool_memory_mb")
+        too_big = "" if k is not None else (
+            f" Even one row per class ({self.num_labels * feature_dim * itemsize} bytes) is over the budget."
         )
+        raise MemoryError(
+            f"The feature pool would take {needed / 2**20:.2f} MiB, over semscale_max_pool_memory_mb="
+            f"{a.semscale_max_pool_memory_mb:g} ({self.num_labels} classes, {rows} rows, d={feature_dim}, "
+            f"{a.semscale_pool_dtype}).{too_big} Fix: {', or '.join(fixes)}."
+        )
+
+    def _check_processes_agree(self, resume_from_checkpoint: str | None) -> None:
+        """At train start, on every process: the same model / label set / DSB settings, or one clear error
+        everywhere (instead of a hang or silently different weights later). Also gives gloo process
+        groups ``ddp_timeout`` (transformers skips it with ``use_cpu``) and refuses DSB under DataParallel."""
+        a = self.args
+        if self.uses_pool and a.n_gpu > 1:
+            raise ValueError(
+                f"SemScaleTrainer with semscale_weighting='dsb' runs one process per device, but this process drives "
+                f"{a.n_gpu} GPUs through torch.nn.DataParallel (the script was started with plain `python` on a "
+                "multi-GPU machine), whose per-GPU replicas the feature capture cannot follow. Fix: launch with "
+                "`accelerate launch` or `torchrun --nproc_per_node <gpus>`, or set CUDA_VISIBLE_DEVICES to one GPU."
+            )
+        if self.accelerator.num_processes == 1:
+            return
+        apply_process_group_timeout(self.accelerator, a.ddp_timeout)
+        feature_dim = -1
+        if self.uses_pool:
+            self._install_capture()
+            feature_dim = int(getattr(self.model.get_submodule(self._capture.head_name), "in_features", -1))
+        digest = hashlib.sha256(json.dumps(self.class_counts.tolist()).encode()).digest()
+        resume_step = -1
+        if resume_from_checkpoint is not None:
+            tail = Path(resume_from_checkpoint).name.split("-")[-1]
+            resume_step = int(tail) if tail.isdigit() else -2
+        assert_same_on_all_processes(
+            self.accelerator,
+            "SemScaleTrainer",
+            num_labels=self.num_labels,
+            feature_dim=feature_dim,
+            train_samples=int(self.class_counts.sum()),
+            class_counts_hash=int.from_bytes(digest[:7], "little"),
+            weighting=WEIGHTING_MODES.index(a.semscale_weighting),
+            warmup_steps=a.semscale_warmup_steps,
+            fill_max_steps=a.semscale_fill_max_steps,
+            update_interval=a.semscale_update_interval,
+            pool_capacity=a.semscale_pool_capacity,
+            resume_checkpoint_step=resume_step,
+        )
+        if self.num_labels >= MAX_GATHERED_LABEL:
+            raise ValueError(f"SemScaleTrainer gathers labels as float32: num_labels must be below {MAX_GATHERED_LABEL}.")
 
     def _create_pool(self, feature_dim: int) -> None:
         assert_same_on_all_processes(
-            self.accelerator, "SemScaleTrainer", num_labels=self.num_labels, feature_dim=feature_dim
+            self.accelerator, "SemScaleTrainer", step=self.state.global_step, num_labels=self.num_labels, feature_dim=feature_dim
         )
         self._check_pool_budget(feature_dim)
         self.pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
@@ -344,7 +423,8 @@ class SemScaleTrainer(Trainer):
         a = self.args
         features, labels = self.pool.contents()
         scales = sharded_class_scales(
-            self.accelerator, features, labels, self.num_labels, normalize=a.semscale_normalize_features, alpha=a.semscale_alpha
+            self.accelerator, features, labels, self.num_labels, normalize=a.semscale_normalize_features,
+            alpha=a.semscale_alpha, step=step,
         ).cpu()
         self.semantic_scales = scales
         self._set_weights(
@@ -372,8 +452,9 @@ class SemScaleTrainer(Trainer):
                 f"labels must be integer class ids of shape [batch]; got {labels.dtype} of shape {tuple(labels.shape)}. "
                 "SemScaleTrainer handles single-label classification; use transformers.Trainer for multi-label."
             )
-        bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_labels))]
-        if bad.numel():
+        invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_labels))
+        if bool(invalid.any()):  # one host sync; the offending values are only gathered on error
+            bad = labels[invalid]
             raise ValueError(
                 f"labels {sorted(set(bad.tolist()))[:10]} are outside [0, {self.num_labels}) and not -100. "
                 "Fix: remap the labels to 0..num_labels-1 or load the model with the right num_labels."
@@ -388,14 +469,19 @@ class SemScaleTrainer(Trainer):
         features = features.float()
         if self.args.semscale_normalize_features:
             features = F.normalize(features, dim=-1)
-        features, labels = gather_labelled_features(self.accelerator, features, labels.to(features.device))
+        features, labels = gather_labelled_features(
+            self.accelerator, features, labels.to(features.device), step=self.state.global_step
+        )
         try:
             check_finite_features(features, labels)
         except ValueError as err:
             raise ValueError(f"At step {self.state.global_step}: {err}") from None
         if self.pool is None:
             self._create_pool(features.shape[1])
-        self.pool.add(features, labels)
+        try:
+            self.pool.add(features, labels)  # refuses values its dtype cannot hold (float16 > 65504)
+        except ValueError as err:
+            raise ValueError(f"At step {self.state.global_step}: {err}") from None
 
     def compute_loss(
         self,
@@ -409,6 +495,8 @@ class SemScaleTrainer(Trainer):
             raise ValueError("SemScaleTrainer needs a 'labels' entry in every batch (integer class ids).")
         labels = inputs["labels"]
         self._validate_labels(labels)
+        if labels.dtype != torch.long:
+            labels = labels.long()  # int32 / uint8 ids from custom collators: the losses index with int64
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         training = model.training
         if training:
@@ -431,7 +519,11 @@ class SemScaleTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         elif training:
-            loss = loss / self.current_gradient_accumulation_steps
+            # set by the training loop; absent when compute_loss is called directly before train()
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)
+        if return_outputs and not isinstance(outputs, Mapping):
+            # prediction_step drops element 0 of a tuple output as the loss; the model ran without labels.
+            outputs = (loss, *outputs)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -475,6 +567,24 @@ class SemScaleTrainer(Trainer):
                 f"{path}: saved for num_labels={saved_labels} but this model has {self.num_labels}. "
                 "Fix: resume with the model and label set of the original run, or start a fresh output_dir."
             )
+        # The file is untrusted: check shapes and values before anything is restored.
+        for key, shape in (("semscale.class_weights", (self.num_labels,)), ("semscale.semantic_scales", (self.num_labels,)),
+                           ("semscale.class_counts", (self.num_labels,)), ("semscale.counters", (5,))):
+            value = tensors.get(key)
+            if value is None or tuple(value.shape) != shape or (key.endswith("counters") and value.is_floating_point()):
+                found = "missing" if value is None else f"{value.dtype} of shape {tuple(value.shape)}"
+                raise PoolFileError(
+                    f"{path}: {key} is {found}, expected shape {shape} (num_labels={self.num_labels}). "
+                    "Fix: resume with the model and label set of the original run, or start a fresh output_dir."
+                )
+        saved_weights = tensors["semscale.class_weights"].to(torch.float64)
+        saved_scales = tensors["semscale.semantic_scales"].to(torch.float64)
+        if not bool((torch.isfinite(saved_weights) & (saved_weights > 0)).all()):
+            raise PoolFileError(f"{path}: semscale.class_weights must be finite and positive, got {saved_weights.tolist()}")
+        if not bool((torch.isfinite(saved_scales) & (saved_scales >= 0)).all()):
+            raise PoolFileError(f"{path}: semscale.semantic_scales must be finite and >= 0, got {saved_scales.tolist()}")
+        if not 0 <= int(tensors["semscale.counters"][-1]) < len(STAGES):
+            raise PoolFileError(f"{path}: unknown stage index {int(tensors['semscale.counters'][-1])} in semscale.counters")
         if not torch.equal(tensors["semscale.class_counts"].to(torch.long), self.class_counts):
             raise PoolFileError(
                 f"{path}: the training class counts differ from this run's. Fix: resume on the same training set."
@@ -489,8 +599,11 @@ class SemScaleTrainer(Trainer):
                         f"{path}: pool features have size {feature_dim} but this model's head takes "
                         f"{head.in_features}. Fix: resume with the same model architecture."
                     )
-            self.pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
-            self.pool.load_state_dict(tensors, source=str(path))
+            pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
+            pool.load_state_dict(tensors, source=str(path))
+            self.pool = pool  # only once it loaded: a refused file leaves the trainer as it was
+        else:
+            self.pool = None  # saved before the first captured batch: drop a pool left by an earlier train()
         fill_start, reweight_start, last_update, updates, stage = tensors["semscale.counters"].tolist()
         self._fill_start_step, self._reweight_start_step = fill_start, reweight_start
         self._last_update_step, self._num_updates = last_update, updates
@@ -565,6 +678,62 @@ class SemScaleTrainer(Trainer):
         if self.args.should_save:
             write_json_atomic(Path(self.args.output_dir) / SCALES_FILENAME, self.scale_report())
 
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **card_kwargs: Any,
+    ) -> str | None:
+        """Save the model and ``semantic_scales.json``, then push ``output_dir`` with an hf_semscale model card
+        in one commit (:func:`hf_semscale.hub.push_output_dir`); the local folder is never modified by the push.
+
+        ``card_kwargs`` go to :func:`hf_semscale.hub.build_model_card` (base_model, dataset_name, metrics, ...);
+        ``metrics`` default to the last evaluation in ``state.log_history``. The push is always blocking.
+        Returns the commit URL on the main process, None elsewhere.
+        """
+        from .hub import push_output_dir
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather); writes semantic_scales.json
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()  # a checkpoint push of hub_strategy may still be running
+        if "metrics" not in card_kwargs:
+            evaluations = [logs for logs in self.state.log_history if any(k.startswith("eval_") for k in logs)]
+            card_kwargs["metrics"] = evaluations[-1] if evaluations else None
+        return push_output_dir(
+            self.args.output_dir,
+            self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).name,
+            token=token if token is not None else self.args.hub_token,
+            private=private if private is not None else self.args.hub_private_repo,
+            revision=revision if revision is not None else self.args.hub_revision,
+            commit_message=commit_message,
+            **card_kwargs,
+        )
+
+    def _remove_incomplete_checkpoints_after(self, step: int) -> None:
+        """Delete the half-written ``checkpoint-N`` (N > ``step``) an interrupted run left in ``output_dir``.
+
+        Resume never uses them, and the Trainer's rotation (``save_total_limit``) protects the highest-numbered
+        (or newest) checkpoint: a stale incomplete one there would make it delete the complete ones.
+        """
+        root = Path(self.args.output_dir)
+        if not self.args.should_save or not root.is_dir():
+            return
+        import shutil
+
+        for child in sorted(root.iterdir()):
+            tail = child.name.split("-")[-1]
+            if not (child.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and tail.isdigit() and int(tail) > step):
+                continue
+            problem = checkpoint_problem(child) if child.is_dir() else None
+            if problem is not None:
+                logger.warning("Removing incomplete checkpoint %s left by an interrupted run: %s", child, problem)
+                shutil.rmtree(child, ignore_errors=True)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` picks the latest COMPLETE checkpoint and the
         pool, weights and stage are restored from it."""
@@ -574,11 +743,19 @@ class SemScaleTrainer(Trainer):
                 raise ValueError(f"No complete checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
+        self._check_processes_agree(resume_from_checkpoint)
+        start_step = 0
         if resume_from_checkpoint is not None:
             problem = checkpoint_problem(resume_from_checkpoint)
             if problem is not None:
                 raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
             self._load_semscale_state(str(resume_from_checkpoint))
+            tail = Path(resume_from_checkpoint).name.split("-")[-1]
+            start_step = int(tail) if tail.isdigit() else -1
+        else:
+            self._truncate_history(0)  # a fresh run: drop lines of an earlier (e.g. killed) run
+        if start_step >= 0:
+            self._remove_incomplete_checkpoints_after(start_step)
         self._last_seen_step = -1
         return super().train(
             resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs

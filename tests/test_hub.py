@@ -22,6 +22,8 @@ from hf_semscale.report import SCALES_FILENAME, build_scale_report, write_json_a
 TOKEN = "hf_fake_write_token"
 REPO = "fake-user/tiny-semscale"
 MODEL_FILES = {"config.json", "model.safetensors", SCALES_FILENAME, "marginal_effect.png", "scale_vs_count.png"}
+# Pushes without dataset_name warn that metrics stay out of model-index; one test checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore:metrics are shown in the card text:UserWarning")
 SETTINGS = {"alpha": 8.0, "gamma": 1.0, "weighting": "dsb", "update_interval": 20, "normalize": True}
 
 
@@ -32,7 +34,8 @@ def tiny_png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    pixels = zlib.compress(b"\x00\x80")  # filter byte + one grey pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -75,6 +78,7 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         stage="reweight",
         settings=SETTINGS,
         summary={"max_min_ratio": 1.76},
+        extra_per_class={"train_count": [500, 120, 30]},
         metrics={"eval_accuracy": 0.61, "balanced_accuracy": 0.52, "per_class_accuracy": [0.9, 0.5, 0.2]},
     )
     write_json_atomic(folder / SCALES_FILENAME, report)
@@ -140,10 +144,11 @@ def test_card_has_metadata_table_plots_settings_and_citation(output_dir: Path) -
         ("text-classification", "fake-user/cifar10-lt", "test")
     }
     text = card.text
-    assert "| 0 | airplane | 50 | 5.5000 | 0.8000 |" in text
-    assert "| 2 | cat\\|lynx | 3 | 3.1250 | 1.6000 |" in text
-    assert "| gamma | 1.0000 |" in text and "| weighting | dsb |" in text
-    assert "| max_min_ratio | 1.7600 |" in text
+    assert "| id | name | train samples | measured on | scale | weight |" in text
+    assert "| 0 | airplane | 500 | 50 | 5.5000 | 0.8000 |" in text
+    assert "| 2 | cat\\|lynx | 30 | 3 | 3.1250 | 1.6000 |" in text
+    assert "| gamma | 1 |" in text and "| alpha | 8 |" in text and "| weighting | dsb |" in text
+    assert "| max_min_ratio | 1.76 |" in text
     assert "![Marginal effect](marginal_effect.png)" in text and "![Scale vs count](scale_vs_count.png)" in text
     assert "old_plot" not in text
     assert "| Balanced accuracy (mean per-class) | 0.5200 |" in text
@@ -154,7 +159,12 @@ def test_card_has_metadata_table_plots_settings_and_citation(output_dir: Path) -
 
 
 def test_card_metric_argument_overrides_report_and_missing_metrics_are_omitted(output_dir: Path) -> None:
-    metrics = {"eval_accuracy": 0.7, "many_shot_accuracy": 0.9, "few_shot_accuracy": float("nan"), "medium_shot_accuracy": None}
+    metrics = {
+        "eval_accuracy": 0.7,
+        "many_shot_accuracy": 0.9,
+        "few_shot_accuracy": float("nan"),
+        "medium_shot_accuracy": None,
+    }
     card = ModelCard(str(build_model_card(output_dir, dataset_name="fake-user/cifar10-lt", metrics=metrics)))
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values == {"accuracy": 0.7, "balanced_accuracy": 0.52, "many_shot_accuracy": 0.9}
@@ -186,7 +196,7 @@ def test_push_uploads_model_report_plots_and_card_in_one_commit(hub: FakeHub, ou
 
     assert len(hub.commits) == 1
     commit = hub.commits[0]
-    assert url == f"{hub.url}/{REPO}/commit/" + url.rsplit("/", 1)[1]
+    assert re.fullmatch(rf"{re.escape(hub.url)}/{REPO}/commit/[0-9a-f]{{40}}", url)
     assert (commit.repo_type, commit.repo_id, commit.revision, commit.summary) == ("model", REPO, "main", "first")
     assert set(commit.files) == MODEL_FILES | {"README.md"}
     for name in MODEL_FILES:
@@ -198,7 +208,7 @@ def test_push_uploads_model_report_plots_and_card_in_one_commit(hub: FakeHub, ou
     assert snapshot(output_dir) == before  # a successful push writes nothing locally either
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in hub.api_requests())
     create = next(r for r in hub.api_requests() if r.path == "/api/repos/create")
-    assert create.json() == {"name": "tiny-semscale", "organization": "fake-user"}
+    assert create.json() == {"name": "tiny-semscale", "organization": "fake-user", "type": "model"}
 
 
 def test_push_private_repo_to_a_new_branch(hub: FakeHub, output_dir: Path) -> None:
@@ -233,7 +243,7 @@ def test_push_with_rejected_token_says_so(hub: FakeHub, output_dir: Path) -> Non
 def test_failed_commit_leaves_output_dir_byte_for_byte_unchanged(hub: FakeHub, output_dir: Path, failure) -> None:
     before = snapshot(output_dir)
     hub.fail_commit = failure
-    expected = r"\(500\): the Hub did not accept the commit" if failure == 500 else "network error"
+    expected = r"\(500\): the Hub answered with an error" if failure == 500 else "network error"
     with pytest.raises(PushError, match=expected) as err:
         push_output_dir(output_dir, REPO, token=TOKEN)
     assert "local folder was not changed" in str(err.value)
@@ -271,8 +281,8 @@ def test_push_analysis_goes_to_a_dataset_repo(hub: FakeHub, tmp_path: Path) -> N
     report = build_scale_report(source="measure", scales=[4.0, 2.5], counts=[30, 8], class_names=["neg", "pos"])
     write_json_atomic(analysis / SCALES_FILENAME, report)
     (analysis / "marginal_effect.png").write_bytes(tiny_png())
-    (analysis / "scales.csv").write_text("id,name,count,scale\n0,neg,30,4.0\n1,pos,8,2.5\n")
-    (analysis / "features.npy").write_bytes(b"\x00" * 64)
+    (analysis / "features.npy").write_bytes(b"\x00" * 64)  # not part of an analysis: stays local
+    (analysis / f".{SCALES_FILENAME}.tmp-7").write_text("{")
     before = snapshot(analysis)
 
     url = push_analysis(
@@ -282,10 +292,10 @@ def test_push_analysis_goes_to_a_dataset_repo(hub: FakeHub, tmp_path: Path) -> N
     commit = hub.commits[0]
     assert (commit.repo_type, commit.repo_id) == ("dataset", "fake-user/bert-scales")
     assert url.startswith(f"{hub.url}/datasets/fake-user/bert-scales/commit/")
-    assert set(commit.files) == {SCALES_FILENAME, "marginal_effect.png", "scales.csv", "README.md"}
+    assert set(commit.files) == {SCALES_FILENAME, "marginal_effect.png", "README.md"}
     text = commit.files["README.md"].decode()
     assert "[`google-bert/bert-base-uncased`](https://huggingface.co/google-bert/bert-base-uncased)" in text
-    assert "on `imdb`" in text and "| 1 | pos | 8 | 2.5000 | — |" in text
+    assert "on `imdb`" in text and "| id | name | count | scale | weight |" in text and "| 1 | pos | 8 | 2.5000 | — |" in text
     assert "![Marginal effect](marginal_effect.png)" in text and "@inproceedings{ma2023delving," in text
     assert re.search(r"tags:\n- hf_semscale\n- semantic-scale", text)
     assert snapshot(analysis) == before
@@ -333,3 +343,76 @@ def test_push_arguments_are_reusable_as_an_optional_push_flag() -> None:
         "commit_message": None,
         "exist_ok": False,
     }
+
+
+# ---------------------------------------------------------------------------------------------- integrations
+
+
+def test_trainer_push_to_hub_uploads_model_report_and_last_eval_metrics(hub: FakeHub, tmp_path: Path) -> None:
+    import datasets
+    import numpy as np
+    import torch
+
+    from hf_semscale import SemScaleConfig, SemScaleTrainer
+    from hf_semscale.modeling import MLPClassifierConfig, MLPForClassification
+
+    rng = np.random.default_rng(0)
+    labels = [0] * 24 + [1] * 12 + [2] * 6
+    data = datasets.Dataset.from_dict(
+        {"pixel_values": rng.normal(size=(len(labels), 8)).astype("float32") + np.array(labels)[:, None], "labels": labels}
+    )
+    torch.manual_seed(0)
+    model = MLPForClassification(MLPClassifierConfig(input_dim=8, hidden_dims=(16,), num_labels=3))
+    args = SemScaleConfig(
+        output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=8, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True, hub_model_id=REPO, hub_token=TOKEN,
+        semscale_warmup_steps=2, semscale_update_interval=2,
+    )  # fmt: skip
+    trainer = SemScaleTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    trainer.evaluate()
+    before = snapshot(tmp_path / "run") if (tmp_path / "run").exists() else {}
+
+    url = trainer.push_to_hub(dataset_name="fake-user/toy", task_type="image-classification")
+
+    assert url.startswith(f"{hub.url}/{REPO}/commit/")
+    files = hub.commits[0].files
+    assert {"config.json", "model.safetensors", SCALES_FILENAME, "README.md"} <= set(files)
+    report = json.loads(files[SCALES_FILENAME])
+    assert report["source"] == "trainer" and report["stage"] == "reweight"
+    assert [row["weight"] for row in report["classes"]] == pytest.approx(trainer.class_weights.tolist())
+    card, text = card_of(files)
+    assert "hf_semscale" in card.data.tags
+    assert all(f"| {c} | LABEL_{c} |" in text for c in range(3))  # the per-class table names every class
+    assert before == {} or set(before) <= set(snapshot(tmp_path / "run"))
+
+
+def test_measure_push_publishes_the_analysis_to_a_dataset_repo(hub: FakeHub, tmp_path: Path) -> None:
+    import numpy as np
+
+    from hf_semscale.cli import main
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+
+    data = tmp_path / "rgb"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(
+        data / "test.npz",
+        images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(12) % 2,
+        classes=np.array(["neg", "pos"]),
+    )
+    model_dir = tmp_path / "model"
+    CifarResNetForImageClassification(CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2)).save_pretrained(model_dir)
+
+    rc = main(
+        ["measure", "--quiet", "--model", str(model_dir), "--dataset", str(data), "--split", "test",
+         "--output-dir", str(tmp_path / "out"), "--push", "fake-user/scales", "--token", TOKEN]
+    )  # fmt: skip
+
+    assert rc == 0
+    commit = hub.commits[0]
+    assert (commit.repo_type, commit.repo_id) == ("dataset", "fake-user/scales")
+    assert SCALES_FILENAME in commit.files and "README.md" in commit.files
+    report = json.loads(commit.files[SCALES_FILENAME])
+    assert [row["count"] for row in report["classes"]] == [6, 6]

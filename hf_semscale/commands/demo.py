@@ -71,7 +71,7 @@ def _train_once(weighting: str, seed: int, args: argparse.Namespace, train, test
     logits = trainer.predict(test).predictions
     predictions = np.asarray(logits).argmax(-1)
     metrics = long_tail_metrics(
-        predictions, np.asarray(test["labels"]), counts,
+        predictions, test.with_format("numpy", columns=["labels"])[:]["labels"], counts,
         many_threshold=args.many_threshold, few_threshold=args.few_threshold,
     )
     return trainer, metrics

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def add_push_arguments(parser: argparse.ArgumentParser, *, repo_option: str = "--repo-id", required: bool = True) -> None:
+def add_push_arguments(
+    parser: argparse.ArgumentParser, *, repo_option: str = "--repo-id", required: bool = True
+) -> None:
     """Add the Hub options; ``measure`` reuses them with ``repo_option="--push", required=False``.
 
     The repo id lands in ``args.repo_id`` whatever the option is called; :func:`push_kwargs` turns the
@@ -60,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_push_arguments(parser)
     card = parser.add_argument_group("model card")
     card.add_argument("--base-model", default=None, help="Hub id of the model it was fine-tuned from.")
-    card.add_argument("--dataset-name", default=None, help="Hub id of the evaluation dataset (needed for model-index).")
+    card.add_argument(
+        "--dataset-name", default=None, help="Hub id of the dataset trained and evaluated on (needed for model-index)."
+    )
     card.add_argument("--dataset-split", default=None, help="Split the metrics were computed on, e.g. 'test'.")
     card.add_argument(
         "--task-type", default=None, help="Pipeline task, e.g. text-classification (default: from config.json)."

@@ -1,0 +1,308 @@
+"""Shared parts of the recipes: YAML-then-CLI parsing, data preparation, metrics, optimizer, results.
+
+Parsing follows trl's ``TrlParser``: the YAML file's values become the argparse defaults of the
+``HfArgumentParser`` and the command line is parsed on top, so ``--key value`` overrides the file.
+A ``method`` (see ``recipes/methods.py``) sits between the two: YAML < method < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make ``recipes`` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from recipes.methods import method_overrides  # noqa: E402
+
+logger = logging.getLogger("recipes")
+
+RESULTS_FILENAME = "results.json"
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how the long-tailed training set is built."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local dataset folder (shared-style, e.g. ../shared/data/cifar10, or a datasets.save_to_disk folder)."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A datasets Hub id (used when data_dir is not set)."})
+    train_split: str = field(default="train", metadata={"help": "Split the training (and carved validation) data come from."})
+    test_split: str = field(default="test", metadata={"help": "Held-out split; stays balanced / untouched."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={"help": "An existing split of TRAINING-side data to use for validation; None: carve from train_split."},
+    )
+    validation_per_class: int = field(
+        default=0, metadata={"help": "Rows per class carved from the training data for validation (before the long tail); 0: none."}
+    )
+    imbalance_factor: float | None = field(
+        default=None, metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."}
+    )
+    subset_seed: int = field(default=0, metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: image / img)."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text / sentence / content)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: label / labels)."})
+    max_train_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Cap rows per class of the training split before anything else (quick runs)."}
+    )
+    max_eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap rows per class of validation / test (quick runs)."})
+
+    @property
+    def source(self) -> str:
+        source = self.data_dir or self.dataset_name or os.environ.get("HF_SEMSCALE_DATA_SOURCE")
+        if not source:
+            raise ValueError("No data: pass --data_dir <folder> or --dataset_name <hub id>.")
+        return source
+
+
+@dataclass
+class RunArguments:
+    """Method, optimisation schedule and outputs shared by the recipes."""
+
+    method: str | None = field(
+        default=None, metadata={"help": "A method of recipes/methods.py (sets semscale_weighting / semscale_loss / ...)."}
+    )
+    optimizer: str = field(
+        default="sgd",
+        metadata={"help": "'sgd' (momentum, weight decay on all parameters, as Cao et al.) or 'trainer' (TrainingArguments.optim).", "choices": ["sgd", "trainer"]},
+    )
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    lr_schedule: str = field(
+        default="cosine",
+        metadata={"help": "'cosine', 'step' (x lr_decay at each of lr_milestones epochs) or 'trainer' (TrainingArguments' scheduler).", "choices": ["cosine", "step", "trainer"]},
+    )
+    warmup_epochs: float = field(default=0.0, metadata={"help": "Linear learning-rate warm-up, in epochs (recipe schedules)."})
+    lr_milestones: list[float] = field(default_factory=lambda: [160.0, 180.0], metadata={"help": "Epochs of the step decays."})
+    lr_decay: float = field(default=0.01, metadata={"help": "Factor of each step decay."})
+    eval_validation: bool = field(default=True, metadata={"help": "Evaluate on the validation split after training."})
+    eval_test: bool = field(default=True, metadata={"help": "Evaluate on the test split after training (off for tuning runs)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (CPU runs)."})
+    save_final_model: bool = field(default=True, metadata={"help": "Save the trained model (and semantic_scales.json) to output_dir."})
+
+
+def split_yaml_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    argv = list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def parse_yaml_then_cli(parser: "HfArgumentParser", argv: Sequence[str] | None = None) -> tuple:  # noqa: F821
+    """``[config.yaml] [--key value ...]`` -> the parser's dataclasses.
+
+    The YAML's keys (and a method's overrides) become argparse defaults; the command line overrides them.
+    Unknown YAML keys raise (as ``parse_yaml_file`` does).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_file, cli = split_yaml_argv(argv)
+    config: dict[str, Any] = {}
+    if yaml_file is not None:
+        loaded = yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_file}: expected a mapping of argument names to values")
+        config = dict(loaded or {})
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(cli)
+    method = known.method or config.get("method")
+    defaults = {**config, **(method_overrides(method) if method else {})}
+    dests = {action.dest for action in parser._actions}
+    unknown = sorted(set(defaults) - dests)
+    if unknown:
+        raise ValueError(f"{yaml_file}: unknown keys {unknown}; every key must be a field of {[d.__name__ for d in parser.dataclass_types]}")
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.default = defaults[action.dest]
+            action.required = False
+    return parser.parse_args_into_dataclasses(args=cli)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
+    """Load train / validation / test, carve validation from TRAIN data, then make train long-tailed.
+
+    Returns ``{"train", "validation" (or None), "test", "class_names", "train_class_counts"}`` with
+    columns renamed to ``image``/``text`` and ``label``.
+    """
+    from hf_semscale.data import class_counts, class_names, limit_per_class, load_dataset_any, make_long_tailed, train_validation_split
+
+    columns = {"label_column": data.label_column}
+    columns["image_column" if kind == "image" else "text_column"] = data.image_column if kind == "image" else data.text_column
+    train = load_dataset_any(data.source, data.train_split, **columns)
+    test = load_dataset_any(data.source, data.test_split, **columns)
+    if data.max_train_samples_per_class:
+        train = limit_per_class(train, data.max_train_samples_per_class, seed=data.subset_seed)
+    validation = None
+    if data.validation_split:
+        validation = load_dataset_any(data.source, data.validation_split, **columns)
+    elif data.validation_per_class > 0:
+        parts = train_validation_split(train, data.validation_per_class, seed=data.subset_seed)
+        train, validation = parts["train"], parts["validation"]
+    if data.imbalance_factor is not None and data.imbalance_factor > 1:
+        train = make_long_tailed(train, data.imbalance_factor, label_column="label", seed=data.subset_seed)
+    if data.max_eval_samples_per_class:
+        test = limit_per_class(test, data.max_eval_samples_per_class, seed=data.subset_seed)
+        if validation is not None:
+            validation = limit_per_class(validation, data.max_eval_samples_per_class, seed=data.subset_seed)
+    names = class_names(train)
+    return {
+        "train": train,
+        "validation": validation,
+        "test": test,
+        "class_names": names,
+        "train_class_counts": class_counts(train, len(names)),
+    }
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def make_compute_metrics(train_class_counts: Sequence[int], store: dict[str, Any]) -> Callable:
+    """``compute_metrics`` over the long-tail metrics; the full result (per-class too) goes to ``store["last"]``.
+
+    Only float entries go back to the Trainer's logs (groups without classes are ``None`` and dropped there).
+    """
+    from hf_semscale.metrics import long_tail_metrics
+
+    counts = list(train_class_counts)
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        references = eval_pred.label_ids
+        metrics = long_tail_metrics(np.asarray(logits).argmax(-1), references, counts)
+        store["last"] = metrics
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    return compute_metrics
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def steps_per_epoch(num_train: int, args: Any) -> int:
+    world = max(int(getattr(args, "world_size", 1) or 1), 1)
+    batches = math.ceil(num_train / (args.per_device_train_batch_size * world))
+    return max(batches // max(args.gradient_accumulation_steps, 1), 1)
+
+
+def lr_lambda_for(run: RunArguments, spe: int, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step ``step``: linear warm-up, then cosine or step decay."""
+    warm = int(round(run.warmup_epochs * spe))
+    milestones = sorted(int(round(m * spe)) for m in run.lr_milestones)
+
+    def fn(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if run.lr_schedule == "step":
+            return run.lr_decay ** sum(step >= m for m in milestones)
+        progress = (step - warm) / max(total_steps - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return fn
+
+
+def build_optimizers(model: Any, args: Any, run: RunArguments, num_train: int) -> tuple:
+    """``(optimizer, scheduler)`` for ``Trainer(optimizers=...)``; ``(None, None)`` leaves both to the Trainer."""
+    import torch
+
+    if run.optimizer == "trainer" and run.lr_schedule == "trainer":
+        return None, None
+    if run.optimizer == "trainer" or run.lr_schedule == "trainer":
+        raise ValueError("optimizer and lr_schedule must both be 'trainer' or both be recipe-built ('sgd' with 'cosine'/'step').")
+    spe = steps_per_epoch(num_train, args)
+    total = args.max_steps if args.max_steps and args.max_steps > 0 else int(math.ceil(args.num_train_epochs * spe))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.learning_rate, momentum=run.momentum, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda_for(run, spe, total))
+    return optimizer, scheduler
+
+
+# --------------------------------------------------------------------------- running
+
+
+def setup_logging(args: Any) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if getattr(args, "should_log", True):
+        import transformers
+
+        transformers.utils.logging.set_verbosity_warning()
+
+
+def apply_threads(run: RunArguments) -> None:
+    if run.num_threads:
+        import torch
+
+        torch.set_num_threads(run.num_threads)
+
+
+def evaluate_split(trainer: Any, dataset: Any, prefix: str, store: dict[str, Any]) -> dict[str, Any]:
+    """``trainer.evaluate`` on ``dataset``; returns the full long-tail metrics (per-class included)."""
+    store.pop("last", None)
+    logged = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+    full = dict(store.get("last", {}))
+    full["loss"] = logged.get(f"{prefix}_loss")
+    full["num_samples"] = len(dataset)
+    return full
+
+
+def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArguments, splits: dict[str, Any], evaluations: dict[str, Any], wall_start: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``results.json`` (the record the benchmark reads) to ``output_dir``; returns it."""
+    train_output = getattr(trainer, "_recipe_train_output", None)
+    record = {
+        "method": run.method,
+        "dataset": data.source,
+        "imbalance_factor": data.imbalance_factor,
+        "seed": args.seed,
+        "subset_seed": data.subset_seed,
+        "num_train": len(splits["train"]),
+        "train_class_counts": splits["train_class_counts"],
+        "class_names": splits["class_names"],
+        "semscale": args.semscale_settings(),
+        "epochs": args.num_train_epochs,
+        "max_steps": trainer.state.max_steps,
+        "train_runtime_s": train_output.metrics.get("train_runtime") if train_output is not None else None,
+        "wall_time_s": time.time() - wall_start,
+        "final_stage": trainer.stage,
+        "final_class_weights": trainer.class_weights.tolist(),
+        "final_semantic_scales": trainer.semantic_scales.tolist(),
+        **evaluations,
+        **(extra or {}),
+    }
+    if args.should_save:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{RESULTS_FILENAME}.tmp"
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        os.replace(tmp, out / RESULTS_FILENAME)
+    return record
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    parts = [f"method={record.get('method')}", f"seed={record.get('seed')}"]
+    for split in ("validation", "test"):
+        metrics = record.get(split)
+        if metrics:
+            parts.append(f"{split}: acc={metrics['accuracy']:.4f} bal={metrics['balanced_accuracy']:.4f}")
+    parts.append(f"wall={record['wall_time_s']:.0f}s")
+    return " | ".join(parts)

@@ -1,0 +1,83 @@
+"""The method table of the long-tail benchmark: one name -> the ``SemScaleConfig`` overrides that define it.
+
+Every method runs in the same harness (``SemScaleTrainer``); only the fields below differ. The knobs
+that are ours (DSB's ``semscale_gamma`` and ``semscale_warmup_ratio``) are NOT set here: they come
+from the recipe config / command line, tuned on a validation split carved from training data.
+
+Count-based re-weighting is deferred (DRW, Cao et al. 2019): the trainer applies static weights from
+the end of its warm-up stage. The baselines use Cao et al.'s published deferral (epoch 160 of 200,
+``semscale_warmup_ratio = 0.8``), fixed, never tuned.
+
+``dsb_<base>`` = the base loss with weights from semantic scales alone (METHOD.md, "Naming honesty").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["METHODS", "BASELINES", "DSB_METHODS", "DRW_DEFERRAL", "method_overrides", "uses_normed_head", "describe"]
+
+DRW_DEFERRAL = 0.8  # Cao et al. 2019: re-weighting starts at epoch 160 of 200
+
+_LDAM = {"semscale_loss": "ldam", "semscale_ldam_scale": 30.0, "semscale_ldam_max_margin": 0.5}
+
+METHODS: dict[str, dict[str, Any]] = {
+    # --- baselines (published methods)
+    "ce": {"semscale_weighting": "none", "semscale_loss": "ce"},
+    "if_ce": {"semscale_weighting": "inverse_frequency", "semscale_loss": "ce", "semscale_warmup_ratio": DRW_DEFERRAL},
+    "cb_ce": {
+        "semscale_weighting": "effective_number",
+        "semscale_cb_beta": 0.9999,
+        "semscale_loss": "ce",
+        "semscale_warmup_ratio": DRW_DEFERRAL,
+    },
+    "focal": {"semscale_weighting": "none", "semscale_loss": "focal", "semscale_focal_gamma": 2.0},
+    "ldam_drw": {
+        "semscale_weighting": "effective_number",
+        "semscale_cb_beta": 0.9999,
+        "semscale_warmup_ratio": DRW_DEFERRAL,
+        **_LDAM,
+    },
+    "balanced_softmax": {"semscale_weighting": "none", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+    # --- DSB on top of each base loss (weights from semantic scales alone)
+    "dsb_ce": {"semscale_weighting": "dsb", "semscale_loss": "ce"},
+    "dsb_focal": {"semscale_weighting": "dsb", "semscale_loss": "focal", "semscale_focal_gamma": 2.0},
+    "dsb_ldam": {"semscale_weighting": "dsb", **_LDAM},
+    "dsb_balanced_softmax": {"semscale_weighting": "dsb", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+}
+
+BASELINES = ("ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax")
+DSB_METHODS = tuple(name for name in METHODS if name.startswith("dsb_"))
+
+# The baseline each DSB variant is compared with (same base loss; LDAM's counterpart is LDAM-DRW).
+DSB_COUNTERPART = {"dsb_ce": "ce", "dsb_focal": "focal", "dsb_ldam": "ldam_drw", "dsb_balanced_softmax": "balanced_softmax"}
+
+_DESCRIPTIONS = {
+    "ce": "cross-entropy, no weights",
+    "if_ce": "CE + inverse-frequency weights, deferred (DRW at 80 %)",
+    "cb_ce": "CE + effective-number weights beta 0.9999 (Cui et al.), deferred (DRW at 80 %)",
+    "focal": "focal loss gamma 2 (Lin et al.)",
+    "ldam_drw": "LDAM (max margin 0.5, s 30, cosine head) + effective-number DRW at 80 % (Cao et al.)",
+    "balanced_softmax": "balanced softmax / logit adjustment tau 1 (Ren et al.; Menon et al.)",
+    "dsb_ce": "CE + DSB weights (semantic scales only)",
+    "dsb_focal": "focal + DSB weights (semantic scales only)",
+    "dsb_ldam": "LDAM (s 30, cosine head) + DSB weights instead of DRW",
+    "dsb_balanced_softmax": "balanced softmax + DSB weights",
+}
+
+
+def method_overrides(name: str) -> dict[str, Any]:
+    """The ``SemScaleConfig`` field overrides of method ``name`` (a copy)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return dict(METHODS[name])
+
+
+def uses_normed_head(name_or_loss: str) -> bool:
+    """LDAM runs use a cosine ("normed") classifier with logit scale 30, as Cao et al."""
+    loss = METHODS[name_or_loss]["semscale_loss"] if name_or_loss in METHODS else name_or_loss
+    return loss == "ldam"
+
+
+def describe(name: str) -> str:
+    return _DESCRIPTIONS.get(name, name)

@@ -1,0 +1,246 @@
+"""``hf-semscale measure`` end to end (offline), feature extraction and the plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from hf_semscale.cli import main
+from hf_semscale.data import class_names, limit_per_class, load_dataset_any
+from hf_semscale.features import extract_features, load_model_for_features
+from hf_semscale.plotting import plot_marginal_effect, plot_scale_count_accuracy
+from hf_semscale.report import SCALES_FILENAME, read_scale_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, after checking it decodes."""
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    pixels = imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50
+    return pixels.shape[1], pixels.shape[0]
+
+
+def _measure(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["measure", "--quiet", *argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def _check_scales(report: dict, names: list[str], counts: list[int]) -> None:
+    rows = report["classes"]
+    assert [r["id"] for r in rows] == list(range(len(names)))
+    assert [r["name"] for r in rows] == names
+    assert [r["count"] for r in rows] == counts
+    assert all(math.isfinite(r["scale"]) and r["scale"] > 0 for r in rows)
+    assert max(r["normalized_scale"] for r in rows) == pytest.approx(1.0)
+    assert all(r["degree"] >= 1.0 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_image_folder(tmp_path_factory) -> Path:
+    """Shared-style npz folder: classes r/g/b, 6 random 8x8 RGB images each."""
+    folder = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(0)
+    np.savez(
+        folder / "test.npz",
+        images=rng.integers(0, 256, (18, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(18) % 3,
+        classes=np.array(["r", "g", "b"]),
+    )
+    return folder
+
+
+def _cifar_resnet_folder(path: Path, label_names: list[str]) -> Path:
+    """A tiny project CIFAR ResNet whose trained-looking head always predicts class 1."""
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+
+    config = CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=3, id2label=dict(enumerate(label_names)))
+    model = CifarResNetForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    model.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- text: banking77 + MiniLM
+
+
+@pytest.fixture(scope="module")
+def banking_measure(tmp_path_factory, shared_data_dir: Path, minilm_path: Path):
+    """measure on 5 banking77 intents x 8 training texts (a save_to_disk folder), with --sample-space."""
+    root = tmp_path_factory.mktemp("banking")
+    full = load_dataset_any(shared_data_dir / "banking77", "train")
+    names = class_names(full)[:5]
+    tiny = limit_per_class(full.filter(lambda label: label < 5, input_columns="label"), 8, seed=0)
+    tiny = tiny.cast_column("label", datasets.ClassLabel(names=names))
+    tiny.save_to_disk(root / "data")
+    rc = main(["measure", "--quiet", "--model", str(minilm_path), "--dataset", str(root / "data"),
+               "--output-dir", str(root / "out"), "--sample-space", "--batch-size", "20"])
+    return rc, root / "out", names
+
+
+@pytest.mark.data
+def test_banking77_minilm_report(banking_measure):
+    rc, out, names = banking_measure
+    assert rc == 0
+    report = read_scale_report(out)
+    _check_scales(report, names, [8] * 5)
+    assert report["source"] == "measure" and report["feature_dim"] == 384  # MiniLM pooler output
+    assert all(r["sample_scale"] > 0 for r in report["classes"])  # mean token embeddings
+    assert report["sample_space"]["dim"] == 384
+    assert "accuracy" not in report["classes"][0] and report["settings"]["head_is_trained"] is False
+    assert report["summary"]["num_classes"] == 5 and report["summary"]["count_max_min_ratio"] == 1.0
+    _png_size(out / "scale_count_accuracy.png")
+    assert not (out / "marginal_effect.png").exists()
+
+
+# --------------------------------------------------------------------------- images: cifar10 + timm
+
+
+@pytest.mark.data
+def test_cifar10_timm_with_marginal_effect(tmp_path: Path, shared_data_dir: Path, capsys):
+    rc, out, err = _measure(
+        capsys, "--model", "resnet10t", "--dataset", str(shared_data_dir / "cifar10"), "--split", "test",
+        "--max-samples-per-class", "4", "--marginal-effect", "--draws", "2", "--output-dir", str(tmp_path),
+    )
+    assert rc == 0, err
+    report = json.loads((tmp_path / SCALES_FILENAME).read_text())
+    _check_scales(report, CIFAR10_NAMES, [4] * 10)
+    assert report["feature_dim"] == 512  # resnet10t's pooled features, the input of its fc
+    curves = report["marginal_effect"]
+    assert curves["sizes"][0] == 2 and curves["sizes"][-1] == 4
+    assert len(curves["mean"]) == 10 and all(len(row) == len(curves["sizes"]) for row in curves["mean"])
+    assert [row[-1] for row in curves["mean"]] == pytest.approx([r["scale"] for r in report["classes"]])
+    _png_size(tmp_path / "marginal_effect.png")
+    _png_size(tmp_path / "scale_count_accuracy.png")
+    assert "airplane" in out and "random weights" in out  # the table and the note
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_with_accuracy_for_a_trained_head(tmp_path: Path, tiny_image_folder: Path, capsys):
+    model = _cifar_resnet_folder(tmp_path / "model", ["r", "g", "b"])
+    rc, out, err = _measure(
+        capsys, "--model", str(model), "--dataset", str(tiny_image_folder), "--split", "test",
+        "--with-accuracy", "--output-dir", str(tmp_path / "out"),
+    )
+    assert rc == 0, err
+    report = read_scale_report(tmp_path / "out")
+    _check_scales(report, ["r", "g", "b"], [6, 6, 6])
+    assert [r["accuracy"] for r in report["classes"]] == [0.0, 1.0, 0.0]  # the head always says "g"
+    assert report["metrics"]["accuracy"] == pytest.approx(1 / 3)
+    assert "pearson_scale_accuracy" in report["summary"] and "acc %" in out
+    wide, _ = _png_size(tmp_path / "out" / "scale_count_accuracy.png")
+    narrow, _ = _png_size(plot_scale_count_accuracy([dict(r, accuracy=None) for r in report["classes"]], tmp_path / "no_acc.png"))
+    assert wide > 2 * narrow  # three panels with accuracy, one without
+
+
+def test_with_accuracy_refuses_other_label_names(tmp_path: Path, tiny_image_folder: Path, capsys):
+    model = _cifar_resnet_folder(tmp_path / "model", ["x", "y", "z"])
+    rc, _, err = _measure(capsys, "--model", str(model), "--dataset", str(tiny_image_folder), "--split", "test",
+                          "--with-accuracy", "--output-dir", str(tmp_path / "out"))
+    assert rc == 2 and "the model's label 0 is 'x' but the dataset's class 0 is 'r'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_with_accuracy_refuses_a_random_head(tmp_path: Path, tiny_image_folder: Path, capsys):
+    rc, _, err = _measure(capsys, "--model", "resnet10t", "--dataset", str(tiny_image_folder), "--split", "test",
+                          "--with-accuracy", "--output-dir", str(tmp_path))
+    assert rc == 2 and "random weights" in err and "Fix:" in err
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_dataset_and_unknown_model(tmp_path: Path, tiny_image_folder: Path, capsys):
+    rc, _, err = _measure(capsys, "--model", "resnet10t", "--dataset", str(tmp_path / "no_data"), "--output-dir", str(tmp_path))
+    assert rc == 2 and "does not exist" in err and "Fix:" in err
+    rc, _, err = _measure(capsys, "--model", "no-such-architecture-xyz", "--dataset", str(tiny_image_folder),
+                          "--split", "test", "--output-dir", str(tmp_path))
+    assert rc == 2 and "not a timm architecture name" in err
+    rc, _, err = _measure(capsys, "--model", str(tmp_path / "no_model"), "--dataset", str(tiny_image_folder),
+                          "--split", "test", "--output-dir", str(tmp_path))
+    assert rc == 2 and "model folder" in err and "does not exist" in err
+
+
+def test_image_model_on_text_data_is_refused(tmp_path: Path):
+    text = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    fm = load_model_for_features("resnet10t", num_labels=2)
+    with pytest.raises(ValueError, match="reads image input but the dataset has no 'image' column"):
+        extract_features(fm, text, show_progress=False)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_vit_features_are_the_classifier_input(tmp_path: Path):
+    """A processor-backed image model; grayscale images are repeated to RGB for the processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (5, 12, 12, 1), dtype=np.uint8)
+    ds = datasets.Dataset.from_dict(
+        {"image": gray, "label": [0, 1, 0, 1, 1]},
+        features=datasets.Features({"image": datasets.Array3D((12, 12, 1), "uint8"), "label": datasets.Value("int64")}),
+    )
+    fm = load_model_for_features(str(tmp_path))
+    assert fm.modality == "image" and fm.head_name == "classifier" and fm.head_is_trained
+    fm.model.train()
+    features, labels, predictions = extract_features(fm, ds, batch_size=2, with_predictions=True, show_progress=False)
+    assert fm.model.training  # extraction ran in eval mode and restored the caller's mode
+    fm.model.eval()
+    assert features.shape == (5, 16) and features.dtype == np.float32
+    assert labels.tolist() == [0, 1, 0, 1, 1]
+    pixels = fm.processor(images=[np.repeat(g, 3, axis=-1) for g in gray], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cls = fm.model.vit(pixels).last_hidden_state[:, 0]
+        logits = fm.model.classifier(cls)
+    np.testing.assert_allclose(features, cls.numpy(), atol=1e-5)
+    assert predictions.tolist() == logits.argmax(-1).tolist()
+
+
+def test_decoder_without_pad_token_pools_the_last_real_token(tmp_path: Path, minilm_path: Path):
+    """GPT-2-style: no pad token; features of a padded batch equal those of each text alone."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    tokenizer.eos_token, tokenizer.pad_token = "[SEP]", None
+    tokenizer.save_pretrained(tmp_path)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=32, num_labels=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    fm = load_model_for_features(str(tmp_path))
+    assert fm.processor.pad_token == "[SEP]" and fm.model.config.pad_token_id == tokenizer.eos_token_id
+    texts = datasets.Dataset.from_dict({"text": ["a much longer sentence than the other", "short"], "label": [0, 1]})
+    batched, _, _ = extract_features(fm, texts, batch_size=2, show_progress=False)
+    alone, _, _ = extract_features(fm, texts, batch_size=1, show_progress=False)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plot_marginal_effect_handles_missing_points(tmp_path: Path):
+    curves = {"sizes": [2, 4, 8], "mean": [[1.0, 2.0, 2.5], [1.5, None, None]], "std": [[0.1, 0.2, 0.0], [0.3, None, None]]}
+    _png_size(plot_marginal_effect(curves, tmp_path / "me.png", class_names=["head", "tail"]))
+    with pytest.raises(ValueError, match="lacks 'std'"):
+        plot_marginal_effect({"sizes": [2], "mean": [[1.0]]}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"must be \[C\]\[3\]"):
+        plot_marginal_effect({"sizes": [2, 4, 8], "mean": [[1.0]], "std": [[0.0]]}, tmp_path / "bad.png")
