@@ -133,6 +133,15 @@ class SemScaleConfig(TrainingArguments):
             raise ValueError("semscale_pool_capacity must be >= 0 (0 keeps every sample's latest feature)")
         if not 0.0 <= self.semscale_cb_beta < 1.0:
             raise ValueError(f"semscale_cb_beta must be in [0, 1), got {self.semscale_cb_beta}")
+        if self.semscale_fill_max_steps < -1:
+            raise ValueError("semscale_fill_max_steps must be >= 0, or -1 for one epoch")
+        if not self.semscale_max_pool_memory_mb > 0:
+            raise ValueError(f"semscale_max_pool_memory_mb must be positive, got {self.semscale_max_pool_memory_mb}")
+        if self.semscale_focal_gamma < 0 or self.semscale_ldam_max_margin < 0 or self.semscale_ldam_scale <= 0:
+            raise ValueError(
+                "semscale_focal_gamma and semscale_ldam_max_margin must be >= 0 and semscale_ldam_scale > 0; got "
+                f"{self.semscale_focal_gamma}, {self.semscale_ldam_max_margin}, {self.semscale_ldam_scale}"
+            )
 
     def semscale_settings(self) -> dict:
         """The ``semscale_*`` fields as a JSON-ready dict (for reports and model cards)."""

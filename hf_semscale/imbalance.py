@@ -11,7 +11,6 @@ This module imports torch only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch

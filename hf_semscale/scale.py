@@ -40,8 +40,8 @@ MIN_SAMPLES_FOR_SCALE = 2
 """A class needs at least this many samples for a non-zero volume (centring removes one)."""
 
 # float64 elements of padded features one chunk may hold. On the CPU a chunk should stay in
-# cache (16 MiB); on an accelerator bigger chunks mean fewer kernel launches (512 MiB).
-_CHUNK_ELEMENTS_CPU = 2 * 1024 * 1024
+# cache (8 MiB); on an accelerator bigger chunks mean fewer kernel launches (512 MiB).
+_CHUNK_ELEMENTS_CPU = 1024 * 1024
 _CHUNK_ELEMENTS_ACCELERATOR = 64 * 1024 * 1024
 # Classes share a chunk (padded to its largest class) while padding adds at most this fraction
 # of work, or less work than the fixed cost of one more chunk (~0.1 ms of torch calls).
@@ -180,8 +180,10 @@ def _half_log2det(mats: Tensor) -> Tensor:
     Cholesky first; a matrix it rejects (rounding made it barely indefinite, e.g. huge
     unnormalised features) goes through its eigenvalues, clamped to the exact lower bound 1.
     """
-    chol, info = torch.linalg.cholesky_ex(mats)
-    bits = torch.log2(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    # The upper factor of the transposed view reads the same (lower) triangle without a copy:
+    # LAPACK is column-major. Its diagonal is the lower factor's.
+    factor, info = torch.linalg.cholesky_ex(mats.mT, upper=True)
+    bits = torch.log2(torch.diagonal(factor, dim1=-2, dim2=-1)).sum(-1)
     failed = info != 0
     if bool(failed.any()):
         eigenvalues = torch.linalg.eigvalsh(mats[failed])
@@ -366,10 +368,10 @@ class MarginalEffect:
     mean: Tensor
     std: Tensor
     counts: list[int]
-    draws: int = 1
-    seed: int = 0
-    alpha: float = 0.0
-    normalize: bool = True
+    draws: int
+    seed: int
+    alpha: float
+    normalize: bool
 
     def to_dict(self) -> dict:
         """JSON-ready dict; entries with ``m > n_c`` are ``null``."""
@@ -463,4 +465,6 @@ def marginal_effect_curves(
                 values[c, j, k if m < counts[c] else slice(None)] = s
     mean = values.mean(dim=-1)
     std = values.std(dim=-1) if draws > 1 else torch.where(mean.isnan(), mean, 0.0)
+    whole_class = torch.tensor([[m == n for m in grid] for n in counts], dtype=torch.bool)
+    std[whole_class] = 0.0  # identical draws (the rounding of their mean is not a spread)
     return MarginalEffect(grid, mean, std, counts, draws=draws, seed=int(seed), alpha=a, normalize=normalize)

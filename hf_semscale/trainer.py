@@ -718,7 +718,8 @@ class SemScaleTrainer(Trainer):
         """Delete the half-written ``checkpoint-N`` (N > ``step``) an interrupted run left in ``output_dir``.
 
         Resume never uses them, and the Trainer's rotation (``save_total_limit``) protects the highest-numbered
-        (or newest) checkpoint: a stale incomplete one there would make it delete the complete ones.
+        (or newest) checkpoint: a stale incomplete one there would make it delete the complete ones. Only folders
+        whose ``trainer_state.json`` (written last) is missing or unreadable go: an interrupted save's signature.
         """
         root = Path(self.args.output_dir)
         if not self.args.should_save or not root.is_dir():
@@ -729,7 +730,7 @@ class SemScaleTrainer(Trainer):
             tail = child.name.split("-")[-1]
             if not (child.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and tail.isdigit() and int(tail) > step):
                 continue
-            problem = checkpoint_problem(child) if child.is_dir() else None
+            problem = checkpoint_problem(child, needs_semscale_state=False) if child.is_dir() else None
             if problem is not None:
                 logger.warning("Removing incomplete checkpoint %s left by an interrupted run: %s", child, problem)
                 shutil.rmtree(child, ignore_errors=True)

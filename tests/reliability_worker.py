@@ -97,7 +97,7 @@ def make_trainer(output_dir: str, trainer_cls=None, callbacks=(), dataset=None, 
         disable_tqdm=True,
         dataloader_num_workers=0,
         semscale_warmup_steps=3,
-        semscale_update_interval=2,
+        semscale_update_interval=3,  # coprime to SAVE_STEPS: some resumes land between two updates
         semscale_fill_max_steps=3,
         semscale_pool_capacity=16,
     )

@@ -144,7 +144,7 @@ def test_image_recipe_cifar100_code_path(cifar100_standin, tmp_path):
     record = main([
         str(CONFIGS / "cifar100_lt.yaml"), "--data_dir", str(cifar100_standin), "--imbalance_factor", "3",
         "--validation_per_class", "1", "--method", "dsb_ce", "--semscale_warmup_ratio", "0", "--semscale_fill_max_steps", "1",
-        "--semscale_update_interval", "1", "--output_dir", str(tmp_path), *TINY_IMAGE, "--num_train_epochs", "2",
+        "--semscale_update_interval", "1", "--output_dir", str(tmp_path), *TINY_IMAGE,
     ])
     counts = record["train_class_counts"]
     assert len(counts) == 100 and counts[0] == 3 and counts[-1] == 1  # long-tailed after carving 1/class

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import reliability_worker as worker
 from hf_semscale.pool import (
@@ -175,12 +175,12 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
 
         out, result = tmp_path / "killed", tmp_path / "killed.safetensors"
         plan = ["save:before_trainer_state", "time", "save:mid_trainer_state", "save:mid_semscale_state", "time",
-                "save:after_semscale_state", "save:mid_rotation", "time"]
+                "save:after_semscale_state", "save:mid_rotation", "time", "save:before_trainer_state", "time"]
         kills, in_save_kills = [], 0
         for item in plan:
             resumed_from = _step_of(latest_complete_checkpoint(out))
             if item == "time":  # SIGKILL from outside, at a random instant after a random step
-                target = max(resumed_from, 0) + rng.randint(1, 6)
+                target = max(resumed_from, 0) + rng.randint(2, 8)
                 if target >= worker.MAX_STEPS - 1:
                     continue
                 pid = zygote.start(out, result)
@@ -191,7 +191,7 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
                 kills.append(f"time@{target}")
             else:  # the worker SIGKILLs itself at a chosen point of a checkpoint save
                 phase = item.split(":")[1]
-                saves_ahead = 2 if phase == "mid_rotation" else rng.randint(1, 2)  # rotation needs 3 checkpoints
+                saves_ahead = 2 if phase == "mid_rotation" else rng.randint(1, 3)  # rotation needs 3 checkpoints
                 step = (max(resumed_from, 0) // worker.SAVE_STEPS + saves_ahead) * worker.SAVE_STEPS
                 if step > worker.MAX_STEPS:
                     continue
@@ -204,9 +204,10 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
                     assert _step_of(latest) == step
                 else:
                     assert checkpoint_problem(out / f"checkpoint-{step}") is not None
-                    assert _step_of(latest) == step - worker.SAVE_STEPS
+                    assert _step_of(latest) == (step - worker.SAVE_STEPS if step > worker.SAVE_STEPS else -1)
             _assert_output_dir_readable(out)
-        assert len(kills) >= 5 and in_save_kills >= 4, kills
+        assert len(kills) >= 6 and in_save_kills >= 4, kills
+        assert max(int(k.split("@")[1]) for k in kills) >= worker.MAX_STEPS // 2, kills  # spread over the run
 
         pid = zygote.start(out, result)
         assert zygote.wait_exit(pid) == 0, zygote.stderr_tail()
@@ -232,13 +233,15 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
 # half-written checkpoints, in process
 
 
+SHORT = dict(max_steps=8, save_steps=4, save_total_limit=None, semscale_warmup_steps=1, semscale_fill_max_steps=1,
+             semscale_update_interval=2)
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """An uninterrupted 8-step run with checkpoints at 4 and 8 (pool filled and re-weighting at both)."""
     out = tmp_path_factory.mktemp("short_run")
-    trainer = worker.make_trainer(
-        str(out), max_steps=8, save_steps=4, save_total_limit=None, semscale_warmup_steps=1, semscale_fill_max_steps=1
-    )
+    trainer = worker.make_trainer(str(out), **SHORT)
     trainer.train()
     assert trainer._num_updates >= 3 and (out / "checkpoint-4" / STATE_FILENAME).is_file()
     return {
@@ -274,9 +277,7 @@ def test_half_written_checkpoint_is_skipped_with_warning(short_run, tmp_path, ca
     assert len(warnings) == 1 and "checkpoint-8" in warnings[0]
     assert ("trainer_state.json" if "trainer_state" in corruption else STATE_FILENAME) in warnings[0]
 
-    trainer = worker.make_trainer(
-        str(out), max_steps=8, save_steps=4, save_total_limit=None, semscale_warmup_steps=1, semscale_fill_max_steps=1
-    )
+    trainer = worker.make_trainer(str(out), **SHORT)
     loaded = []
     original = trainer._load_semscale_state
     trainer._load_semscale_state = lambda d: (loaded.append(d), original(d))[1]
@@ -306,9 +307,7 @@ def test_fresh_start_drops_history_of_a_run_killed_before_its_first_checkpoint(s
     out = tmp_path / "run"
     out.mkdir()
     (out / HISTORY_FILENAME).write_text('{"step": 99, "stage": "reweight"}\n{"step": 100, "sta')
-    trainer = worker.make_trainer(
-        str(out), max_steps=8, save_steps=4, save_total_limit=None, semscale_warmup_steps=1, semscale_fill_max_steps=1
-    )
+    trainer = worker.make_trainer(str(out), **SHORT)
     trainer.train()
     assert (out / HISTORY_FILENAME).read_text() == short_run["history"]
 
@@ -328,13 +327,23 @@ def test_rotation_never_leaves_only_incomplete_checkpoints(short_run, tmp_path, 
     future = time.time() + 3600
     os.utime(stale, (future, future))  # the newest by mtime too, whichever order rotation uses
     caplog.set_level(logging.WARNING, logger=TRAINER_LOGGER)
-    trainer = worker.make_trainer(
-        str(out), max_steps=8, save_steps=4, save_total_limit=1, semscale_warmup_steps=1, semscale_fill_max_steps=1
-    )
+    trainer = worker.make_trainer(str(out), **{**SHORT, "save_total_limit": 1})
     trainer.train(resume_from_checkpoint=True)
     assert latest_complete_checkpoint(out) == str(out / "checkpoint-8")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-8"]
     assert "Removing incomplete checkpoint" in caplog.text and "checkpoint-12" in caplog.text
+
+
+def test_train_start_removes_only_half_written_checkpoints(tmp_path, caplog):
+    out = tmp_path / "run"
+    (out / "checkpoint-50").mkdir(parents=True)
+    (out / "checkpoint-50" / "model.safetensors").write_bytes(b"half")  # no trainer_state.json: interrupted save
+    (out / "checkpoint-100").mkdir()
+    (out / "checkpoint-100" / "trainer_state.json").write_text("{}")  # complete, another trainer's: not ours to delete
+    caplog.set_level(logging.WARNING, logger=TRAINER_LOGGER)
+    worker.make_trainer(str(out), max_steps=1, save_strategy="no").train()
+    assert not (out / "checkpoint-50").exists() and (out / "checkpoint-100" / "trainer_state.json").exists()
+    assert "Removing incomplete checkpoint" in caplog.text and "checkpoint-50" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,12 +578,13 @@ def test_pool_over_budget_stops_before_training_with_a_capacity_that_fits(tmp_pa
     assert k == 7  # 7+7+7+6+3 = 30 rows <= 31 < 8+8+8+6+3
     assert ("semscale_pool_dtype=" in message) == (dtype == "float32")  # a smaller dtype only when there is one
 
-    fixed = worker.make_trainer(
-        str(tmp_path), max_steps=6, save_strategy="no", semscale_pool_dtype=dtype, semscale_pool_capacity=k,
-        semscale_max_pool_memory_mb=budget_bytes / 2**20,
-    )
-    fixed.train()  # the suggested capacity runs
-    assert fixed.pool.nbytes <= budget_bytes
+    if dtype == "float16":  # the suggested capacity really runs (once is enough)
+        fixed = worker.make_trainer(
+            str(tmp_path), max_steps=6, save_strategy="no", semscale_pool_dtype=dtype, semscale_pool_capacity=k,
+            semscale_max_pool_memory_mb=budget_bytes / 2**20,
+        )
+        fixed.train()
+        assert fixed.pool.nbytes <= budget_bytes
 
 
 def test_pool_over_budget_even_at_one_row_per_class_says_so(tmp_path):
@@ -609,37 +619,37 @@ def _degenerate_dataset(kind: str):
     base = worker.make_dataset()
     x = torch.tensor(base["pixel_values"])
     y = torch.tensor(base["labels"])
-    if kind == "identical":
+    if kind == "some_classes":
         x[y == 2] = x[y == 2][0]  # every sample of class 2 is the same point
-    elif kind == "zero":
-        x[y == 3] = 0.0  # with zero biases at init: all-zero features for class 3
-    elif kind == "all_identical":
+        x[y == 3] = 0.0  # all-zero inputs: with zero biases at init, all-zero features for class 3
+    else:  # "all_identical"
         x[:] = x[0]
     return Dataset.from_dict({"pixel_values": x.tolist(), "labels": y.tolist()})
 
 
-@pytest.mark.parametrize("kind", ["identical", "zero", "all_identical"])
-@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("kind, normalize", [("some_classes", True), ("some_classes", False), ("all_identical", True)])
 def test_degenerate_class_features_give_finite_positive_weights(tmp_path, kind, normalize):
     trainer = worker.make_trainer(
-        str(tmp_path), max_steps=12, save_strategy="no", dataset=_degenerate_dataset(kind),
+        str(tmp_path), max_steps=8, save_strategy="no", dataset=_degenerate_dataset(kind),
         semscale_warmup_steps=0, semscale_fill_max_steps=2, semscale_update_interval=1,
         semscale_normalize_features=normalize, learning_rate=0.0,  # frozen model: pooled features stay identical
     )
     trainer.train()
-    assert trainer._num_updates >= 5
+    assert trainer._num_updates >= 4
     history = [json.loads(line) for line in (tmp_path / HISTORY_FILENAME).read_text().splitlines()]
+    assert len(history) == trainer._num_updates
     for record in history:
         weights = torch.tensor(record["weights"], dtype=torch.float64)
         assert torch.isfinite(weights).all() and (weights > 0).all(), record
         assert all(s >= 0 for s in record["scales"])
-    scales = trainer.semantic_scales
-    if kind == "identical":
-        assert scales[2] < 1e-3 and scales.max() > 0.1
-        assert trainer.class_weights[2] == trainer.class_weights.max()  # the floor: largest, finite weight
-    if kind == "all_identical":
+    scales, weights = trainer.semantic_scales, trainer.class_weights
+    if kind == "some_classes":
+        assert trainer.pool.filled[2] >= 2 and trainer.pool.filled[3] >= 2
+        assert scales[2] < 1e-3 and scales[3] < 1e-3 and scales.max() > 0.1
+        assert weights[2] == weights.max() and weights[3] == weights.max()  # the floor: largest, finite weight
+    else:
         assert (scales < 1e-3).all()
-        assert torch.allclose(trainer.class_weights, torch.ones(worker.NUM_LABELS, dtype=torch.float64))
+        assert torch.allclose(weights, torch.ones(worker.NUM_LABELS, dtype=torch.float64))
 
 
 def test_all_zero_features_with_normalize_give_uniform_weights(tmp_path):
@@ -674,7 +684,7 @@ def test_float16_pool_overflow_without_normalize_fails_clearly_not_with_nan(tmp_
     assert torch.isfinite(trainer.pool.storage).all()  # nothing infinite entered the pool
 
 
-@pytest.mark.parametrize("dtype, normalize", [("bfloat16", False), ("float32", False), ("float16", True)])
+@pytest.mark.parametrize("dtype, normalize", [("bfloat16", False), ("float16", True)])
 def test_huge_features_train_with_a_wide_dtype_or_normalisation(tmp_path, dtype, normalize):
     trainer = worker.make_trainer(
         str(tmp_path), max_steps=8, save_strategy="no", semscale_warmup_steps=0, semscale_fill_max_steps=2,

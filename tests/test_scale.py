@@ -190,7 +190,9 @@ def test_classes_subset():
     full = class_semantic_scales(feats, labels, len(sizes))
     part = class_semantic_scales(feats, labels, len(sizes), classes=[2, 7, 9, 1])
     for c in range(len(sizes)):
-        assert float(part[c]) == (float(full[c]) if c in (2, 7, 9) else 0.0)
+        # other classes in a chunk may change its padding, hence the rounding: not bit-identical
+        expected = float(full[c]) if c in (2, 7, 9) else 0.0
+        assert float(part[c]) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_alpha_is_fixed_across_classes():

@@ -9,7 +9,6 @@ expected values are computed independently (the scale / weighting functions, pla
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -22,7 +21,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
-from transformers.modeling_outputs import ImageClassifierOutput
 
 from hf_semscale.config import BASE_LOSSES, WEIGHTING_MODES, SemScaleConfig
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification, MLPClassifierConfig, MLPForClassification
@@ -38,18 +36,7 @@ DIM = 8
 IGNORE = -100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_tiny_runs():
-    """Tiny models on a shared 2-core machine: one intra-op thread is faster; and ``Trainer.train``
-    ends with accelerate's ``gc.collect()``, which walks the whole heap of transformers + torch
-    (~2 s per run here) unless the objects that exist now are frozen out of the collector."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("fast_tiny_runs")
 
 
 # ---------------------------------------------------------------- helpers
@@ -181,6 +168,8 @@ def test_every_semscale_knob_has_help_and_parses_from_the_command_line(tmp_path)
         ("semscale_normalization", "max"), ("semscale_update_interval", 0), ("semscale_warmup_steps", -2),
         ("semscale_warmup_ratio", 1.5), ("semscale_weight_floor", 0.0), ("semscale_gamma", -1.0),
         ("semscale_alpha", 0.0), ("semscale_pool_capacity", -1), ("semscale_cb_beta", 1.0),
+        ("semscale_fill_max_steps", -2), ("semscale_max_pool_memory_mb", 0.0), ("semscale_focal_gamma", -1.0),
+        ("semscale_ldam_scale", 0.0),
     ],
 )
 def test_config_rejects_invalid_knobs(tmp_path, name, value):
@@ -417,7 +406,6 @@ def assert_same_run(a: SemScaleTrainer, b: SemScaleTrainer) -> None:
     assert a._num_updates == b._num_updates
 
 
-@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     # dropout makes the result depend on the restored RNG state too
     full, _ = train(tmp_path / "full", model=make_model(dropout=0.2), **RESUME)

@@ -10,7 +10,6 @@ construction, batch passed for pooling, training mode, gathering, pool order) pe
 
 from __future__ import annotations
 
-import gc
 
 import datasets
 import numpy as np
@@ -32,17 +31,7 @@ SEQ_LEN = 7
 LENGTHS = [7, 4, 2, 5, 3, 6]  # right padding of different lengths
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_tiny_runs():
-    """One intra-op thread on the shared machine; freeze the import-time heap so the
-    ``gc.collect()`` at the end of every ``Trainer.train`` stays cheap (see test_trainer.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("fast_tiny_runs")
 
 
 # ---------------------------------------------------------------- data
