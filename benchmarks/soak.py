@@ -180,9 +180,13 @@ def main(argv: list[str] | None = None) -> dict:
             if step % args.sample_every == 0 or step == args.steps:
                 gc.collect()  # retained memory only: cyclic garbage (closures, frames) is not a leak
                 rss, _ = rss_bytes()
+                recent = step_cpu[-args.sample_every:]
                 sample = {
                     "step": step,
                     "stage": trainer.stage,
+                    "step_cpu_ms_median_since_last_sample": 1000 * statistics.median(recent),
+                    "step_wall_ms_median_since_last_sample": 1000 * statistics.median(step_wall[-args.sample_every:]),
+                    "loadavg_1min": os.getloadavg()[0],
                     "rss_mib": rss / 2**20,
                     "pool_bytes": trainer.pool.nbytes if trainer.pool is not None else 0,
                     "updates": trainer._num_updates,
