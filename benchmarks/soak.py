@@ -340,9 +340,19 @@ def render_markdown(r: dict) -> str:
         f"{r['files']['history_bytes'] / 2**10:.0f} KiB); `state.log_history` one entry per logging step "
         f"({r['files']['log_history_len']}).",
         "",
-        "Samples every few hundred steps are in `soak.json` (`samples`).",
+        "Every sample (after `gc.collect()`): step times are medians of the steps since the previous sample; they "
+        "follow the machine's load (other jobs), not the step number.",
         "",
+        "| step | CPU ms | wall ms | load avg | RSS MiB | heap KiB (excl. script) | live tensors |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for smp in r["samples"]:
+        heap = smp.get("tracemalloc_excl_harness_kib")
+        lines.append(
+            f"| {smp['step']} | {smp['step_cpu_ms_median_since_last_sample']:.1f} | {smp['step_wall_ms_median_since_last_sample']:.1f} | "
+            f"{smp['loadavg_1min']:.1f} | {smp['rss_mib']:.1f} | {'n/a' if heap is None else format(heap, '.0f')} | {smp['live_tensors']} |"
+        )
+    lines.append("")
     growth = r.get("heap_growth_sites")
     if growth:
         lines += [
@@ -355,7 +365,13 @@ def render_markdown(r: dict) -> str:
         for g in growth["top"]:
             site = g["site"].split("site-packages/")[-1].replace(str(Path(__file__).resolve().parents[1]) + "/", "")
             lines.append(f"| `{site}` | {g['size_diff_kib']:+.1f} | {g['count_diff']:+d} |")
-        lines.append("")
+        lines += [
+            "",
+            "Known sites: `numpy/ctypeslib` is safetensors' `save_file` creating one ctypes array type per tensor size "
+            "(cached by ctypes; happens at the first checkpoint save, then no more); `transformers/trainer.py` "
+            "`state.log_history.append` grows by design (one entry per logging step).",
+            "",
+        ]
     return "\n".join(lines)
 
 

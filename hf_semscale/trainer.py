@@ -281,7 +281,7 @@ class SemScaleTrainer(Trainer):
         budget = a.semscale_max_pool_memory_mb * 2**20
         logger.info(
             "SemScaleTrainer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %d bytes = %.1f MiB "
-            "(budget %g MiB; each update briefly copies it once more)",
+            "(budget %g MiB; each weight update briefly holds ~2 more copies)",
             self.num_labels, rows, a.semscale_pool_capacity or "n_c", feature_dim, a.semscale_pool_dtype, needed,
             needed / 2**20, a.semscale_max_pool_memory_mb,
         )

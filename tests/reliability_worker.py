@@ -1,8 +1,8 @@
 """Worker for the kill -9 / resume tests of ``tests/test_reliability.py``.
 
 One short, fully deterministic DSB training run: a tiny ``MLPForClassification`` on synthetic
-long-tailed data, ``SemScaleTrainer`` on the CPU with one thread, checkpoints every few steps, the
-pool and the class weights changing every other step. At the end it writes the final class
+long-tailed data, ``SemScaleTrainer`` on the CPU with one thread, checkpoints every 4 steps, the
+pool changing every step and the class weights every 3rd (so some resumes land between two updates). At the end it writes the final class
 weights, semantic scales, pool state and model weights to ``<result>`` (safetensors).
 
 Two ways to run it:

@@ -181,7 +181,7 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
             resumed_from = _step_of(latest_complete_checkpoint(out))
             if item == "time":  # SIGKILL from outside, at a random instant after a random step
                 target = max(resumed_from, 0) + rng.randint(2, 8)
-                if target >= worker.MAX_STEPS - 1:
+                if target > worker.MAX_STEPS - 5:  # leave it far more than the <= 50 ms below to live
                     continue
                 pid = zygote.start(out, result)
                 assert zygote.wait_step(pid, target), zygote.stderr_tail()
