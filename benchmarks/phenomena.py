@@ -397,8 +397,11 @@ def balanced_cifar_lines(report: dict[str, Any]) -> list[str]:
               "- " + _reading("Trained features of the training images", s_feat),
               "- " + _reading("Trained features of the test images", s_test),
               "- " + _reading("Raw pixels", s_pix),
-              "- The paper's claim for sample-balanced data is that classes of larger semantic scale are recognised better; "
-              "a positive, significant correlation above would support it here, anything else would not.", "",
+              "- The paper's claim for sample-balanced data is that classes of larger semantic scale are recognised better. "
+              + ("Here the trained-feature scale of the training images supports it (positive and significant)."
+                 if (s_feat.get("spearman_scale_accuracy") or 0) > 0 and (s_feat.get("p_spearman_scale_accuracy") or 1) < 0.05
+                 else "Here the trained-feature scale of the training images does NOT support it (not a positive, significant "
+                      "correlation)."), "",
               "Package gap met on the way: the recipe normalises pixels with the training set's channel mean / std but saves no "
               "image processor, so `load_model_for_features` (and `hf-semscale measure --with-accuracy`) on its output feeds raw "
               "[0, 1] pixels; this script passes the recipe's `channel_mean` / `channel_std` (from `results.json`). As loaded, "
@@ -477,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-balanced-cifar", action="store_true", help="Train the missing --bc-seeds first (implies --balanced-cifar)")
     parser.add_argument("--bc-depth", type=int, default=8, help="CIFAR ResNet depth (widths 16/32/64)")
     parser.add_argument("--bc-epochs", type=int, default=8)
-    parser.add_argument("--bc-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--bc-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--bc-threads", type=int, default=2)
     parser.add_argument("--machine", default="a 2-core CPU shared with other jobs (no GPU)", help="Stated in the report")
     args = parser.parse_args(argv)

@@ -40,10 +40,14 @@ class ReportError(ValueError):
     """A ``semantic_scales.json`` that is missing, malformed, or of an unknown version."""
 
 
-def _finite_or_none(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+def _json_scalar(value: Any) -> Any:
+    """Python ints, strings and None as they are; other numbers (numpy, torch) as float, NaN/inf as None."""
+    if value is None or isinstance(value, (int, str)):
+        return value
+    if hasattr(value, "__float__"):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
 
 
 def build_scale_report(
@@ -77,7 +81,7 @@ def build_scale_report(
         row: dict[str, Any] = {"id": c, "name": str(names[c]), "count": int(counts[c]), "scale": float(scales[c])}
         for key, col in columns.items():
             if key not in ("name", "count") and col is not None:
-                row[key] = _finite_or_none(float(col[c]) if isinstance(col[c], (int, float)) else col[c])
+                row[key] = _json_scalar(col[c])
         classes.append(row)
     report = {
         "format_version": FORMAT_VERSION,

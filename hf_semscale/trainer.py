@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -724,8 +725,6 @@ class SemScaleTrainer(Trainer):
         root = Path(self.args.output_dir)
         if not self.args.should_save or not root.is_dir():
             return
-        import shutil
-
         for child in sorted(root.iterdir()):
             tail = child.name.split("-")[-1]
             if not (child.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and tail.isdigit() and int(tail) > step):

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="One CE and one DSB run per seed.")
     parser.add_argument("--epochs", type=float, default=30.0, help="Training epochs per run.")
     parser.add_argument("--gamma", type=float, default=1.0, help="DSB strength (semscale_gamma).")
-    parser.add_argument("--warmup-ratio", type=float, default=0.5, help="Stage-1 length as a fraction of training.")
+    parser.add_argument("--warmup-ratio", type=float, default=0.3, help="Stage-1 length as a fraction of training.")
     parser.add_argument("--many-threshold", type=int, default=60, help="Many-shot: more training samples than this.")
     parser.add_argument("--few-threshold", type=int, default=20, help="Few-shot: fewer training samples than this.")
 
@@ -86,6 +86,7 @@ def _fmt(values: list[float | None]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from transformers.utils import logging as hf_logging
 
     from ..data import load_builtin_digits
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..report import SCALES_FILENAME, read_scale_report, write_json_atomic
 
     hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)  # a 64-128-64-10 MLP: extra intra-op threads only add synchronisation (and spin on busy CPUs)
     output_dir = Path(args.output_dir)
     results: dict[str, list[dict]] = {"none": [], "dsb": []}
     final_trainer = None
