@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
-from recipes.methods import BASELINES, DSB_COUNTERPART, DSB_METHODS, METHODS, describe  # noqa: E402
+from recipes.methods import BASELINES, DSB_COUNTERPART, METHODS, describe  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_tail")
 

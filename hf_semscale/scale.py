@@ -235,7 +235,7 @@ def _plan_chunks(set_sizes: list[tuple[int, int]], feature_dim: int, max_element
     """
     chunks: list[_Chunk] = []
     current: list[int] = []
-    own_work = 0
+    own_work = width = 0
     for cls, size in sorted(set_sizes, key=lambda t: t[1]):
         cost = _set_cost(size, feature_dim)
         if current:

@@ -36,17 +36,22 @@ def minilm_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def fast_tiny_runs():
-    """For modules that train tiny models many times: one intra-op thread (faster on a shared 2-core
-    machine), and the import-time heap frozen out of the garbage collector, because ``Trainer.train``
-    ends with accelerate's ``gc.collect()``, which otherwise walks the whole transformers + torch heap
-    (about 2 s per run here)."""
+def one_torch_thread():
+    """Tiny problems: one intra-op thread avoids OpenMP hand-offs, which are slow on a busy shared CPU."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def fast_tiny_runs(one_torch_thread):
+    """For modules that train tiny models many times: one thread, and the import-time heap frozen out of
+    the garbage collector, because ``Trainer.train`` ends with accelerate's ``gc.collect()``, which
+    otherwise walks the whole transformers + torch heap (about 2 s per run here)."""
     gc.collect()
     gc.freeze()
     yield
     gc.unfreeze()
-    torch.set_num_threads(previous)

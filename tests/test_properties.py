@@ -14,13 +14,7 @@ from hf_semscale.imbalance import imbalance_summary
 from hf_semscale.scale import class_semantic_scales, semantic_scale
 from hf_semscale.weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny problems: one thread avoids OpenMP hand-offs, which are slow on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -22,13 +22,7 @@ from hf_semscale.scale import (
 REL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny problems: one thread avoids OpenMP hand-offs, which are slow on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_bits(z, normalize: bool = True, alpha: float | None = None, form: str = "dxd") -> float:
