@@ -192,7 +192,11 @@ def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
         try:
             fm.processor = AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError):
-            fm.notes.append("no image processor: pixels scaled to [0, 1] and passed at their own size")
+            if getattr(config, "image_mean", None) is not None and getattr(config, "image_std", None) is not None:
+                fm.image_mean, fm.image_std = tuple(config.image_mean), tuple(config.image_std)
+                fm.notes.append("no image processor: pixels normalised with the config's image_mean / image_std")
+            else:
+                fm.notes.append("no image processor: pixels scaled to [0, 1] and passed at their own size")
     if not head_is_trained:
         fm.notes.append(f"head {head_name!r} is newly initialised: its predictions are meaningless")
     return fm

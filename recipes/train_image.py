@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     set_seed(args.seed)
     model = build_model(margs, args, num_labels, num_channels, splits["class_names"])
+    # Saved in config.json, so `hf-semscale measure` feeds a trained model the pixels it was trained on.
+    model.config.image_mean = [float(v) for v in mean]
+    model.config.image_std = [float(v) for v in std]
     store: dict[str, Any] = {}
     trainer = SemScaleTrainer(
         model=model,

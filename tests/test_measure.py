@@ -244,3 +244,25 @@ def test_plot_marginal_effect_handles_missing_points(tmp_path: Path):
         plot_marginal_effect({"sizes": [2], "mean": [[1.0]]}, tmp_path / "bad.png")
     with pytest.raises(ValueError, match=r"must be \[C\]\[3\]"):
         plot_marginal_effect({"sizes": [2, 4, 8], "mean": [[1.0]], "std": [[0.0]]}, tmp_path / "bad.png")
+
+
+def test_processor_less_model_uses_the_normalisation_in_its_config(tmp_path: Path):
+    """Recipe-trained CIFAR ResNets store their training pixel mean/std in config.json; features follow it."""
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+
+    mean, std = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
+    config = CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2, image_mean=mean, image_std=std)
+    CifarResNetForImageClassification(config).save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1, 0, 1]},
+        features=datasets.Features({"image": datasets.Array3D((8, 8, 3), "uint8"), "label": datasets.Value("int64")}),
+    )
+    fm = load_model_for_features(str(tmp_path))
+    features, _, _ = extract_features(fm, ds, batch_size=4, show_progress=False)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = fm.model.forward_features(normalised)
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
