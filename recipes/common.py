@@ -8,7 +8,6 @@ A ``method`` (see ``recipes/methods.py``) sits between the two: YAML < method < 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make ``recipes`` importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.report import write_json_atomic  # noqa: E402
 from recipes.methods import method_overrides  # noqa: E402
 
 logger = logging.getLogger("recipes")
@@ -268,7 +268,7 @@ def evaluate_split(trainer: Any, dataset: Any, prefix: str, store: dict[str, Any
 
 def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArguments, splits: dict[str, Any], evaluations: dict[str, Any], wall_start: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``results.json`` (the record the benchmark reads) to ``output_dir``; returns it."""
-    train_output = getattr(trainer, "_recipe_train_output", None)
+    train_runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
     record = {
         "method": run.method,
         "dataset": data.source,
@@ -281,7 +281,7 @@ def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArgument
         "semscale": args.semscale_settings(),
         "epochs": args.num_train_epochs,
         "max_steps": trainer.state.max_steps,
-        "train_runtime_s": train_output.metrics.get("train_runtime") if train_output is not None else None,
+        "train_runtime_s": train_runtime,
         "wall_time_s": time.time() - wall_start,
         "final_stage": trainer.stage,
         "final_class_weights": trainer.class_weights.tolist(),
@@ -290,11 +290,7 @@ def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArgument
         **(extra or {}),
     }
     if args.should_save:
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{RESULTS_FILENAME}.tmp"
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        os.replace(tmp, out / RESULTS_FILENAME)
+        write_json_atomic(Path(args.output_dir) / RESULTS_FILENAME, record)
     return record
 
 

@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         compute_metrics=make_compute_metrics(splits["train_class_counts"], store),
         optimizers=build_optimizers(model, args, run, len(train)),
     )
-    trainer._recipe_train_output = trainer.train()
+    trainer.train()
     if run.save_final_model:
         trainer.save_model()
     evaluations = {}
