@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=30.0, help="Training epochs per run.")
     parser.add_argument("--gamma", type=float, default=1.0, help="DSB strength (semscale_gamma).")
     parser.add_argument("--warmup-ratio", type=float, default=0.3, help="Stage-1 length as a fraction of training.")
-    parser.add_argument("--many-threshold", type=int, default=60, help="Many-shot: more training samples than this.")
+    parser.add_argument("--many-threshold", type=int, default=100, help="Many-shot: more training samples than this.")
     parser.add_argument("--few-threshold", type=int, default=20, help="Few-shot: fewer training samples than this.")
 
 
