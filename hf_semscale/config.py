@@ -11,6 +11,8 @@ __all__ = ["SemScaleConfig", "WEIGHTING_MODES", "BASE_LOSSES"]
 WEIGHTING_MODES = ("dsb", "none", "inverse_frequency", "effective_number")
 BASE_LOSSES = ("ce", "focal", "ldam", "balanced_softmax")
 POOL_DTYPES = ("float16", "bfloat16", "float32", "float64")
+MAX_WEIGHT_RATIO = 1e12
+"""Largest allowed ``semscale_weight_floor ** -semscale_gamma`` (the widest possible class-weight ratio)."""
 
 
 @dataclass
@@ -130,6 +132,13 @@ class SemScaleConfig(TrainingArguments):
             raise ValueError(f"semscale_weight_floor must be in (0, 1], got {self.semscale_weight_floor}")
         if self.semscale_gamma < 0:
             raise ValueError(f"semscale_gamma must be >= 0, got {self.semscale_gamma}")
+        if self.semscale_weight_floor ** -self.semscale_gamma > MAX_WEIGHT_RATIO:
+            raise ValueError(
+                f"semscale_gamma={self.semscale_gamma} with semscale_weight_floor={self.semscale_weight_floor} allows a "
+                f"largest/smallest class-weight ratio of {self.semscale_weight_floor ** -self.semscale_gamma:.3g}, over "
+                f"{MAX_WEIGHT_RATIO:.0e}: the float32 loss weights would lose the small classes' signal or overflow. "
+                "Fix: lower semscale_gamma or raise semscale_weight_floor."
+            )
         if self.semscale_alpha is not None and self.semscale_alpha <= 0:
             raise ValueError(f"semscale_alpha must be positive or None, got {self.semscale_alpha}")
         if self.semscale_pool_capacity < 0:

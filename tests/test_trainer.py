@@ -169,7 +169,7 @@ def test_every_semscale_knob_has_help_and_parses_from_the_command_line(tmp_path)
         ("semscale_warmup_ratio", 1.5), ("semscale_weight_floor", 0.0), ("semscale_gamma", -1.0),
         ("semscale_alpha", 0.0), ("semscale_pool_capacity", -1), ("semscale_cb_beta", 1.0),
         ("semscale_fill_max_steps", -2), ("semscale_max_pool_memory_mb", 0.0), ("semscale_focal_gamma", -1.0),
-        ("semscale_ldam_scale", 0.0),
+        ("semscale_ldam_scale", 0.0), ("semscale_gamma", 20.0),
     ],
 )
 def test_config_rejects_invalid_knobs(tmp_path, name, value):
