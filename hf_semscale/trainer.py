@@ -60,6 +60,16 @@ _STATE_FORMAT = "hf_semscale.trainer_state.v1"
 _TRAINER_STATE_NAME = "trainer_state.json"
 
 
+def _step_of(path: str | os.PathLike) -> int | None:
+    """The step ``N`` of a folder named ``...-N`` (``checkpoint-N``), None if its name ends otherwise."""
+    tail = Path(path).name.split("-")[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _is_checkpoint_folder(path: Path) -> bool:
+    return path.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and _step_of(path) is not None
+
+
 def checkpoint_problem(checkpoint_dir: str | os.PathLike, needs_semscale_state: bool = True) -> str | None:
     """Why ``checkpoint_dir`` is not a complete checkpoint, or None if it is.
 
@@ -84,12 +94,8 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike, needs_semscale_sta
     root = Path(output_dir)
     if not root.is_dir():
         return None
-    steps = []
-    for child in root.iterdir():
-        name = child.name
-        if child.is_dir() and name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
-            steps.append((int(name.split("-")[-1]), child))
-    for _, child in sorted(steps, reverse=True):
+    checkpoints = [child for child in root.iterdir() if child.is_dir() and _is_checkpoint_folder(child)]
+    for child in sorted(checkpoints, key=_step_of, reverse=True):
         problem = checkpoint_problem(child, needs_semscale_state)
         if problem is None:
             return str(child)
@@ -252,10 +258,14 @@ class SemScaleTrainer(Trainer):
             self.model, num_labels=self.num_labels, module=self._feature_module, pool_fn=self._feature_pool_fn
         )
         self._captured_model = self.model
-        head = self.model.get_submodule(self._capture.head_name)
-        in_features = getattr(head, "in_features", None)  # nn.Linear, NormedLinear, ...
-        if isinstance(in_features, int):
-            self._check_pool_budget(in_features)
+        feature_dim = self._head_feature_dim()
+        if feature_dim is not None:
+            self._check_pool_budget(feature_dim)
+
+    def _head_feature_dim(self) -> int | None:
+        """``in_features`` of the captured module (nn.Linear, NormedLinear, ...), None if it has none."""
+        in_features = getattr(self.model.get_submodule(self._capture.head_name), "in_features", None)
+        return in_features if isinstance(in_features, int) else None
 
     @staticmethod
     def _largest_fitting_capacity(class_counts: Tensor, feature_dim: int, itemsize: int, budget: float) -> int | None:
@@ -326,12 +336,12 @@ class SemScaleTrainer(Trainer):
         feature_dim = -1
         if self.uses_pool:
             self._install_capture()
-            feature_dim = int(getattr(self.model.get_submodule(self._capture.head_name), "in_features", -1))
+            feature_dim = self._head_feature_dim() or -1
         digest = hashlib.sha256(json.dumps(self.class_counts.tolist()).encode()).digest()
         resume_step = -1
         if resume_from_checkpoint is not None:
-            tail = Path(resume_from_checkpoint).name.split("-")[-1]
-            resume_step = int(tail) if tail.isdigit() else -2
+            resume_step = _step_of(resume_from_checkpoint)
+            resume_step = -2 if resume_step is None else resume_step
         assert_same_on_all_processes(
             self.accelerator,
             "SemScaleTrainer",
@@ -594,11 +604,11 @@ class SemScaleTrainer(Trainer):
         if feature_dim:
             if self.uses_pool:
                 self._install_capture()
-                head = self.model.get_submodule(self._capture.head_name)
-                if isinstance(head, nn.Linear) and head.in_features != feature_dim:
+                head_dim = self._head_feature_dim()
+                if head_dim is not None and head_dim != feature_dim:
                     raise PoolFileError(
                         f"{path}: pool features have size {feature_dim} but this model's head takes "
-                        f"{head.in_features}. Fix: resume with the same model architecture."
+                        f"{head_dim}. Fix: resume with the same model architecture."
                     )
             pool = FeaturePool(self._capacities, feature_dim, self.args.semscale_pool_dtype, device=self.args.device)
             pool.load_state_dict(tensors, source=str(path))
@@ -726,8 +736,7 @@ class SemScaleTrainer(Trainer):
         if not self.args.should_save or not root.is_dir():
             return
         for child in sorted(root.iterdir()):
-            tail = child.name.split("-")[-1]
-            if not (child.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and tail.isdigit() and int(tail) > step):
+            if not (_is_checkpoint_folder(child) and _step_of(child) > step):
                 continue
             problem = checkpoint_problem(child, needs_semscale_state=False) if child.is_dir() else None
             if problem is not None:
@@ -744,17 +753,16 @@ class SemScaleTrainer(Trainer):
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
         self._check_processes_agree(resume_from_checkpoint)
-        start_step = 0
+        start_step: int | None = 0
         if resume_from_checkpoint is not None:
             problem = checkpoint_problem(resume_from_checkpoint)
             if problem is not None:
                 raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
             self._load_semscale_state(str(resume_from_checkpoint))
-            tail = Path(resume_from_checkpoint).name.split("-")[-1]
-            start_step = int(tail) if tail.isdigit() else -1
+            start_step = _step_of(resume_from_checkpoint)
         else:
             self._truncate_history(0)  # a fresh run: drop lines of an earlier (e.g. killed) run
-        if start_step >= 0:
+        if start_step is not None:
             self._remove_incomplete_checkpoints_after(start_step)
         self._last_seen_step = -1
         return super().train(
