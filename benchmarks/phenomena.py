@@ -121,7 +121,10 @@ def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, An
     from hf_semscale.imbalance import imbalance_summary
 
     rows = []
-    for method_dir in sorted((work_dir / "cpu" / "cifar10_lt").glob("dsb_*")):
+    from benchmarks.long_tail import tier_settings
+
+    cifar_lt = next(s for s in tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
+    for method_dir in sorted((work_dir / "cpu" / cifar_lt["name"]).glob("dsb_*")):
         if "_tune" in method_dir.name:
             continue
         for seed in seeds:

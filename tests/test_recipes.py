@@ -245,12 +245,12 @@ def test_text_recipe_frozen_encoder_keeps_body(shared_data_dir, minilm_path, tmp
 # --------------------------------------------------------------------------- benchmark bookkeeping
 
 
-def _fake_result(path: Path, method: str, seed: int, bal: float, val: float | None = None):
+def _fake_result(path: Path, method: str, seed: int, bal: float, val: float | None = None, gamma: float = 1.0):
     path.mkdir(parents=True, exist_ok=True)
     metrics = {"accuracy": bal, "balanced_accuracy": bal, "many_shot_accuracy": bal + 0.1, "medium_shot_accuracy": bal,
                "few_shot_accuracy": bal - 0.1, "per_class_accuracy": [bal] * 3}
     record = {"method": method, "seed": seed, "test": metrics, "validation": {**metrics, "balanced_accuracy": val if val is not None else bal},
-              "wall_time_s": 10.0, "semscale": {"semscale_gamma": 1.0, "semscale_warmup_ratio": 0.3},
+              "wall_time_s": 10.0, "semscale": {"semscale_gamma": gamma, "semscale_warmup_ratio": 0.3},
               "final_class_weights": [1, 1, 1], "final_semantic_scales": [1, 2, 3], "train_class_counts": [100, 10, 1]}
     (path / RESULTS_FILENAME).write_text(json.dumps(record))
 
@@ -260,12 +260,21 @@ def test_benchmark_report_records_and_targets(tmp_path):
 
     setting = lt.tier_settings("tiny")[0]
     for point, val in zip(lt.grid_points(setting["grid"]), (0.4, 0.6)):
-        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", 0, "_tune" + lt.grid_tag(point)), "dsb_ce", 0, 0.0, val)
-    knobs, rows = lt.choose_knobs(tmp_path, "tiny", setting)
+        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", 0, "_tune" + lt.grid_tag(point)), "dsb_ce", 0, 0.0, val,
+                     gamma=point["semscale_gamma"])
+    knobs, rows = lt.choose_knobs(tmp_path, "tiny", setting, "dsb_ce")
     assert knobs == {"semscale_gamma": 2.0, "semscale_warmup_ratio": 0.3} and len(rows) == 2
     for seed, (ce, dsb) in enumerate([(0.50, 0.51), (0.52, 0.50), (0.48, 0.52)]):
         _fake_result(lt.run_dir(tmp_path, "tiny", setting, "ce", seed), "ce", seed, ce)
-        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", seed), "dsb_ce", seed, dsb)
+        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", seed), "dsb_ce", seed, dsb, gamma=1.0)
+    # the finished dsb_ce runs used gamma 1, not the chosen gamma 2: stale, so not reported and queued again
+    records, _ = lt.collect(tmp_path, "tiny", [0, 1, 2])
+    assert {r["method"]: r for r in records}["dsb_ce"]["status"] == "not yet run"
+    job = lt.setting_jobs(tmp_path, "tiny", setting, [], [0], lt.chosen_knobs(tmp_path, "tiny", setting), ["dsb_ce"])[0]
+    assert job["knobs"] == knobs and "--semscale_gamma" in job["argv"]
+    assert not lt.knobs_match(json.loads((Path(job["out"]) / RESULTS_FILENAME).read_text()), job["knobs"])
+    for seed, dsb in enumerate([0.51, 0.50, 0.52]):
+        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", seed), "dsb_ce", seed, dsb, gamma=2.0)
     records, tuning = lt.collect(tmp_path, "tiny", [0, 1, 2])
     by = {r["method"]: r for r in records}
     assert by["ce"]["balanced_accuracy_mean"] == pytest.approx(0.50)
@@ -282,7 +291,8 @@ def test_benchmark_report_records_and_targets(tmp_path):
     saved = json.loads((tmp_path / "out" / "long_tail.json").read_text())
     assert {r["method"] for r in saved} >= {"ce", "dsb_ce", "ldam_drw"}
     text = (tmp_path / "out" / "long_tail.md").read_text()
-    assert "not yet run" in text and "Chosen: gamma 2" in text
+    assert "not yet run" in text and "Chosen: dsb_ce gamma 2, warm-up ratio 0.3." in text
+    assert "| 2 | 0.3 | **60.00** |" in text  # the chosen grid cell
 
 
 def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
