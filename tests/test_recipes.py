@@ -313,3 +313,11 @@ def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
     assert np.bincount(loaded["validation"]["label"], minlength=100).tolist() == [1] * 100
     assert len(loaded["test"]) == 100
     assert lt.prepare_image_data(setting, tmp_path, tmp_path / "cache", "/nonexistent") == folder  # cached
+
+
+def test_benchmark_refuses_unknown_methods_before_running(tmp_path):
+    from benchmarks import long_tail as lt
+
+    with pytest.raises(ValueError, match=r"unknown methods \['dsb_nope'\]"):
+        lt.run_tier("tiny", tmp_path, tmp_path, [0], 1, None, None, ["ce", "dsb_nope"])
+    assert not any(tmp_path.iterdir())  # nothing prepared, nothing run
