@@ -118,7 +118,7 @@ def banking_phenomena(work_dir: Path, data_root: Path, sizes: list[int], draws: 
 def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, Any]]:
     import torch
 
-    from hf_semscale.imbalance import imbalance_summary
+    from hf_semscale.imbalance import imbalance_summary, spearman
 
     rows = []
     from benchmarks.long_tail import tier_settings
@@ -133,7 +133,8 @@ def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, An
                 continue
             summary = imbalance_summary(torch.as_tensor(result["final_semantic_scales"]), torch.as_tensor(result["train_class_counts"]),
                                         torch.as_tensor(result["test"]["per_class_accuracy"]))
-            rows.append({"method": method_dir.name, "seed": seed, **{k: summary.get(k) for k in (
+            scale_count, _ = spearman(torch.as_tensor(result["final_semantic_scales"]), torch.as_tensor(result["train_class_counts"]))
+            rows.append({"method": method_dir.name, "seed": seed, "spearman_scale_count": scale_count, **{k: summary.get(k) for k in (
                 "pearson_scale_accuracy", "spearman_scale_accuracy", "pearson_count_accuracy", "spearman_count_accuracy",
                 "scale_min", "scale_max", "max_min_ratio")}})
     return rows
@@ -320,11 +321,13 @@ def write(out_dir: Path, report: dict[str, Any]) -> None:
     rows = report.get("cifar10_lt_correlations") or []
     if rows:
         lines += ["## CIFAR-10-LT (CPU tier): final pool scales of the dsb_* runs vs per-class test accuracy", "",
-                  "| method | seed | Pearson scale | Spearman scale | Pearson count | Spearman count | scale range (bits) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Correlations with per-class test accuracy, and (last but one column) of the scale with the class's training count.", "",
+                  "| method | seed | Pearson scale | Spearman scale | Pearson count | Spearman count | Spearman scale vs count | scale range (bits) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['method']} | {r['seed']} | {_fmt(r['pearson_scale_accuracy'])} | {_fmt(r['spearman_scale_accuracy'])} | "
-                         f"{_fmt(r['pearson_count_accuracy'])} | {_fmt(r['spearman_count_accuracy'])} | {r['scale_min']:.2f}..{r['scale_max']:.2f} |")
+                         f"{_fmt(r['pearson_count_accuracy'])} | {_fmt(r['spearman_count_accuracy'])} | {_fmt(r.get('spearman_scale_count'))} | "
+                         f"{r['scale_min']:.2f}..{r['scale_max']:.2f} |")
         lines.append("")
     lines += balanced_cifar_lines(report)
     (out_dir / "phenomena.md").write_text("\n".join(lines), encoding="utf-8")
