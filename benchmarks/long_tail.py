@@ -52,6 +52,7 @@ PUBLISHED = {"ce": 70.4, "focal": 70.4, "cb_focal": 74.6, "ldam_drw": 77.0}
 
 # DSB's knobs, tuned per dsb_* method on the validation split. The warm-up ratio stays at its default 0.3:
 # a {0.3, 0.5} grid on an earlier CPU tier differed by <= 0.3 points (within seed noise), so the runs go to gamma.
+DEFAULT_SEEDS = [0, 1, 2]
 TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]}
 CPU_EPOCHS = 12
 
@@ -352,7 +353,14 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def seeds_on_disk(work_dir: Path, tier: str, setting: dict[str, Any], method: str) -> list[int]:
+    """Seeds with a final-run folder of ``method`` (finished or not)."""
+    folder = run_dir(work_dir, tier, setting, method, 0).parent
+    return sorted(int(p.name[4:]) for p in folder.glob("seed*") if p.name[4:].isdigit())
+
+
 def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records of every method of the tier: all finished seeds on disk; status ``done`` when all of ``seeds`` are."""
     records, tuning = [], {}
     for setting in tier_settings(tier):
         knobs = {}
@@ -361,8 +369,9 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
             if any(r["validation_balanced_accuracy"] is not None for r in grid_rows):
                 tuning.setdefault(setting["name"], {})[method] = {"chosen": knobs[method], "grid": grid_rows, "seed": 0}
         for method in setting["methods"]:
-            results = [load_result(run_dir(work_dir, tier, setting, method, s) / RESULTS_FILENAME) for s in seeds]
-            done = [(s, r) for s, r in zip(seeds, results) if r and r.get("test") and knobs_match(r, knobs.get(method))]
+            all_seeds = sorted(set(seeds) | set(seeds_on_disk(work_dir, tier, setting, method)))
+            results = [load_result(run_dir(work_dir, tier, setting, method, s) / RESULTS_FILENAME) for s in all_seeds]
+            done = [(s, r) for s, r in zip(all_seeds, results) if r and r.get("test") and knobs_match(r, knobs.get(method))]
             record: dict[str, Any] = {
                 "method": method,
                 "dataset": setting["dataset"],
@@ -370,7 +379,7 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
                 "schedule": setting["schedule"],
                 "tier": tier,
                 "seeds": [s for s, _ in done],
-                "status": "done" if len(done) == len(seeds) else ("partial" if done else "not yet run"),
+                "status": "done" if set(seeds) <= {s for s, _ in done} else ("partial" if done else "not yet run"),
                 "description": describe(method),
             }
             for key in METRIC_KEYS:
@@ -509,7 +518,7 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=["cpu", "gpu", "tiny"], default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each on CPU)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("HF_SEMSCALE_DATA_DIR", DEFAULT_DATA_ROOT)))
@@ -528,23 +537,25 @@ def main(argv: list[str] | None = None) -> None:
     start, load_at_start = time.time(), os.getloadavg()
     if not args.report_only:
         run_tier(args.tier, args.work_dir, args.data_root, args.seeds, args.workers, args.only, args.source, args.methods)
-    tiers = {args.tier: collect(args.work_dir, args.tier, args.seeds)}
-    if args.tier == "cpu":
-        tiers["gpu"] = collect(args.work_dir, "gpu", args.seeds)
-    info_path = args.work_dir / args.tier / "run_info.json"
     if not args.report_only:
+        info_path = args.work_dir / args.tier / "run_info.json"
         info_path.parent.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps({"wall_time_s": time.time() - start, "workers": args.workers, "seeds": args.seeds,
-                                         "load_average_1min": [load_at_start[0], os.getloadavg()[0]], "machine": args.machine}),
-                             encoding="utf-8")
-    info = load_result(info_path) or {}
+                                         "methods": args.methods, "load_average_1min": [load_at_start[0], os.getloadavg()[0]],
+                                         "machine": args.machine}), encoding="utf-8")
+    # The CPU and GPU tiers share one report, whichever was run: running one never drops the other's tables.
+    report_tiers = ["cpu", "gpu"] if args.tier in ("cpu", "gpu") else [args.tier]
+    tiers = {tier: collect(args.work_dir, tier, args.seeds if tier == args.tier else DEFAULT_SEEDS) for tier in report_tiers}
     notes = []
-    if info:
-        notes.append(f"The last full `--tier {args.tier}` invocation took {info['wall_time_s'] / 60:.1f} min wall "
-                     f"({info['workers']} runs in parallel, seeds {info['seeds']}) on {info.get('machine', 'an unrecorded machine')}; "
-                     "1-minute load average at its start and end: "
-                     + " and ".join(f"{x:.1f}" for x in info.get("load_average_1min", [])) + ".")
-    if args.tier == "cpu":
+    for tier in report_tiers:
+        info = load_result(args.work_dir / tier / "run_info.json")
+        if info:
+            load = info.get("load_average_1min")
+            notes.append(f"The last `--tier {tier}` invocation took {info['wall_time_s'] / 60:.1f} min wall "
+                         f"({info['workers']} runs in parallel, seeds {info['seeds']}"
+                         + (f", methods {info['methods']}" if info.get("methods") else "") + f") on {info.get('machine', args.machine)}"
+                         + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end." if load else "."))
+    if "cpu" in tiers:
         ce = next((r for r in tiers["cpu"][0] if r["method"] == "ce" and r["dataset"] == "CIFAR-10-LT" and r["accuracy_mean"] is not None), None)
         reached = f"plain CE reaches {100 * ce['accuracy_mean']:.1f} %" if ce else "plain CE is not yet measured"
         notes += ["", f"The CPU tier is a short, small-model schedule far from convergence ({reached} on CIFAR-10-LT here "

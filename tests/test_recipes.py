@@ -321,3 +321,24 @@ def test_benchmark_refuses_unknown_methods_before_running(tmp_path):
     with pytest.raises(ValueError, match=r"unknown methods \['dsb_nope'\]"):
         lt.run_tier("tiny", tmp_path, tmp_path, [0], 1, None, None, ["ce", "dsb_nope"])
     assert not any(tmp_path.iterdir())  # nothing prepared, nothing run
+
+
+def test_benchmark_gpu_report_keeps_the_cpu_tables(tmp_path):
+    """A seed-0 GPU-tier slice rebuilds the report without dropping the CPU tier's three seeds."""
+    from benchmarks import long_tail as lt
+
+    cpu = next(s for s in lt.tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
+    gpu = lt.tier_settings("gpu")[0]
+    for seed, bal in enumerate([0.30, 0.32, 0.34]):
+        _fake_result(lt.run_dir(tmp_path, "cpu", cpu, "ce", seed), "ce", seed, bal)
+    _fake_result(lt.run_dir(tmp_path, "gpu", gpu, "ce", 0), "ce", 0, 0.70)
+    out = tmp_path / "out"
+    lt.main(["--tier", "gpu", "--seeds", "0", "--report-only", "--work-dir", str(tmp_path), "--out-dir", str(out)])
+    records = json.loads((out / "long_tail.json").read_text())
+    by = {(r["tier"], r["dataset"], r["method"]): r for r in records}
+    assert by[("cpu", "CIFAR-10-LT", "ce")]["seeds"] == [0, 1, 2]
+    assert by[("cpu", "CIFAR-10-LT", "ce")]["balanced_accuracy_mean"] == pytest.approx(0.32)
+    assert by[("gpu", "CIFAR-10-LT", "ce")]["seeds"] == [0] and by[("gpu", "CIFAR-10-LT", "ce")]["status"] == "done"
+    assert by[("gpu", "CIFAR-10-LT", "dsb_ce")]["status"] == "not yet run"
+    text = (out / "long_tail.md").read_text()
+    assert "## CPU tier — CIFAR-10-LT IF=100" in text and "## GPU tier — CIFAR-10-LT IF=100" in text
