@@ -36,7 +36,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
-from recipes.methods import BASELINES, DSB_COUNTERPART, METHODS, describe  # noqa: E402
+from recipes.methods import BASELINES, DSB_COUNTERPART, METHODS, TUNED_METHODS, describe  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_tail")
 
@@ -236,8 +236,14 @@ def grid_cli(point: dict[str, float]) -> list[str]:
     return [x for k, v in sorted(point.items()) for x in (f"--{k}", f"{v:g}")]
 
 
-def dsb_methods(setting: dict[str, Any]) -> list[str]:
-    return [m for m in setting["methods"] if m.startswith("dsb_")]
+def tuned_methods(setting: dict[str, Any]) -> list[str]:
+    """The setting's methods with DSB knobs (``dsb_*``, ``mix_*``)."""
+    return [m for m in setting["methods"] if m in TUNED_METHODS]
+
+
+def method_grid(setting: dict[str, Any], method: str) -> dict[str, list[float]]:
+    """The setting's grid without the knobs ``method`` fixes itself (e.g. the mix's DRW deferral)."""
+    return {k: v for k, v in setting["grid"].items() if k not in METHODS[method]}
 
 
 def knobs_match(result: dict[str, Any], knobs: dict[str, float] | None) -> bool:
@@ -249,20 +255,21 @@ def knobs_match(result: dict[str, Any], knobs: dict[str, float] | None) -> bool:
 def choose_knobs(work_dir: Path, tier: str, setting: dict[str, Any], method: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``method``'s grid point with the best VALIDATION balanced accuracy (ties: first in grid order), and the grid rows."""
     rows, best, best_score = [], None, -math.inf
-    for point in grid_points(setting["grid"]):
+    points = grid_points(method_grid(setting, method))
+    for point in points:
         result = load_result(run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point)) / RESULTS_FILENAME)
         score = result["validation"]["balanced_accuracy"] if result and result.get("validation") else None
         rows.append({**point, "validation_balanced_accuracy": score, "validation_accuracy": result["validation"]["accuracy"] if score is not None else None})
         if score is not None and score > best_score:
             best, best_score = point, score
     if best is None:
-        best = grid_points(setting["grid"])[0]
+        best = points[0]
     return best, rows
 
 
 def chosen_knobs(work_dir: Path, tier: str, setting: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``{dsb method: its chosen knobs}`` for the setting."""
-    return {method: choose_knobs(work_dir, tier, setting, method)[0] for method in dsb_methods(setting)}
+    return {method: choose_knobs(work_dir, tier, setting, method)[0] for method in tuned_methods(setting)}
 
 
 def setting_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], seeds: list[int],
@@ -282,7 +289,7 @@ def setting_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: 
 def tuning_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], method: str) -> list[dict[str, Any]]:
     """Seed-0 runs of ``method`` at every grid point, evaluated on the validation split only."""
     jobs = []
-    for point in grid_points(setting["grid"]):
+    for point in grid_points(method_grid(setting, method)):
         out = run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point))
         extra = ["--eval_test", "false", *grid_cli(point)]
         jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": point,
@@ -318,15 +325,15 @@ def run_tier(tier: str, work_dir: Path, data_root: Path, seeds: list[int], worke
         for setting in settings:
             data_args = data_args_for(setting, data_root, cache_root, source)
             if setting["recipe"] == "train_text":
-                tuning = [job for method in dsb_methods(setting) for job in tuning_jobs(work_dir, tier, setting, data_args, method)]
+                tuning = [job for method in tuned_methods(setting) for job in tuning_jobs(work_dir, tier, setting, data_args, method)]
                 text_tasks.append((setting, data_args, pool.apply_async(_run_sequence, (tuning,))))
             else:
                 image_settings.append((setting, data_args))
         image_tuning = [(s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
-                        for s, a in image_settings for method in dsb_methods(s)]
+                        for s, a in image_settings for method in tuned_methods(s)]
         finals = []
         for setting, data_args in image_settings:  # baselines need no tuning: queue them right away
-            baseline_jobs = setting_jobs(work_dir, tier, setting, data_args, seeds, {}, [m for m in setting["methods"] if m not in dsb_methods(setting)])
+            baseline_jobs = setting_jobs(work_dir, tier, setting, data_args, seeds, {}, [m for m in setting["methods"] if m not in tuned_methods(setting)])
             finals += [pool.apply_async(_run_one, (job,)) for job in baseline_jobs]
         for setting, data_args, handle in text_tasks:
             handle.wait()
@@ -364,7 +371,7 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
     records, tuning = [], {}
     for setting in tier_settings(tier):
         knobs = {}
-        for method in dsb_methods(setting):
+        for method in tuned_methods(setting):
             knobs[method], grid_rows = choose_knobs(work_dir, tier, setting, method)
             if any(r["validation_balanced_accuracy"] is not None for r in grid_rows):
                 tuning.setdefault(setting["name"], {})[method] = {"chosen": knobs[method], "grid": grid_rows, "seed": 0}
@@ -390,7 +397,7 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
             wall = [r["wall_time_s"] for _, r in done]
             record["wall_time_s_mean"], _ = _mean_std(wall)
             record["wall_time_s_total"] = sum(wall) if wall else None
-            if method.startswith("dsb_"):
+            if method in TUNED_METHODS:
                 record["dsb_knobs"] = {k: v for k, v in (done[0][1]["semscale"].items() if done else []) if k in ("semscale_gamma", "semscale_warmup_ratio")}
                 weights = [r["final_class_weights"] for _, r in done]
                 scales = [r["final_semantic_scales"] for _, r in done]
@@ -448,6 +455,14 @@ def target_checks(records: list[dict[str, Any]], dataset: str = "CIFAR-10-LT") -
     return lines
 
 
+KNOB_LABELS = {"semscale_gamma": "gamma", "semscale_warmup_ratio": "warm-up ratio"}
+
+
+def _on_point(point: dict[str, float], knobs: dict[str, Any]) -> bool:
+    """Whether ``knobs`` (a grid row or a choice) sit on the setting's grid ``point``, on the knobs they have."""
+    return all(point[k] == v for k, v in knobs.items() if k in point)
+
+
 def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], notes: list[str]) -> None:
     all_records = [r for records, _ in tiers.values() for r in records]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -498,15 +513,17 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
             methods = list(per_method)
             lines += [f"### DSB tuning grid ({tier} tier, {name}; seed 0, validation balanced accuracy %, chosen in bold)", "",
                       "| gamma | warm-up ratio | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-            for i, point in enumerate(grid_points(tier_setting(tier, name)["grid"])):
+            for point in grid_points(tier_setting(tier, name)["grid"]):
                 cells = []
                 for method in methods:
-                    row, chosen = per_method[method]["grid"][i], per_method[method]["chosen"]
+                    row = next(r for r in per_method[method]["grid"] if _on_point(point, r))
                     cell = _pct(row["validation_balanced_accuracy"])
-                    cells.append(f"**{cell}**" if row["validation_balanced_accuracy"] is not None and chosen == point else cell)
+                    chosen = row["validation_balanced_accuracy"] is not None and _on_point(point, per_method[method]["chosen"])
+                    cells.append(f"**{cell}**" if chosen else cell)
                 lines.append(f"| {point['semscale_gamma']:g} | {point['semscale_warmup_ratio']:g} | " + " | ".join(cells) + " |")
-            lines += ["", "Chosen: " + "; ".join(f"{m} gamma {per_method[m]['chosen']['semscale_gamma']:g}, warm-up ratio "
-                                                 f"{per_method[m]['chosen']['semscale_warmup_ratio']:g}" for m in methods) + ".", ""]
+            fixed = [f"{m} keeps its own {KNOB_LABELS[k]} {METHODS[m][k]:g}" for m in methods for k in tier_setting(tier, name)["grid"] if k in METHODS[m]]
+            chosen = [f"{m} " + ", ".join(f"{KNOB_LABELS[k]} {v:g}" for k, v in per_method[m]["chosen"].items()) for m in methods]
+            lines += ["", "Chosen: " + "; ".join(chosen) + "." + (" (" + "; ".join(fixed) + ".)" if fixed else ""), ""]
     lines += ["## Published reference", "",
               "CIFAR-10-LT IF=100, ResNet-32, 200 epochs (Cao et al. 2019, Table 2), top-1 %: "
               + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())

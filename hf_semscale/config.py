@@ -8,7 +8,9 @@ from transformers import TrainingArguments
 
 __all__ = ["SemScaleConfig", "WEIGHTING_MODES", "BASE_LOSSES"]
 
-WEIGHTING_MODES = ("dsb", "none", "inverse_frequency", "effective_number")
+WEIGHTING_MODES = ("dsb", "none", "inverse_frequency", "effective_number", "dsb_effective_number")
+DYNAMIC_WEIGHTING_MODES = ("dsb", "dsb_effective_number")
+"""The modes that fill a feature pool and re-measure semantic scales during training."""
 BASE_LOSSES = ("ce", "focal", "ldam", "balanced_softmax")
 POOL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 MAX_WEIGHT_RATIO = 1e12
@@ -31,7 +33,8 @@ class SemScaleConfig(TrainingArguments):
         metadata={
             "help": "Class weights: 'dsb' (dynamic, from semantic scales), 'none' (the identical base loss, "
             "unweighted), 'inverse_frequency' or 'effective_number' (static, from class counts; deferred to "
-            "the end of warm-up, i.e. DRW).",
+            "the end of warm-up, i.e. DRW), or 'dsb_effective_number' (a mix, not DSB alone: the dsb weights "
+            "times the effective-number weights, renormalised).",
             "choices": list(WEIGHTING_MODES),
         },
     )

@@ -27,7 +27,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .capture import HeadInputCapture
-from .config import WEIGHTING_MODES, SemScaleConfig
+from .config import DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
 from .distributed import (
     MAX_GATHERED_LABEL,
     apply_process_group_timeout,
@@ -47,7 +47,7 @@ from .pool import (
 )
 from .report import SCALES_FILENAME, build_scale_report, write_json_atomic
 from .scale import check_finite_features
-from .weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from .weighting import effective_number_weights, inverse_frequency_weights, normalize_weights, semantic_scale_weights
 
 __all__ = ["SemScaleTrainer", "STATE_FILENAME", "HISTORY_FILENAME", "latest_complete_checkpoint", "checkpoint_problem"]
 
@@ -247,7 +247,7 @@ class SemScaleTrainer(Trainer):
 
     @property
     def uses_pool(self) -> bool:
-        return self.args.semscale_weighting == "dsb"
+        return self.args.semscale_weighting in DYNAMIC_WEIGHTING_MODES
 
     def _install_capture(self) -> None:
         if not self.uses_pool or (self._capture is not None and self._captured_model is self.model):
@@ -325,7 +325,7 @@ class SemScaleTrainer(Trainer):
         a = self.args
         if self.uses_pool and a.n_gpu > 1:
             raise ValueError(
-                f"SemScaleTrainer with semscale_weighting='dsb' runs one process per device, but this process drives "
+                f"SemScaleTrainer with semscale_weighting={a.semscale_weighting!r} runs one process per device, but this process drives "
                 f"{a.n_gpu} GPUs through torch.nn.DataParallel (the script was started with plain `python` on a "
                 "multi-GPU machine), whose per-GPU replicas the feature capture cannot follow. Fix: launch with "
                 "`accelerate launch` or `torchrun --nproc_per_node <gpus>`, or set CUDA_VISIBLE_DEVICES to one GPU."
@@ -438,9 +438,11 @@ class SemScaleTrainer(Trainer):
             alpha=a.semscale_alpha, step=step,
         ).cpu()
         self.semantic_scales = scales
-        self._set_weights(
-            semantic_scale_weights(scales, a.semscale_gamma, self.class_counts, a.semscale_normalization, a.semscale_weight_floor)
-        )
+        weights = semantic_scale_weights(scales, a.semscale_gamma, self.class_counts, a.semscale_normalization, a.semscale_weight_floor)
+        if a.semscale_weighting == "dsb_effective_number":  # the mix: scale weights x count weights, renormalised
+            count_weights = effective_number_weights(self.class_counts, a.semscale_cb_beta, a.semscale_normalization)
+            weights = normalize_weights(weights * count_weights, self.class_counts, a.semscale_normalization)
+        self._set_weights(weights)
         self._last_update_step = step
         self._num_updates += 1
         present = self.class_counts > 0

@@ -9,13 +9,15 @@ the end of its warm-up stage. The baselines use Cao et al.'s published deferral 
 ``semscale_warmup_ratio = 0.8``), fixed, never tuned.
 
 ``dsb_<base>`` = the base loss with weights from semantic scales alone (METHOD.md, "Naming honesty").
+``mix_*`` = a mix of scale and count weights, named apart so the tables show what the scale alone does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["METHODS", "BASELINES", "DSB_METHODS", "DRW_DEFERRAL", "method_overrides", "uses_normed_head", "describe"]
+__all__ = ["METHODS", "BASELINES", "DSB_METHODS", "MIXED_METHODS", "TUNED_METHODS", "DRW_DEFERRAL", "method_overrides",
+           "uses_normed_head", "describe"]
 
 DRW_DEFERRAL = 0.8  # Cao et al. 2019: re-weighting starts at epoch 160 of 200
 
@@ -44,13 +46,23 @@ METHODS: dict[str, dict[str, Any]] = {
     "dsb_focal": {"semscale_weighting": "dsb", "semscale_loss": "focal", "semscale_focal_gamma": 2.0},
     "dsb_ldam": {"semscale_weighting": "dsb", **_LDAM},
     "dsb_balanced_softmax": {"semscale_weighting": "dsb", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+    # --- a mix (not DSB alone): cb_ce's effective-number weights times the DSB weights, deferred like cb_ce
+    "mix_dsb_cb_ce": {
+        "semscale_weighting": "dsb_effective_number",
+        "semscale_cb_beta": 0.9999,
+        "semscale_loss": "ce",
+        "semscale_warmup_ratio": DRW_DEFERRAL,
+    },
 }
 
 BASELINES = ("ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax")
 DSB_METHODS = tuple(name for name in METHODS if name.startswith("dsb_"))
+MIXED_METHODS = tuple(name for name in METHODS if name.startswith("mix_"))
+TUNED_METHODS = DSB_METHODS + MIXED_METHODS  # those with DSB's knobs (gamma, ...), tuned on a validation split
 
 # The baseline each DSB variant is compared with (same base loss; LDAM's counterpart is LDAM-DRW).
-DSB_COUNTERPART = {"dsb_ce": "ce", "dsb_focal": "focal", "dsb_ldam": "ldam_drw", "dsb_balanced_softmax": "balanced_softmax"}
+DSB_COUNTERPART = {"dsb_ce": "ce", "dsb_focal": "focal", "dsb_ldam": "ldam_drw", "dsb_balanced_softmax": "balanced_softmax",
+                   "mix_dsb_cb_ce": "cb_ce"}
 
 _DESCRIPTIONS = {
     "ce": "cross-entropy, no weights",
@@ -63,6 +75,7 @@ _DESCRIPTIONS = {
     "dsb_focal": "focal + DSB weights (semantic scales only)",
     "dsb_ldam": "LDAM (s 30, cosine head) + DSB weights instead of DRW",
     "dsb_balanced_softmax": "balanced softmax + DSB weights",
+    "mix_dsb_cb_ce": "a mix, not DSB alone: CE + effective-number x DSB weights, deferred (DRW at 80 %) like cb_ce",
 }
 
 

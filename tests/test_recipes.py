@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.common import RESULTS_FILENAME, lr_lambda_for, parse_yaml_then_cli, RunArguments  # noqa: E402
-from recipes.methods import BASELINES, DSB_METHODS, METHODS, method_overrides  # noqa: E402
+from recipes.methods import BASELINES, DSB_METHODS, METHODS, MIXED_METHODS, method_overrides  # noqa: E402
 
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 
@@ -92,9 +92,11 @@ def test_method_table_is_valid_and_honest(tmp_path):
         config = SemScaleConfig(output_dir=str(tmp_path), **method_overrides(name))
         if name in DSB_METHODS:
             assert config.semscale_weighting == "dsb"  # weights from semantic scales alone
+        elif name in MIXED_METHODS:
+            assert config.semscale_weighting == "dsb_effective_number"  # a mix: named apart from dsb_*
         else:
-            assert config.semscale_weighting != "dsb"
-    assert set(BASELINES) | set(DSB_METHODS) == set(METHODS)
+            assert "dsb" not in config.semscale_weighting
+    assert set(BASELINES) | set(DSB_METHODS) | set(MIXED_METHODS) == set(METHODS)
     assert {"ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax"} <= set(BASELINES)
 
 
@@ -342,3 +344,17 @@ def test_benchmark_gpu_report_keeps_the_cpu_tables(tmp_path):
     assert by[("gpu", "CIFAR-10-LT", "dsb_ce")]["status"] == "not yet run"
     text = (out / "long_tail.md").read_text()
     assert "## CPU tier — CIFAR-10-LT IF=100" in text and "## GPU tier — CIFAR-10-LT IF=100" in text
+
+
+def test_benchmark_tunes_the_mix_without_overriding_its_deferral(tmp_path):
+    from benchmarks import long_tail as lt
+
+    setting = next(s for s in lt.tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
+    assert "mix_dsb_cb_ce" in lt.tuned_methods(setting) and "cb_ce" not in lt.tuned_methods(setting)
+    jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "mix_dsb_cb_ce")
+    assert [job["knobs"] for job in jobs] == [{"semscale_gamma": g} for g in setting["grid"]["semscale_gamma"]]
+    assert all("--semscale_warmup_ratio" not in job["argv"] for job in jobs)  # keeps DRW_DEFERRAL from the method table
+    dsb_jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "dsb_ce")
+    assert all("--semscale_warmup_ratio" in job["argv"] for job in dsb_jobs)
+    args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0]["argv"][1:]])[-1]
+    assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == 0.8

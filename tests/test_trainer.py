@@ -575,9 +575,13 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
     ones = torch.ones(4, dtype=torch.float64)
     assert all(torch.equal(w, ones) for w in recorder.weights[:2])  # warm-up: unweighted in every mode
     counts = torch.tensor(COUNTS)
-    if weighting == "dsb":
+    if weighting in ("dsb", "dsb_effective_number"):
         assert recorder.stages == ["warmup", "warmup", "fill", "reweight"]
         expected = semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05)
+        if weighting == "dsb_effective_number":  # the mix: the dsb weights times the count weights, renormalised
+            mixed = expected * effective_number_weights(counts, 0.9999)
+            expected = mixed / ((mixed * counts).sum() / counts.sum())
+            assert not torch.allclose(expected, semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05))
         assert trainer.pool is not None and not torch.equal(trainer.class_weights, ones)
     else:
         assert recorder.stages == ["warmup", "warmup", "reweight", "reweight"] and trainer.pool is None
