@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 from recipes.methods import BASELINES, DSB_COUNTERPART, METHODS, TUNED_METHODS, describe  # noqa: E402
 
@@ -532,6 +533,16 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
     (out_dir / "long_tail.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def read_run_info(path: Path) -> list[dict[str, Any]]:
+    """The recorded invocations of a tier (older files hold one record, not a list)."""
+    info = load_result(path)
+    return info if isinstance(info, list) else ([info] if info else [])
+
+
+def append_run_info(path: Path, entry: dict[str, Any]) -> None:
+    write_json_atomic(path, [*read_run_info(path), entry])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=["cpu", "gpu", "tiny"], default="cpu")
@@ -555,23 +566,22 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         run_tier(args.tier, args.work_dir, args.data_root, args.seeds, args.workers, args.only, args.source, args.methods)
     if not args.report_only:
-        info_path = args.work_dir / args.tier / "run_info.json"
-        info_path.parent.mkdir(parents=True, exist_ok=True)
-        info_path.write_text(json.dumps({"wall_time_s": time.time() - start, "workers": args.workers, "seeds": args.seeds,
-                                         "methods": args.methods, "load_average_1min": [load_at_start[0], os.getloadavg()[0]],
-                                         "machine": args.machine}), encoding="utf-8")
+        append_run_info(args.work_dir / args.tier / "run_info.json",
+                        {"wall_time_s": time.time() - start, "workers": args.workers, "seeds": args.seeds, "methods": args.methods,
+                         "load_average_1min": [load_at_start[0], os.getloadavg()[0]], "machine": args.machine})
     # The CPU and GPU tiers share one report, whichever was run: running one never drops the other's tables.
     report_tiers = ["cpu", "gpu"] if args.tier in ("cpu", "gpu") else [args.tier]
     tiers = {tier: collect(args.work_dir, tier, args.seeds if tier == args.tier else DEFAULT_SEEDS) for tier in report_tiers}
     notes = []
     for tier in report_tiers:
-        info = load_result(args.work_dir / tier / "run_info.json")
-        if info:
+        for info in read_run_info(args.work_dir / tier / "run_info.json"):
             load = info.get("load_average_1min")
-            notes.append(f"The last `--tier {tier}` invocation took {info['wall_time_s'] / 60:.1f} min wall "
-                         f"({info['workers']} runs in parallel, seeds {info['seeds']}"
-                         + (f", methods {info['methods']}" if info.get("methods") else "") + f") on {info.get('machine', args.machine)}"
+            notes.append(f"- `--tier {tier}` " + (f"`--methods {' '.join(info['methods'])}`" if info.get("methods") else "(all methods)")
+                         + f" took {info['wall_time_s'] / 60:.1f} min wall ({info['workers']} runs in parallel, seeds {info['seeds']}) "
+                         f"on {info.get('machine', args.machine)}"
                          + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end." if load else "."))
+    if notes:
+        notes = ["Invocations that produced these runs (finished runs are skipped, so each timed only what it ran):", *notes]
     if "cpu" in tiers:
         ce = next((r for r in tiers["cpu"][0] if r["method"] == "ce" and r["dataset"] == "CIFAR-10-LT" and r["accuracy_mean"] is not None), None)
         reached = f"plain CE reaches {100 * ce['accuracy_mean']:.1f} %" if ce else "plain CE is not yet measured"

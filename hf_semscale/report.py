@@ -99,7 +99,7 @@ def build_scale_report(
     return report
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any] | list[Any]) -> Path:
     """Write ``payload`` as indented JSON through a temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

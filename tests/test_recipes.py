@@ -358,3 +358,16 @@ def test_benchmark_tunes_the_mix_without_overriding_its_deferral(tmp_path):
     assert all("--semscale_warmup_ratio" in job["argv"] for job in dsb_jobs)
     args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0]["argv"][1:]])[-1]
     assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == 0.8
+
+
+def test_benchmark_keeps_every_invocation_of_a_tier(tmp_path):
+    from benchmarks import long_tail as lt
+
+    path = tmp_path / "cpu" / "run_info.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"wall_time_s": 60.0, "workers": 2, "seeds": [0, 1, 2]}))  # the older one-record file
+    lt.append_run_info(path, {"wall_time_s": 6.0, "workers": 2, "seeds": [0, 1, 2], "methods": ["mix_dsb_cb_ce"]})
+    assert [r["wall_time_s"] for r in lt.read_run_info(path)] == [60.0, 6.0]
+    lt.main(["--tier", "cpu", "--report-only", "--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "long_tail.md").read_text()
+    assert "- `--tier cpu` (all methods) took 1.0 min wall" in text and "`--methods mix_dsb_cb_ce` took 0.1 min wall" in text
