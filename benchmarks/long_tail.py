@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from hf_semscale.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
-from recipes.methods import BASELINES, DSB_COUNTERPART, METHODS, TUNED_METHODS, describe  # noqa: E402
+from recipes.methods import BASELINES, DRW_DEFERRAL, DSB_COUNTERPART, METHODS, TUNED_METHODS, describe  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_tail")
 
@@ -56,6 +56,7 @@ PUBLISHED = {"ce": 70.4, "focal": 70.4, "cb_focal": 74.6, "ldam_drw": 77.0}
 DEFAULT_SEEDS = [0, 1, 2]
 TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]}
 CPU_EPOCHS = 12
+BANKING_EPOCHS = 10
 
 GPU_COMMAND = 'python benchmarks/long_tail.py --tier gpu --workers 3 --machine "one NVIDIA H100, 16 CPU cores"'
 # Not measured (no GPU so far): the CPU side alone, from the per-item image transform measured on the CPU-tier machine.
@@ -87,6 +88,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                           "--per_device_train_batch_size", "128", *cifar_common],
             "methods": list(METHODS),
             "grid": TUNING_GRID,
+            "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(CPU_EPOCHS)},
         }
         banking = {
             "name": "banking77",
@@ -98,11 +100,12 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "schedule": ("CPU tier: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + "
                          "MLP head 384-256-77, AdamW lr 1e-3 cosine, batch 128, 10 epochs; natural imbalance "
                          "(30..182 per class after carving 5/class for validation); full test set (3,080)"),
-            "overrides": ["--num_train_epochs", "10", "--per_device_train_batch_size", "128", "--num_threads", "1",
+            "overrides": ["--num_train_epochs", str(BANKING_EPOCHS), "--per_device_train_batch_size", "128", "--num_threads", "1",
                           "--save_final_model", "false"],
             # LDAM's s=30 assumes a cosine head; the MLP head is linear, so the LDAM methods are left out here.
             "methods": [m for m in METHODS if "ldam" not in m],
             "grid": TUNING_GRID,
+            "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(BANKING_EPOCHS)},
         }
         return [cifar, banking]
     if tier == "gpu":
@@ -122,6 +125,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                               "--dataloader_num_workers", "4"],
                 "methods": list(METHODS),
                 "grid": TUNING_GRID,
+                "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(200)},
             }
             for imf in (100,)
         ]
@@ -243,8 +247,16 @@ def tuned_methods(setting: dict[str, Any]) -> list[str]:
 
 
 def method_grid(setting: dict[str, Any], method: str) -> dict[str, list[float]]:
-    """The setting's grid without the knobs ``method`` fixes itself (e.g. the mix's DRW deferral)."""
-    return {k: v for k, v in setting["grid"].items() if k not in METHODS[method]}
+    """``method``'s tuning grid: its own in the setting's ``method_grids``, else the setting's grid without the
+    knobs the method fixes itself."""
+    own = setting.get("method_grids", {}).get(method)
+    return own if own is not None else {k: v for k, v in setting["grid"].items() if k not in METHODS[method]}
+
+
+def drw_matched_grid(epochs: int) -> dict[str, list[float]]:
+    """The mix's grid: DSB's stage 2 fills the pool for one epoch before any weight applies, so its warm-up
+    ends one epoch before DRW_DEFERRAL and its weights start at the same step as cb_ce's."""
+    return {"semscale_gamma": TUNING_GRID["semscale_gamma"], "semscale_warmup_ratio": [round(DRW_DEFERRAL - 1.0 / epochs, 4)]}
 
 
 def knobs_match(result: dict[str, Any], knobs: dict[str, float] | None) -> bool:
@@ -456,12 +468,26 @@ def target_checks(records: list[dict[str, Any]], dataset: str = "CIFAR-10-LT") -
     return lines
 
 
-KNOB_LABELS = {"semscale_gamma": "gamma", "semscale_warmup_ratio": "warm-up ratio"}
+def _warmup_of(method: str, knobs: dict[str, Any]) -> float:
+    return knobs.get("semscale_warmup_ratio", METHODS[method].get("semscale_warmup_ratio"))
 
 
-def _on_point(point: dict[str, float], knobs: dict[str, Any]) -> bool:
-    """Whether ``knobs`` (a grid row or a choice) sit on the setting's grid ``point``, on the knobs they have."""
-    return all(point[k] == v for k, v in knobs.items() if k in point)
+def tuning_table(tier: str, name: str, per_method: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: one row per tuned method (and warm-up ratio), one column per gamma; the chosen cell in bold."""
+    gammas = sorted({row["semscale_gamma"] for info in per_method.values() for row in info["grid"]})
+    lines = [f"### DSB tuning grid ({tier} tier, {name}; seed 0, validation balanced accuracy %, chosen in bold)", "",
+             "| method | warm-up ratio | " + " | ".join(f"gamma {g:g}" for g in gammas) + " |", "|---|---|" + "---|" * len(gammas)]
+    for method, info in per_method.items():
+        for w in sorted({_warmup_of(method, row) for row in info["grid"]}):
+            cells = []
+            for g in gammas:
+                row = next((r for r in info["grid"] if r["semscale_gamma"] == g and _warmup_of(method, r) == w), None)
+                cell = "—" if row is None else _pct(row["validation_balanced_accuracy"])
+                chosen = row is not None and row["validation_balanced_accuracy"] is not None and info["chosen"] == {
+                    k: row[k] for k in info["chosen"]}
+                cells.append(f"**{cell}**" if chosen else cell)
+            lines.append(f"| {method} | {w:g} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], notes: list[str]) -> None:
@@ -511,20 +537,7 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
                 lines += ["", "Targets:"] + target_checks(rows, dataset)
             lines.append("")
         for name, per_method in tuning.items():
-            methods = list(per_method)
-            lines += [f"### DSB tuning grid ({tier} tier, {name}; seed 0, validation balanced accuracy %, chosen in bold)", "",
-                      "| gamma | warm-up ratio | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-            for point in grid_points(tier_setting(tier, name)["grid"]):
-                cells = []
-                for method in methods:
-                    row = next(r for r in per_method[method]["grid"] if _on_point(point, r))
-                    cell = _pct(row["validation_balanced_accuracy"])
-                    chosen = row["validation_balanced_accuracy"] is not None and _on_point(point, per_method[method]["chosen"])
-                    cells.append(f"**{cell}**" if chosen else cell)
-                lines.append(f"| {point['semscale_gamma']:g} | {point['semscale_warmup_ratio']:g} | " + " | ".join(cells) + " |")
-            fixed = [f"{m} keeps its own {KNOB_LABELS[k]} {METHODS[m][k]:g}" for m in methods for k in tier_setting(tier, name)["grid"] if k in METHODS[m]]
-            chosen = [f"{m} " + ", ".join(f"{KNOB_LABELS[k]} {v:g}" for k, v in per_method[m]["chosen"].items()) for m in methods]
-            lines += ["", "Chosen: " + "; ".join(chosen) + "." + (" (" + "; ".join(fixed) + ".)" if fixed else ""), ""]
+            lines += tuning_table(tier, name, per_method)
     lines += ["## Published reference", "",
               "CIFAR-10-LT IF=100, ResNet-32, 200 epochs (Cao et al. 2019, Table 2), top-1 %: "
               + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())

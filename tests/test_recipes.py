@@ -293,8 +293,7 @@ def test_benchmark_report_records_and_targets(tmp_path):
     saved = json.loads((tmp_path / "out" / "long_tail.json").read_text())
     assert {r["method"] for r in saved} >= {"ce", "dsb_ce", "ldam_drw"}
     text = (tmp_path / "out" / "long_tail.md").read_text()
-    assert "not yet run" in text and "Chosen: dsb_ce gamma 2, warm-up ratio 0.3." in text
-    assert "| 2 | 0.3 | **60.00** |" in text  # the chosen grid cell
+    assert "not yet run" in text and "| dsb_ce | 0.3 | 40.00 | **60.00** |" in text  # the chosen grid cell in bold
 
 
 def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
@@ -346,18 +345,22 @@ def test_benchmark_gpu_report_keeps_the_cpu_tables(tmp_path):
     assert "## CPU tier — CIFAR-10-LT IF=100" in text and "## GPU tier — CIFAR-10-LT IF=100" in text
 
 
-def test_benchmark_tunes_the_mix_without_overriding_its_deferral(tmp_path):
+def test_benchmark_starts_the_mix_weights_where_cb_ce_starts_its_own(tmp_path):
     from benchmarks import long_tail as lt
+    from recipes.methods import DRW_DEFERRAL
 
     setting = next(s for s in lt.tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
     assert "mix_dsb_cb_ce" in lt.tuned_methods(setting) and "cb_ce" not in lt.tuned_methods(setting)
     jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "mix_dsb_cb_ce")
-    assert [job["knobs"] for job in jobs] == [{"semscale_gamma": g} for g in setting["grid"]["semscale_gamma"]]
-    assert all("--semscale_warmup_ratio" not in job["argv"] for job in jobs)  # keeps DRW_DEFERRAL from the method table
-    dsb_jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "dsb_ce")
-    assert all("--semscale_warmup_ratio" in job["argv"] for job in dsb_jobs)
+    # warm-up ends one epoch (the pool's fill stage) before the DRW point, so re-weighting starts at the same step
+    warmup = DRW_DEFERRAL - 1 / lt.CPU_EPOCHS
+    assert [job["knobs"] for job in jobs] == [{"semscale_gamma": g, "semscale_warmup_ratio": pytest.approx(warmup, abs=1e-4)}
+                                             for g in setting["grid"]["semscale_gamma"]]
     args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0]["argv"][1:]])[-1]
-    assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == 0.8
+    assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == pytest.approx(warmup, abs=1e-4)
+    # a setting without its own grid for a method keeps the knobs the method fixes (the mix's DRW deferral)
+    plain = {**setting, "method_grids": {}}
+    assert all("--semscale_warmup_ratio" not in job["argv"] for job in lt.tuning_jobs(tmp_path, "cpu", plain, [], "mix_dsb_cb_ce"))
 
 
 def test_benchmark_keeps_every_invocation_of_a_tier(tmp_path):
