@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["SemScaleConfig", "WEIGHTING_MODES", "BASE_LOSSES"]
+__all__ = ["SemScaleConfig", "WEIGHTING_MODES", "DYNAMIC_WEIGHTING_MODES", "BASE_LOSSES"]
 
 WEIGHTING_MODES = ("dsb", "none", "inverse_frequency", "effective_number", "dsb_effective_number")
 DYNAMIC_WEIGHTING_MODES = ("dsb", "dsb_effective_number")
@@ -102,7 +102,7 @@ class SemScaleConfig(TrainingArguments):
         metadata={"help": "Dotted name of the module whose INPUT is the feature; None: the classification head."},
     )
     semscale_cb_beta: float = field(
-        default=0.9999, metadata={"help": "beta of the effective-number weights (semscale_weighting='effective_number')."}
+        default=0.9999, metadata={"help": "beta of the effective-number weights (semscale_weighting='effective_number' or 'dsb_effective_number')."}
     )
     semscale_focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss."})
     semscale_ldam_max_margin: float = field(default=0.5, metadata={"help": "Largest LDAM margin (the rarest class)."})

@@ -46,7 +46,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "dsb_focal": {"semscale_weighting": "dsb", "semscale_loss": "focal", "semscale_focal_gamma": 2.0},
     "dsb_ldam": {"semscale_weighting": "dsb", **_LDAM},
     "dsb_balanced_softmax": {"semscale_weighting": "dsb", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
-    # --- a mix (not DSB alone): cb_ce's effective-number weights times the DSB weights, deferred like cb_ce
+    # --- a mix (not DSB alone): cb_ce's effective-number weights times the DSB weights, deferred like cb_ce (the
+    # pool's fill stage adds up to an epoch; benchmarks/long_tail.py moves the warm-up so the weights start together)
     "mix_dsb_cb_ce": {
         "semscale_weighting": "dsb_effective_number",
         "semscale_cb_beta": 0.9999,
