@@ -118,11 +118,10 @@ def banking_phenomena(work_dir: Path, data_root: Path, sizes: list[int], draws: 
 def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, Any]]:
     import torch
 
+    from benchmarks.long_tail import tier_settings
     from hf_semscale.imbalance import imbalance_summary, spearman
 
     rows = []
-    from benchmarks.long_tail import tier_settings
-
     cifar_lt = next(s for s in tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
     for method_dir in sorted((work_dir / "cpu" / cifar_lt["name"]).glob("dsb_*")):
         if "_tune" in method_dir.name:
