@@ -294,6 +294,21 @@ def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArgument
     return record
 
 
+def train_evaluate_and_record(trainer: Any, args: Any, data: DataArguments, run: RunArguments, splits: dict[str, Any],
+                              store: dict[str, Any], wall_start: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """Train, save the model (``run.save_final_model``), evaluate validation / test as ``run`` asks and write
+    ``results.json``; returns the record. ``store`` is the one given to ``make_compute_metrics``."""
+    trainer.train()
+    if run.save_final_model:
+        trainer.save_model()
+    evaluations = {}
+    if run.eval_validation and splits["validation"] is not None:
+        evaluations["validation"] = evaluate_split(trainer, splits["validation"], "eval", store)
+    if run.eval_test:
+        evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store)
+    return write_results(trainer, args, data, run, splits, evaluations, wall_start, extra=extra)
+
+
 def summary_line(record: dict[str, Any]) -> str:
     parts = [f"method={record.get('method')}", f"seed={record.get('seed')}"]
     for split in ("validation", "test"):

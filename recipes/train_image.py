@@ -35,13 +35,12 @@ from recipes.common import (  # noqa: E402
     RunArguments,
     apply_threads,
     build_optimizers,
-    evaluate_split,
     load_splits,
     make_compute_metrics,
     parse_yaml_then_cli,
     setup_logging,
     summary_line,
-    write_results,
+    train_evaluate_and_record,
 )
 from recipes.methods import uses_normed_head  # noqa: E402
 
@@ -254,16 +253,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         compute_metrics=make_compute_metrics(splits["train_class_counts"], store),
         optimizers=build_optimizers(model, args, run, len(train)),
     )
-    trainer.train()
-    if run.save_final_model:
-        trainer.save_model()
-    evaluations = {}
-    if run.eval_validation and splits["validation"] is not None:
-        evaluations["validation"] = evaluate_split(trainer, splits["validation"], "eval", store)
-    if run.eval_test:
-        evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store)
-    record = write_results(
-        trainer, args, data, run, splits, evaluations, wall_start,
+    record = train_evaluate_and_record(
+        trainer, args, data, run, splits, store, wall_start,
         extra={"model": margs.model_type, "depth": margs.depth if margs.model_type == "cifar_resnet" else margs.timm_architecture,
                "channel_mean": mean, "channel_std": std},
     )
