@@ -57,6 +57,7 @@ DEFAULT_SEEDS = [0, 1, 2]
 TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]}
 CPU_EPOCHS = 12
 BANKING_EPOCHS = 10
+GPU_EPOCHS = 200  # Cao et al. 2019
 
 GPU_COMMAND = 'python benchmarks/long_tail.py --tier gpu --workers 3 --machine "one NVIDIA H100, 16 CPU cores"'
 TRANSFORM_SECONDS_PER_IMAGE = 250e-6  # the recipe's per-item transform, measured on the 2-core CPU-tier machine under load
@@ -93,7 +94,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "imbalance_factor": None,
             "prepare": None,
             "schedule": ("CPU tier: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + "
-                         "MLP head 384-256-77, AdamW lr 1e-3 cosine, batch 128, 10 epochs; natural imbalance "
+                         f"MLP head 384-256-77, AdamW lr 1e-3 cosine, batch 128, {BANKING_EPOCHS} epochs; natural imbalance "
                          "(30..182 per class after carving 5/class for validation); full test set (3,080)"),
             "overrides": ["--num_train_epochs", str(BANKING_EPOCHS), "--per_device_train_batch_size", "128", "--num_threads", "1",
                           "--save_final_model", "false"],
@@ -114,13 +115,13 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "prepare": {"data_dir": "cifar10", "imbalance_factor": imf, "validation_per_class": 100, "n_max": None},
                 "schedule": ("GPU tier (Cao et al. 2019): ResNet-32, 200 epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, batch 128, "
                              "5 linear warm-up epochs, lr x0.01 at epochs 160 and 180; validation 100/class carved from train"),
-                "overrides": ["--depth", "32", "--num_train_epochs", "200", "--lr_schedule", "step", "--warmup_epochs", "5",
+                "overrides": ["--depth", "32", "--num_train_epochs", str(GPU_EPOCHS), "--lr_schedule", "step", "--warmup_epochs", "5",
                               "--lr_milestones", "160", "180", "--lr_decay", "0.01", "--learning_rate", "0.1",
                               "--weight_decay", "0.0002", "--per_device_train_batch_size", "128", "--save_final_model", "false",
                               "--dataloader_num_workers", "4"],
                 "methods": list(METHODS),
                 "grid": TUNING_GRID,
-                "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(200)},
+                "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(GPU_EPOCHS)},
             }
             for imf in (100,)
         ]
@@ -146,23 +147,19 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
 def gpu_time_estimate() -> str:
     """What the GPU tier's data pipeline alone costs (the GPU side is unmeasured): from its run count and schedule."""
     setting = tier_settings("gpu")[0]
-    epochs = int(setting["overrides"][setting["overrides"].index("--num_train_epochs") + 1])
     finals = len(setting["methods"]) * len(DEFAULT_SEEDS)
     tuning = sum(len(grid_points(method_grid(setting, m))) for m in tuned_methods(setting))
-    images = (finals + tuning) * epochs * GPU_TRAIN_IMAGES
-    minutes = images * TRANSFORM_SECONDS_PER_IMAGE / GPU_HOST_CORES / 60
+    images_per_run = GPU_EPOCHS * GPU_TRAIN_IMAGES
+    minutes_per_run = images_per_run * TRANSFORM_SECONDS_PER_IMAGE / GPU_HOST_CORES / 60
+    images, minutes = (finals + tuning) * images_per_run, (finals + tuning) * minutes_per_run
     slice_runs = 3 + len(grid_points(method_grid(setting, "dsb_ce")))  # seed 0 of ce, cb_ce, dsb_ce + dsb_ce's tuning
-    subset = slice_runs * epochs * GPU_TRAIN_IMAGES * TRANSFORM_SECONDS_PER_IMAGE / GPU_HOST_CORES / 60
-    return (f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {epochs} epochs "
+    subset = slice_runs * minutes_per_run
+    return (f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {GPU_EPOCHS} epochs "
             f"over {GPU_TRAIN_IMAGES:,} images, {images / 1e6:.0f} M augmented images. The recipe's per-item transform costs about "
             f"{TRANSFORM_SECONDS_PER_IMAGE * 1e6:.0f} µs per image per core (measured on the 2-core CPU-tier machine under load), so "
             f"with {GPU_HOST_CORES} cores the data pipeline alone needs about {minutes:.0f} min: the full tier does NOT fit the ~10 "
             f"minutes of one H100 we aimed for, and the GPU side (unmeasured) comes on top. A seed-0 slice whose pipeline needs about "
             f"{subset:.0f} min: `python benchmarks/long_tail.py --tier gpu --workers 3 --seeds 0 --methods ce cb_ce dsb_ce`.")
-
-
-def tier_setting(tier: str, name: str) -> dict[str, Any]:
-    return next(s for s in tier_settings(tier) if s["name"] == name)
 
 
 # --------------------------------------------------------------------------- data preparation
