@@ -2,6 +2,8 @@
 
     python benchmarks/long_tail.py --tier cpu            # CPU tier (2 workers, short stated schedule)
     python benchmarks/long_tail.py --tier gpu --workers 3  # paper-scale CIFAR-10-LT schedule (Cao et al. 2019)
+    python benchmarks/long_tail.py --tier text           # the regime study: MiniLM on CLINC150(-LT), BANKING77-LT
+    python benchmarks/long_tail.py --tier cifar_balanced # the regime study: sample-balanced CIFAR-10
     python benchmarks/long_tail.py --report-only         # rebuild the tables from finished runs
 
 Each run is ``recipes/train_image.py`` / ``recipes/train_text.py`` with a method of
@@ -11,9 +13,16 @@ and finished runs are skipped when the benchmark is restarted. DSB's own knobs (
 (carved from training data, seed 0) from a small grid; the test split is never used for choices. A
 finished DSB run whose knobs differ from the chosen ones is run again.
 
+The study tiers (``text``, ``cifar_balanced``) give every re-weighting method the same validation grid
+over the START of re-weighting (the fraction of training after which class weights apply; a pool method's
+warm-up ends one epoch, its fill stage, earlier), besides its own knobs (gamma; p of ``pow_ce_tuned``;
+for ``dsb_ce`` also the authors' volume constants alpha = 1 without L2 normalisation), and run ablations
+of the pool size and update interval. Their report adds the regime analysis (``benchmarks/study_report.py``).
+
 Outputs: ``benchmarks/results/long_tail.json`` (a list of records: ``method``, ``dataset``,
 ``imbalance_factor``, ``schedule``, ``seeds``, ``<metric>_mean`` / ``<metric>_std``, wall time) and
-``benchmarks/results/long_tail.md``.
+``benchmarks/results/long_tail.md`` for the CPU and GPU tiers; ``long_tail_<tier>.json`` / ``.md`` for the
+study tiers.
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ if str(REPO_ROOT) not in sys.path:
 
 from hf_semscale.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
-from recipes.methods import BASELINES, DRW_DEFERRAL, DSB_COUNTERPART, METHODS, TUNED_METHODS, describe  # noqa: E402
+from recipes.methods import (  # noqa: E402
+    BASELINES,
+    COUNT_TUNED_METHODS,
+    DRW_DEFERRAL,
+    DSB_COUNTERPART,
+    METHODS,
+    SCALE_METHODS,
+    TUNED_METHODS,
+    describe,
+)
 
 logger = logging.getLogger("benchmarks.long_tail")
 
@@ -58,6 +76,27 @@ TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]
 CPU_EPOCHS = 12
 BANKING_EPOCHS = 10
 GPU_EPOCHS = 200  # Cao et al. 2019
+# The methods of the issue-5 CPU / GPU tiers (their committed results); the study tiers add the rest.
+CLASSIC_METHODS = ["ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax", "dsb_ce", "dsb_focal", "dsb_ldam",
+                   "dsb_balanced_softmax", "mix_dsb_cb_ce"]
+
+# --- the regime study (tiers "text" and "cifar_balanced")
+STUDY_STARTS = [0.1, 0.4, 0.8]  # start of re-weighting (fraction of training): one epoch, DSB's default, the DRW point
+STUDY_GAMMAS = [0.5, 1.0, 4.0]
+STUDY_POWERS = [0.5, 1.0, 1.5, 2.0]  # p of pow_ce_tuned, w_c ∝ n_c^-p
+OUR_CONSTANTS = {"semscale_normalize_features": True}  # alpha = d, L2-normalised rows (our default)
+AUTHORS_CONSTANTS = {"semscale_alpha": 1.0, "semscale_normalize_features": False}  # the authors' reference code
+STUDY_TIERS = ("text", "cifar_balanced")
+FROZEN_EPOCHS = 10
+FINETUNE_EPOCHS = 8
+TEXT_METHODS = ["ce", "if_ce", "cb_ce", "focal", "balanced_softmax", "if_ce_tuned", "cb_ce_tuned", "pow_ce_tuned", "pow_bs_tuned", "dsb_ce",
+                "dsb_focal", "dsb_balanced_softmax", "mix_dsb_cb_ce", "scalecount_cb_ce", "reverse_dsb_ce"]
+FINETUNE_METHODS = ["ce", "balanced_softmax", "cb_ce_tuned", "pow_bs_tuned", "dsb_ce", "dsb_balanced_softmax"]
+# On sample-balanced data every count weight is 1 and balanced softmax is plain CE: only the scale can act.
+BALANCED_METHODS = ["ce", "focal", "dsb_ce", "dsb_focal", "scalecount_cb_ce", "reverse_dsb_ce"]
+# The pool size K and update interval, on one dataset (frozen CLINC150-LT IF=50), around dsb_ce's chosen knobs.
+ABLATIONS = {"method": "dsb_ce", "variants": [{"semscale_pool_capacity": 2}, {"semscale_pool_capacity": 10},
+                                              {"semscale_update_interval": 5}, {"semscale_update_interval": 100}]}
 
 GPU_COMMAND = 'python benchmarks/long_tail.py --tier gpu --workers 3 --machine "one NVIDIA H100, 16 CPU cores"'
 TRANSFORM_SECONDS_PER_IMAGE = 250e-6  # the recipe's per-item transform, measured on the 2-core CPU-tier machine under load
@@ -82,7 +121,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "overrides": ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class", "500",
                           "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
                           "--per_device_train_batch_size", "128", *cifar_common],
-            "methods": list(METHODS),
+            "methods": list(CLASSIC_METHODS),
             "grid": TUNING_GRID,
             "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(CPU_EPOCHS)},
         }
@@ -99,7 +138,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "overrides": ["--num_train_epochs", str(BANKING_EPOCHS), "--per_device_train_batch_size", "128", "--num_threads", "1",
                           "--save_final_model", "false"],
             # LDAM's s=30 assumes a cosine head; the MLP head is linear, so the LDAM methods are left out here.
-            "methods": [m for m in METHODS if "ldam" not in m],
+            "methods": [m for m in CLASSIC_METHODS if "ldam" not in m],
             "grid": TUNING_GRID,
             "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(BANKING_EPOCHS)},
         }
@@ -119,12 +158,16 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                               "--lr_milestones", "160", "180", "--lr_decay", "0.01", "--learning_rate", "0.1",
                               "--weight_decay", "0.0002", "--per_device_train_batch_size", "128", "--save_final_model", "false",
                               "--dataloader_num_workers", "4"],
-                "methods": list(METHODS),
+                "methods": list(CLASSIC_METHODS),
                 "grid": TUNING_GRID,
                 "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(GPU_EPOCHS)},
             }
             for imf in (100,)
         ]
+    if tier == "text":
+        return text_settings()
+    if tier == "cifar_balanced":
+        return [cifar_balanced_setting(cifar_common)]
     if tier == "tiny":  # for tests: a few images, a couple of steps
         return [
             {
@@ -144,15 +187,96 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
     raise ValueError(f"unknown tier {tier!r}")
 
 
+def study_spec(epochs: int, constants: tuple[str, ...] = ("dsb_ce",), start_only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The study's validation grid: ``start_only`` methods get the middle start (0.4) only."""
+    return {"epochs": epochs, "starts": STUDY_STARTS, "gammas": STUDY_GAMMAS, "powers": STUDY_POWERS,
+            "constants": constants, "start_only": start_only}
+
+
+def text_settings() -> list[dict[str, Any]]:
+    """CLINC150-LT (IF 10, 50), BANKING77-LT and sample-balanced CLINC150: frozen_cached (every method, the full
+    grid), then finetune_top (the core methods on CLINC150-LT IF=50 and BANKING77-LT; ~2-3 min a run on one core,
+    so every method starts re-weighting at 40 % of training and only gamma is tuned)."""
+    threads = ["--num_threads", "1", "--save_final_model", "false", "--eval_train", "true"]
+    clinc = {"data": "clinc150", "prepare": None, "config_frozen": "recipes/configs/clinc150_frozen.yaml",
+             "config_finetune": "recipes/configs/clinc150_lt_finetune.yaml",
+             "split": "the official validation split (20/class) for tuning, test (30/class, 4,500) for the tables; the "
+                      "oos label (absent from train) is dropped from the label set"}
+    banking = {"data": "banking77", "prepare": None, "config_frozen": "recipes/configs/banking77_lt_frozen.yaml",
+               "config_finetune": "recipes/configs/banking77_lt_finetune.yaml",
+               "split": "validation 10/class carved from train before the long tail; the full test set (3,080)"}
+    frozen = (f"frozen_cached: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + MLP "
+              f"head 384-256-C (DSB reads the 256-d hidden layer), AdamW lr 1e-3 cosine, batch 32, {FROZEN_EPOCHS} epochs")
+    finetune = (f"finetune (top layer): all-MiniLM-L6-v2 with its TOP transformer layer + mean pooling + a linear head "
+                f"384-C trained (DSB reads the 384-d pooled feature), the frozen lower 5 layers' token states cached once "
+                f"per split; AdamW lr 3e-4 cosine, 5 % warm-up, batch 32, {FINETUNE_EPOCHS} epochs; full fine-tuning is the GPU setting")
+    profiles = [
+        ("clinc150_lt_if10", "clinc150_lt", 10, clinc, "Cao profile IF=10 over the 150 in-scope intents (100 ... 10 per class)",
+         ["--imbalance_factor", "10"]),
+        ("clinc150_lt_if50", "clinc150_lt", 50, clinc, "Cao profile IF=50 over the 150 in-scope intents (100 ... 2 per class)",
+         ["--imbalance_factor", "50"]),
+        ("banking77_lt", "banking77_lt", 20, banking,
+         "Cao profile n_max 100, IF=20 (100 ... 5 per class), classes ranked by available count so every class fills its quota",
+         []),
+        ("clinc150", "clinc150", None, clinc, "sample-balanced: the 150 in-scope intents as they are (100 per class)",
+         ["--imbalance_factor", "1"]),
+    ]
+    settings = []
+    for mode in ("frozen_cached", "finetune"):
+        for name, dataset, imf, src, profile, extra in profiles:
+            if mode == "finetune" and name not in ("clinc150_lt_if50", "banking77_lt"):
+                continue
+            balanced = imf is None
+            epochs = FROZEN_EPOCHS if mode == "frozen_cached" else FINETUNE_EPOCHS
+            methods = BALANCED_METHODS if balanced else (TEXT_METHODS if mode == "frozen_cached" else FINETUNE_METHODS)
+            settings.append({
+                "name": f"{name}_{'frozen' if mode == 'frozen_cached' else 'finetune'}",
+                "dataset": dataset,
+                "data_dir": src["data"],
+                "recipe": "train_text",
+                "config": src["config_frozen" if mode == "frozen_cached" else "config_finetune"],
+                "imbalance_factor": imf,
+                "prepare": None,
+                "schedule": f"{frozen if mode == 'frozen_cached' else finetune}; {profile}; {src['split']}",
+                "overrides": [*extra, "--num_train_epochs", str(epochs), *threads],
+                "methods": methods,
+                "grid_spec": study_spec(epochs, start_only=("dsb_focal", "reverse_dsb_ce")) if mode == "frozen_cached" else
+                             {**study_spec(epochs, constants=()), "starts": [0.4], "gammas": [1.0, 4.0], "powers": [0.5, 1.0, 1.5]},
+                "ablations": ABLATIONS if name == "clinc150_lt_if50" and mode == "frozen_cached" else None,
+            })
+    return settings
+
+
+def cifar_balanced_setting(cifar_common: list[str]) -> dict[str, Any]:
+    """Sample-balanced CIFAR-10 with the CPU tier's image schedule: does any scale-derived weighting beat CE?"""
+    return {
+        "name": "cifar10_balanced",
+        "dataset": "cifar10",
+        "recipe": "train_image",
+        "config": "recipes/configs/cifar10_lt.yaml",
+        "imbalance_factor": None,
+        "prepare": {"data_dir": "cifar10", "imbalance_factor": 1, "validation_per_class": 100, "n_max": 1000},
+        "schedule": (f"the CPU tier's image schedule: CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 "
+                     "momentum 0.9 wd 2e-4, batch 128, 0.5 warm-up epoch + cosine, crop + flip; sample-balanced: 1,000 training "
+                     "images per class (after carving a 100/class validation split); balanced test subset of 500/class"),
+        "overrides": ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class", "500",
+                      "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
+                      "--per_device_train_batch_size", "128", *cifar_common],
+        "methods": ["ce", "dsb_ce", "reverse_dsb_ce", "scalecount_cb_ce"],
+        "grid_spec": {**study_spec(CPU_EPOCHS, constants=()), "starts": [0.4], "gammas": [1.0, 4.0]},
+        "ablations": None,
+    }
+
+
 def gpu_time_estimate() -> str:
     """What the GPU tier's data pipeline alone costs (the GPU side is unmeasured): from its run count and schedule."""
     setting = tier_settings("gpu")[0]
     finals = len(setting["methods"]) * len(DEFAULT_SEEDS)
-    tuning = sum(len(grid_points(method_grid(setting, m))) for m in tuned_methods(setting))
+    tuning = sum(len(method_grid(setting, m)) for m in tuned_methods(setting))
     images_per_run = GPU_EPOCHS * GPU_TRAIN_IMAGES
     minutes_per_run = images_per_run * TRANSFORM_SECONDS_PER_IMAGE / GPU_HOST_CORES / 60
     images, minutes = (finals + tuning) * images_per_run, (finals + tuning) * minutes_per_run
-    slice_runs = 3 + len(grid_points(method_grid(setting, "dsb_ce")))  # seed 0 of ce, cb_ce, dsb_ce + dsb_ce's tuning
+    slice_runs = 3 + len(method_grid(setting, "dsb_ce"))  # seed 0 of ce, cb_ce, dsb_ce + dsb_ce's tuning
     subset = slice_runs * minutes_per_run
     return (f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {GPU_EPOCHS} epochs "
             f"over {GPU_TRAIN_IMAGES:,} images, {images / 1e6:.0f} M augmented images. The recipe's per-item transform costs about "
@@ -227,10 +351,6 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "results": str(out / RESULTS_FILENAME)}
 
 
-def _run_sequence(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [_run_one(job) for job in jobs]
-
-
 def load_result(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -243,24 +363,47 @@ def grid_points(grid: dict[str, list[float]]) -> list[dict[str, float]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def grid_tag(point: dict[str, float]) -> str:
-    return "__" + "_".join(f"{k.replace('semscale_', '')}{v:g}" for k, v in sorted(point.items()))
+def _knob_text(value: float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
 
 
-def grid_cli(point: dict[str, float]) -> list[str]:
-    return [x for k, v in sorted(point.items()) for x in (f"--{k}", f"{v:g}")]
+def grid_tag(point: dict[str, float | bool]) -> str:
+    return "__" + "_".join(f"{k.replace('semscale_', '')}{_knob_text(v)}" for k, v in sorted(point.items()))
+
+
+def grid_cli(point: dict[str, float | bool]) -> list[str]:
+    return [x for k, v in sorted(point.items()) for x in (f"--{k}", _knob_text(v))]
 
 
 def tuned_methods(setting: dict[str, Any]) -> list[str]:
-    """The setting's methods with DSB knobs (``dsb_*``, ``mix_*``)."""
+    """The setting's methods with knobs chosen on the validation split (DSB's, the tuned count methods')."""
     return [m for m in setting["methods"] if m in TUNED_METHODS]
 
 
-def method_grid(setting: dict[str, Any], method: str) -> dict[str, list[float]]:
-    """``method``'s tuning grid: its own in the setting's ``method_grids``, else the setting's grid without the
-    knobs the method fixes itself."""
+def method_grid(setting: dict[str, Any], method: str) -> list[dict[str, float | bool]]:
+    """``method``'s tuning grid points: its own grid in the setting's ``method_grids``, else the study grid
+    (``grid_spec``), else the setting's grid without the knobs the method fixes itself."""
     own = setting.get("method_grids", {}).get(method)
-    return own if own is not None else {k: v for k, v in setting["grid"].items() if k not in METHODS[method]}
+    if own is not None:
+        return grid_points(own)
+    if "grid_spec" in setting:
+        return study_points(setting["grid_spec"], method)
+    return grid_points({k: v for k, v in setting["grid"].items() if k not in METHODS[method]})
+
+
+def study_points(spec: dict[str, Any], method: str) -> list[dict[str, float | bool]]:
+    """The study grid of ``method``: the start of re-weighting (a pool method's warm-up ends one epoch, the fill
+    stage, earlier, so both families start at the same step), gamma for scale-weighted methods, p for
+    ``pow_ce_tuned``, and our / the authors' volume constants for the methods in ``spec["constants"]``."""
+    fill = 1.0 / spec["epochs"] if method in SCALE_METHODS else 0.0
+    starts = [0.4] if method in spec["start_only"] else spec["starts"]
+    axes: dict[str, list[float]] = {"semscale_warmup_ratio": [round(max(0.0, s - fill), 4) for s in starts]}
+    if method in SCALE_METHODS and METHODS[method]["semscale_weighting"] != "scale_equivalent_count":
+        axes["semscale_gamma"] = spec["gammas"]
+    if METHODS[method]["semscale_weighting"] == "count_power":
+        axes["semscale_count_power"] = spec["powers"]
+    constants = [OUR_CONSTANTS, AUTHORS_CONSTANTS] if method in spec["constants"] else [{}]
+    return [{**point, **c} for c in constants for point in grid_points(axes)]
 
 
 def drw_matched_grid(epochs: int) -> dict[str, list[float]]:
@@ -272,13 +415,13 @@ def drw_matched_grid(epochs: int) -> dict[str, list[float]]:
 def knobs_match(result: dict[str, Any], knobs: dict[str, float] | None) -> bool:
     """Whether a finished run used ``knobs`` (``None``: no tuned knobs to check)."""
     used = result.get("semscale") or {}
-    return knobs is None or all(k in used and math.isclose(float(used[k]), v) for k, v in knobs.items())
+    return knobs is None or all(used.get(k) is not None and math.isclose(float(used[k]), float(v)) for k, v in knobs.items())
 
 
 def choose_knobs(work_dir: Path, tier: str, setting: dict[str, Any], method: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``method``'s grid point with the best VALIDATION balanced accuracy (ties: first in grid order), and the grid rows."""
     rows, best, best_score = [], None, -math.inf
-    points = grid_points(method_grid(setting, method))
+    points = method_grid(setting, method)
     for point in points:
         result = load_result(run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point)) / RESULTS_FILENAME)
         score = result["validation"]["balanced_accuracy"] if result and result.get("validation") else None
@@ -312,7 +455,7 @@ def setting_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: 
 def tuning_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], method: str) -> list[dict[str, Any]]:
     """Seed-0 runs of ``method`` at every grid point, evaluated on the validation split only."""
     jobs = []
-    for point in grid_points(method_grid(setting, method)):
+    for point in method_grid(setting, method):
         out = run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point))
         extra = ["--eval_test", "false", *grid_cli(point)]
         jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": point,
@@ -325,12 +468,35 @@ def data_args_for(setting: dict[str, Any], data_root: Path, cache_root: Path, so
         folder = prepare_image_data(setting, data_root, cache_root, source)
         return ["--data_dir", str(folder), "--imbalance_factor", "1", "--validation_split", "validation", "--validation_per_class", "0"]
     emb = cache_root / "embeddings"
-    return ["--data_dir", source or str(data_root / setting["name"]), "--embedding_cache_dir", str(emb)]
+    return ["--data_dir", source or str(data_root / setting.get("data_dir", setting["name"])), "--embedding_cache_dir", str(emb)]
+
+
+def ablation_tag(variant: dict[str, float]) -> str:
+    return "_ablate" + grid_tag(variant)
+
+
+def ablation_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], seeds: list[int],
+                  knobs: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The setting's ablation runs: its ablated method at its chosen knobs with one setting changed, every seed."""
+    spec = setting.get("ablations")
+    if not spec or spec["method"] not in setting["methods"]:
+        return []
+    method, jobs = spec["method"], []
+    for variant in spec["variants"]:
+        point = {**knobs.get(method, {}), **variant}
+        for seed in seeds:
+            out = run_dir(work_dir, tier, setting, method, seed, ablation_tag(variant))
+            jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": point,
+                         "argv": build_argv(setting, method, seed, out, data_args, ["--eval_validation", "true", *grid_cli(point)])})
+    return jobs
 
 
 def run_tier(tier: str, work_dir: Path, data_root: Path, seeds: list[int], workers: int, only: list[str] | None, source: str | None,
              methods: list[str] | None = None) -> None:
-    """Run (or finish) a tier; ``only`` / ``methods`` restrict it to some settings / methods (the report lists them all)."""
+    """Run (or finish) a tier; ``only`` / ``methods`` restrict it to some settings / methods (the report lists them all).
+
+    Order: per setting, its first untuned run (it fills the data and embedding caches the others then read); then every
+    tuning run and the other untuned runs; each tuned method's final runs once its grid is done; the ablations last."""
     settings = [s for s in tier_settings(tier) if not only or s["name"] in only]
     if methods:
         unknown = sorted(set(methods) - set(METHODS))
@@ -340,33 +506,23 @@ def run_tier(tier: str, work_dir: Path, data_root: Path, seeds: list[int], worke
     cache_root = work_dir / tier / "cache"
     ctx = mp.get_context("spawn")
     os.environ["OMP_NUM_THREADS"] = "1"
+    prepared = [(s, data_args_for(s, data_root, cache_root, source)) for s in settings]
     with ctx.Pool(workers) as pool:
-        # Text settings are cheap per run but share one embedding cache: each runs as ONE sequential task
-        # (tuning, then the final runs) beside the image runs.
-        text_tasks = []
-        image_settings = []
-        for setting in settings:
-            data_args = data_args_for(setting, data_root, cache_root, source)
-            if setting["recipe"] == "train_text":
-                tuning = [job for method in tuned_methods(setting) for job in tuning_jobs(work_dir, tier, setting, data_args, method)]
-                text_tasks.append((setting, data_args, pool.apply_async(_run_sequence, (tuning,))))
-            else:
-                image_settings.append((setting, data_args))
-        image_tuning = [(s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
-                        for s, a in image_settings for method in tuned_methods(s)]
-        finals = []
-        for setting, data_args in image_settings:  # baselines need no tuning: queue them right away
-            baseline_jobs = setting_jobs(work_dir, tier, setting, data_args, seeds, {}, [m for m in setting["methods"] if m not in tuned_methods(setting)])
-            finals += [pool.apply_async(_run_one, (job,)) for job in baseline_jobs]
-        for setting, data_args, handle in text_tasks:
+        untuned = {s["name"]: setting_jobs(work_dir, tier, s, a, seeds, {}, [m for m in s["methods"] if m not in tuned_methods(s)])
+                   for s, a in prepared}
+        for handle in [pool.apply_async(_run_one, (jobs[0],)) for jobs in untuned.values() if jobs]:
             handle.wait()
-            knobs = chosen_knobs(work_dir, tier, setting)
-            finals.append(pool.apply_async(_run_sequence, (setting_jobs(work_dir, tier, setting, data_args, seeds, knobs, setting["methods"]),)))
-        for setting, data_args, method, handles in image_tuning:
+        tuning = [(s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
+                  for s, a in prepared for method in tuned_methods(s)]
+        finals = [pool.apply_async(_run_one, (job,)) for jobs in untuned.values() for job in jobs[1:]]
+        for setting, data_args, method, handles in tuning:
             for h in handles:
                 h.wait()
             knobs = {method: choose_knobs(work_dir, tier, setting, method)[0]}
             finals += [pool.apply_async(_run_one, (job,)) for job in setting_jobs(work_dir, tier, setting, data_args, seeds, knobs, [method])]
+        for setting, data_args in prepared:
+            knobs = chosen_knobs(work_dir, tier, setting)
+            finals += [pool.apply_async(_run_one, (job,)) for job in ablation_jobs(work_dir, tier, setting, data_args, seeds, knobs)]
         for handle in finals:
             handle.wait()
 
@@ -420,8 +576,10 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
             wall = [r["wall_time_s"] for _, r in done]
             record["wall_time_s_mean"], _ = _mean_std(wall)
             record["wall_time_s_total"] = sum(wall) if wall else None
+            train_acc = [(r.get("train") or {}).get("accuracy") for _, r in done]
+            record["train_accuracy_mean"], record["train_accuracy_std"] = _mean_std(train_acc)
             if method in TUNED_METHODS:
-                record["dsb_knobs"] = {k: v for k, v in (done[0][1]["semscale"].items() if done else []) if k in ("semscale_gamma", "semscale_warmup_ratio")}
+                record["knobs"] = knobs.get(method)
                 weights = [r["final_class_weights"] for _, r in done]
                 scales = [r["final_semantic_scales"] for _, r in done]
                 record["final_class_weights_seed0"] = weights[0] if weights else None
@@ -568,7 +726,7 @@ def append_run_info(path: Path, entry: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tier", choices=["cpu", "gpu", "tiny"], default="cpu")
+    parser.add_argument("--tier", choices=["cpu", "gpu", *STUDY_TIERS, "tiny"], default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each on CPU)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
@@ -595,18 +753,13 @@ def main(argv: list[str] | None = None) -> None:
     # The CPU and GPU tiers share one report, whichever was run: running one never drops the other's tables.
     report_tiers = ["cpu", "gpu"] if args.tier in ("cpu", "gpu") else [args.tier]
     tiers = {tier: collect(args.work_dir, tier, args.seeds if tier == args.tier else DEFAULT_SEEDS) for tier in report_tiers}
-    notes = []
-    for tier in report_tiers:
-        for info in read_run_info(args.work_dir / tier / "run_info.json"):
-            load = info.get("load_average_1min")
-            notes.append(f"- `--tier {tier}` " + (f"`--only {' '.join(info['only'])}` " if info.get("only") else "")
-                         + (f"`--methods {' '.join(info['methods'])}`" if info.get("methods") else "(all methods)")
-                         + f" took {info['wall_time_s'] / 60:.1f} min wall ({info['workers']} runs in parallel, seeds {info['seeds']}) "
-                         f"on {info.get('machine', args.machine)}"
-                         + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end" if load else "")
-                         + (f" ({info['note']})." if info.get("note") else "."))
-    if notes:
-        notes = ["Invocations that produced these runs (finished runs are skipped, so each timed only what it ran):", *notes]
+    notes = invocation_notes(args.work_dir, report_tiers, args.machine)
+    if args.tier in STUDY_TIERS:
+        from benchmarks.study_report import write_study_report
+
+        write_study_report(args.out_dir, args.tier, tiers[args.tier], notes, args.work_dir, args.seeds)
+        logger.info("wrote %s", args.out_dir / f"long_tail_{args.tier}.md")
+        return
     if "cpu" in tiers:
         ce = next((r for r in tiers["cpu"][0] if r["method"] == "ce" and r["dataset"] == "CIFAR-10-LT" and r["accuracy_mean"] is not None), None)
         reached = f"plain CE reaches {100 * ce['accuracy_mean']:.1f} %" if ce else "plain CE is not yet measured"
@@ -617,6 +770,21 @@ def main(argv: list[str] | None = None) -> None:
     notes.append("")
     write_report(args.out_dir, tiers, notes)
     logger.info("wrote %s", args.out_dir / "long_tail.md")
+
+
+def invocation_notes(work_dir: Path, tiers: list[str], machine: str) -> list[str]:
+    """One line per recorded invocation of each of ``tiers`` (what it ran, its wall time, machine and load)."""
+    notes = []
+    for tier in tiers:
+        for info in read_run_info(work_dir / tier / "run_info.json"):
+            load = info.get("load_average_1min")
+            notes.append(f"- `--tier {tier}` " + (f"`--only {' '.join(info['only'])}` " if info.get("only") else "")
+                         + (f"`--methods {' '.join(info['methods'])}`" if info.get("methods") else "(all methods)")
+                         + f" took {info['wall_time_s'] / 60:.1f} min wall ({info['workers']} runs in parallel, seeds {info['seeds']}) "
+                         f"on {info.get('machine', machine)}"
+                         + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end" if load else "")
+                         + (f" ({info['note']})." if info.get("note") else "."))
+    return ["Invocations that produced these runs (finished runs are skipped, so each timed only what it ran):", *notes] if notes else []
 
 
 if __name__ == "__main__":

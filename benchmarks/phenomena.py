@@ -2,7 +2,7 @@
 
     python benchmarks/phenomena.py                 # after (or during) `benchmarks/long_tail.py --tier cpu`
 
-1. Marginal effect (METHOD.md): the semantic scale of random class subsets of growing size m, for
+1. Marginal effect (docs/method.md): the semantic scale of random class subsets of growing size m, for
    - CIFAR-10 training images in pixel space (the *sample volume*, flattened 32x32x3, L2-normalised rows);
    - BANKING77 frozen all-MiniLM-L6-v2 sentence embeddings (a *feature volume*, d = 384).
 2. Correlations (``hf_semscale.imbalance.imbalance_summary``): per-class accuracy against semantic

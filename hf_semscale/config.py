@@ -8,8 +8,17 @@ from transformers import TrainingArguments
 
 __all__ = ["SemScaleConfig", "WEIGHTING_MODES", "DYNAMIC_WEIGHTING_MODES", "BASE_LOSSES"]
 
-WEIGHTING_MODES = ("dsb", "none", "inverse_frequency", "effective_number", "dsb_effective_number")
-DYNAMIC_WEIGHTING_MODES = ("dsb", "dsb_effective_number")
+WEIGHTING_MODES = (
+    "dsb",
+    "none",
+    "inverse_frequency",
+    "effective_number",
+    "count_power",
+    "dsb_effective_number",
+    "reverse_scale",
+    "scale_equivalent_count",
+)
+DYNAMIC_WEIGHTING_MODES = ("dsb", "dsb_effective_number", "reverse_scale", "scale_equivalent_count")
 """The modes that fill a feature pool and re-measure semantic scales during training."""
 BASE_LOSSES = ("ce", "focal", "ldam", "balanced_softmax")
 POOL_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -21,7 +30,7 @@ MAX_WEIGHT_RATIO = 1e12
 class SemScaleConfig(TrainingArguments):
     """Training arguments for :class:`~hf_semscale.SemScaleTrainer`.
 
-    Stages (METHOD.md): ``warmup`` (plain base loss) for ``semscale_warmup_steps``; ``fill`` (features
+    Stages (docs/method.md): ``warmup`` (plain base loss) for ``semscale_warmup_steps``; ``fill`` (features
     enter the per-class pool, loss still plain) until every class's pool holds ``min(n_c, K)`` rows or
     ``semscale_fill_max_steps`` have passed; ``reweight`` (weights re-measured every
     ``semscale_update_interval`` optimizer steps). Static weighting modes skip the pool and apply their
@@ -32,9 +41,12 @@ class SemScaleConfig(TrainingArguments):
         default="dsb",
         metadata={
             "help": "Class weights: 'dsb' (dynamic, from semantic scales), 'none' (the identical base loss, "
-            "unweighted), 'inverse_frequency' or 'effective_number' (static, from class counts; deferred to "
-            "the end of warm-up, i.e. DRW), or 'dsb_effective_number' (a mix, not DSB alone: the dsb weights "
-            "times the effective-number weights, renormalised).",
+            "unweighted), 'inverse_frequency', 'effective_number' or 'count_power' (static, from class counts, "
+            "n_c ** -semscale_count_power; deferred to the end of warm-up, i.e. DRW), 'dsb_effective_number' (a "
+            "mix, not DSB alone: the dsb weights times the effective-number weights, renormalised), "
+            "'reverse_scale' (a control: weights GROW with the scale, (S_c / max S) ** gamma) or "
+            "'scale_equivalent_count' (each scale mapped to the sample count at which the head classes' "
+            "marginal-effect curve, measured on the pool, reaches it; effective-number weights of those counts).",
             "choices": list(WEIGHTING_MODES),
         },
     )
@@ -104,6 +116,9 @@ class SemScaleConfig(TrainingArguments):
     semscale_cb_beta: float = field(
         default=0.9999, metadata={"help": "beta of the effective-number weights (semscale_weighting='effective_number' or 'dsb_effective_number')."}
     )
+    semscale_count_power: float = field(
+        default=1.0, metadata={"help": "p of semscale_weighting='count_power': w_c ∝ n_c ** -p (1: inverse frequency)."}
+    )
     semscale_focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss."})
     semscale_ldam_max_margin: float = field(default=0.5, metadata={"help": "Largest LDAM margin (the rarest class)."})
     semscale_ldam_scale: float = field(
@@ -148,6 +163,8 @@ class SemScaleConfig(TrainingArguments):
             raise ValueError("semscale_pool_capacity must be >= 0 (0 keeps every sample's latest feature)")
         if not 0.0 <= self.semscale_cb_beta < 1.0:
             raise ValueError(f"semscale_cb_beta must be in [0, 1), got {self.semscale_cb_beta}")
+        if not 0.0 <= self.semscale_count_power <= 4.0:
+            raise ValueError(f"semscale_count_power must be in [0, 4], got {self.semscale_count_power}")
         if self.semscale_fill_max_steps < -1:
             raise ValueError("semscale_fill_max_steps must be >= 0, or -1 for one epoch")
         if not self.semscale_max_pool_memory_mb > 0:

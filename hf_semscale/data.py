@@ -19,6 +19,7 @@ A bare folder name such as ``"cifar10"`` is looked up under ``$HF_SEMSCALE_DATA_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 from datasets.features.features import Array3DExtensionType
 from datasets.fingerprint import Hasher
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -81,8 +84,13 @@ def long_tail_indices(
     seed: int = 0,
     n_max: int | None = None,
     num_classes: int | None = None,
+    class_order: str = "index",
 ) -> np.ndarray:
-    """Sorted indices of a long-tailed subset: ``long_tail_counts(n_max, C, IF)[c]`` samples of class ``c``.
+    """Sorted indices of a long-tailed subset: the Cao et al. profile ``long_tail_counts(n_max, C', IF)``
+    over the ``C'`` classes present in ``labels``.
+
+    Classes with no sample (e.g. CLINC150's ``oos`` label, absent from its training split) are left out of
+    the profile and named in a warning; they keep 0 samples.
 
     Args:
         labels: ``[N]`` int class ids.
@@ -91,6 +99,9 @@ def long_tail_indices(
         n_max: size of the head class; ``None`` means the smallest class size, so that every
             class has enough samples and the imbalance factor is exact.
         num_classes: ``C``; ``None`` means ``max(labels) + 1``.
+        class_order: which class gets which rank of the profile: ``"index"`` (class id order, the CIFAR-LT
+            convention) or ``"count"`` (most available samples first, ties by id: every class can fill its
+            quota whenever any order can).
 
     Returns:
         ``[sum_c n_c]`` int64, sorted ascending.
@@ -98,19 +109,26 @@ def long_tail_indices(
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if labels.size == 0:
         raise ValueError("labels is empty: nothing to subsample")
+    if class_order not in ("index", "count"):
+        raise ValueError(f"class_order must be 'index' or 'count', got {class_order!r}")
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     available = np.bincount(labels, minlength=num_classes)
+    present = np.flatnonzero(available > 0)
     empty = np.flatnonzero(available == 0).tolist()
     if empty:
-        raise ValueError(f"classes {empty} have no samples; a long-tailed subset needs every class present")
-    n_max = int(available.min()) if n_max is None else n_max
-    targets = long_tail_counts(n_max, num_classes, imbalance_factor)
-    short = [(c, int(available[c]), t) for c, t in enumerate(targets) if available[c] < t]
+        logger.warning("classes %s have no samples: left out of the long-tail profile (%d classes ranked)", empty, present.size)
+    if class_order == "count":
+        present = present[np.argsort(-available[present], kind="stable")]
+    n_max = int(available[present].min()) if n_max is None else n_max
+    targets = np.zeros(num_classes, dtype=np.int64)
+    targets[present] = long_tail_counts(n_max, present.size, imbalance_factor)
+    short = [(int(c), int(available[c]), int(targets[c])) for c in present if available[c] < targets[c]]
     if short:
         detail = ", ".join(f"class {c} has {have} < {want}" for c, have, want in short)
-        raise ValueError(f"not enough samples for n_max={n_max}: {detail}. Fix: lower n_max or leave it None.")
+        hint = " or use class_order='count'" if class_order == "index" else ""
+        raise ValueError(f"not enough samples for n_max={n_max}: {detail}. Fix: lower n_max or leave it None{hint}.")
     rng = np.random.default_rng(seed)
-    kept = [rng.permutation(np.flatnonzero(labels == c))[:t] for c, t in enumerate(targets)]
+    kept = [rng.permutation(np.flatnonzero(labels == c))[: targets[c]] for c in range(num_classes)]
     return np.sort(np.concatenate(kept))
 
 
@@ -137,11 +155,30 @@ def make_long_tailed(
     label_column: str = "label",
     seed: int = 0,
     n_max: int | None = None,
+    class_order: str = "index",
 ) -> datasets.Dataset:
     """The long-tailed subset of ``dataset`` (see :func:`long_tail_indices`); row order is kept."""
     labels = _labels_array(dataset, label_column)
-    indices = long_tail_indices(labels, imbalance_factor, seed, n_max, _num_classes(dataset, label_column, labels))
+    indices = long_tail_indices(labels, imbalance_factor, seed, n_max, _num_classes(dataset, label_column, labels), class_order)
     return dataset.select(indices)
+
+
+def keep_classes(dataset: datasets.Dataset, keep: Sequence[int], label_column: str = "label") -> tuple[datasets.Dataset, int]:
+    """Rows of the classes ``keep`` (old ids, ascending), relabelled ``0..len(keep)-1`` with their names.
+
+    Returns ``(dataset, rows dropped)``. Used to drop classes a training split does not have (CLINC150's ``oos``).
+    """
+    keep = sorted(int(c) for c in keep)
+    names = class_names(dataset, label_column)
+    labels = _labels_array(dataset, label_column)
+    lookup = np.full(len(names), -1, dtype=np.int64)
+    lookup[keep] = np.arange(len(keep))
+    rows = np.flatnonzero(lookup[labels] >= 0)
+    subset = dataset.select(rows).flatten_indices()
+    feature = datasets.ClassLabel(names=[names[c] for c in keep])
+    new_labels = lookup[labels[rows]].tolist()
+    subset = subset.remove_columns(label_column).add_column(label_column, new_labels, feature=feature)
+    return subset, int(labels.size - rows.size)
 
 
 def limit_per_class(

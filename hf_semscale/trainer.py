@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from .capture import HeadInputCapture
 from .config import DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
@@ -46,8 +46,15 @@ from .pool import (
     pool_capacities,
 )
 from .report import SCALES_FILENAME, build_scale_report, write_json_atomic
-from .scale import check_finite_features
-from .weighting import effective_number_weights, inverse_frequency_weights, normalize_weights, semantic_scale_weights
+from .scale import check_finite_features, marginal_effect_curves
+from .weighting import (
+    count_power_weights,
+    effective_number_weights,
+    inverse_frequency_weights,
+    normalize_weights,
+    scale_equivalent_counts,
+    semantic_scale_weights,
+)
 
 __all__ = ["SemScaleTrainer", "STATE_FILENAME", "HISTORY_FILENAME", "latest_complete_checkpoint", "checkpoint_problem"]
 
@@ -103,14 +110,23 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike, needs_semscale_sta
     return None
 
 
-def _label_column_counts(dataset: Any, num_labels: int) -> list[int] | None:
-    """Per-class counts of a ``datasets.Dataset``'s label column (no transforms run), else None."""
+def _label_column_counts(dataset: Any, num_labels: int) -> list[int]:
+    """Per-class counts of a map-style ``datasets.Dataset``'s label column (no transforms run).
+
+    Raises ``ValueError`` naming ``class_counts=`` for a training set whose labels cannot be counted without
+    reading it (streaming / ``IterableDataset``, a torch dataset without columns, no label column)."""
+    fix = "Fix: pass class_counts=[n_0, ..., n_{C-1}] (training samples per class) to SemScaleTrainer."
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        raise ValueError(
+            f"The training set is a {type(dataset).__name__} (streamed: its length and labels are unknown until it is "
+            f"read), so SemScaleTrainer cannot count the samples per class. {fix}"
+        )
     names = getattr(dataset, "column_names", None)
     if not names:
-        return None
+        raise ValueError(f"The training set ({type(dataset).__name__}) has no columns to count labels from. {fix}")
     column = next((c for c in ("labels", "label") if c in names), None)
     if column is None:
-        return None
+        raise ValueError(f"The training set has no 'labels' or 'label' column (columns: {names}). {fix}")
     values = torch.as_tensor(dataset.with_format("numpy", columns=[column])[:][column])
     if values.ndim != 1 or values.is_floating_point():
         raise ValueError(
@@ -176,12 +192,9 @@ class SemScaleTrainer(Trainer):
         # average_tokens_across_devices, of all processes) and pass them as num_items_in_batch.
         self.model_accepts_loss_kwargs = True
         self.num_labels = self._check_single_label_task(self.model)
-        counts = class_counts if class_counts is not None else _label_column_counts(self.train_dataset, self.num_labels)
+        counts = class_counts
         if counts is None and self.train_dataset is not None:
-            raise ValueError(
-                "SemScaleTrainer could not read per-class counts from the training set (it has no 'labels' or "
-                "'label' column). Fix: pass class_counts=[n_0, ..., n_{C-1}]."
-            )
+            counts = _label_column_counts(self.train_dataset, self.num_labels)
         self.class_counts = torch.as_tensor(counts if counts is not None else [1] * self.num_labels, dtype=torch.long)
         if self.class_counts.shape != (self.num_labels,):
             raise ValueError(f"class_counts has {self.class_counts.numel()} entries but num_labels={self.num_labels}")
@@ -202,15 +215,26 @@ class SemScaleTrainer(Trainer):
             ldam_scale=a.semscale_ldam_scale,
             logit_adjust_tau=a.semscale_logit_adjust_tau,
         )
-        self.class_weights = torch.ones(self.num_labels, dtype=torch.float64)
-        self.semantic_scales = torch.zeros(self.num_labels, dtype=torch.float64)
-        self.pool: FeaturePool | None = None
-        self.stage = "warmup"
         self._feature_module = feature_module if feature_module is not None else a.semscale_feature_module
         self._feature_pool_fn = feature_pool_fn
         self._capture: HeadInputCapture | None = None
         self._captured_model: nn.Module | None = None
         self._capacities = pool_capacities(self.class_counts, a.semscale_pool_capacity)
+        self._steps_per_epoch: int | None = None  # optimizer steps per epoch, known once train() built its dataloader
+        self._reset_run_state()
+        # Fail at construction, not at the first step, when the head cannot be found or the pool
+        # would not fit (the hook is re-installed if model_init later replaces the model).
+        self._install_capture()
+
+    # ------------------------------------------------------------------ setup
+
+    def _reset_run_state(self) -> None:
+        """The state of a run that has not started: stage warm-up, no pool, unit weights, zero scales."""
+        self.class_weights = torch.ones(self.num_labels, dtype=torch.float64)
+        self.semantic_scales = torch.zeros(self.num_labels, dtype=torch.float64)
+        self.equivalent_counts: Tensor | None = None  # [C] float64, semscale_weighting='scale_equivalent_count' only
+        self.pool: FeaturePool | None = None
+        self.stage = "warmup"
         self._fill_start_step = -1
         self._reweight_start_step = -1
         self._last_update_step = -1
@@ -218,11 +242,6 @@ class SemScaleTrainer(Trainer):
         self._last_seen_step = -1
         self._loss_weights: Tensor | None = None
         self._pending_logs: dict[str, float] = {}
-        # Fail at construction, not at the first step, when the head cannot be found or the pool
-        # would not fit (the hook is re-installed if model_init later replaces the model).
-        self._install_capture()
-
-    # ------------------------------------------------------------------ setup
 
     @staticmethod
     def _check_single_label_task(model: nn.Module) -> int:
@@ -375,10 +394,19 @@ class SemScaleTrainer(Trainer):
         return int(a.semscale_warmup_ratio * self.state.max_steps)
 
     def _fill_max_steps(self) -> int:
+        """Longest fill stage: ``semscale_fill_max_steps``, else one epoch in optimizer steps (gradient accumulation
+        included), else, for data of unknown length, one pass over ``sum(class_counts)`` samples at the global batch size."""
         if self.args.semscale_fill_max_steps >= 0:
             return self.args.semscale_fill_max_steps
-        epochs = max(float(self.state.num_train_epochs or 1), 1e-9)
-        return max(1, math.ceil(self.state.max_steps / epochs))
+        if self._steps_per_epoch is not None:
+            return self._steps_per_epoch
+        return max(1, math.ceil(int(self.class_counts.sum()) / self.get_total_train_batch_size(self.args)))
+
+    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
+        """``Trainer``'s step arithmetic; records the optimizer steps per epoch (None for data of unknown length)."""
+        values = super().set_initial_training_values(args, dataloader)
+        self._steps_per_epoch = values[1] if has_length(dataloader) else None
+        return values
 
     def _pool_ready(self, step: int) -> bool:
         if self.pool is None:
@@ -397,6 +425,20 @@ class SemScaleTrainer(Trainer):
             self._reweight_start_step = step
             if not self.uses_pool:
                 self._set_static_weights()
+            elif self.pool is not None:
+                self._warn_if_underfilled(step)
+
+    def _warn_if_underfilled(self, step: int) -> None:
+        """Once per run: re-weighting starts with classes whose pool holds fewer rows than ``min(n_c, K)``."""
+        short = [(c, int(have), int(want)) for c, (have, want) in enumerate(zip(self.pool.filled.tolist(), self._capacities.tolist()))
+                 if have < want]
+        if short:
+            listed = ", ".join(f"{self.class_names[c]} {have}/{want}" for c, have, want in short[:10])
+            logger.warning(
+                "SemScaleTrainer: re-weighting starts at step %d with %d classes under-filled (pool rows / capacity: %s%s): "
+                "their first scales come from fewer features than they will have. Fix: a longer fill stage "
+                "(semscale_fill_max_steps) if this is not intended.", step, len(short), listed, ", ..." if len(short) > 10 else "",
+            )
 
     def _set_static_weights(self) -> None:
         a = self.args
@@ -404,6 +446,8 @@ class SemScaleTrainer(Trainer):
             weights = inverse_frequency_weights(self.class_counts, a.semscale_normalization)
         elif a.semscale_weighting == "effective_number":
             weights = effective_number_weights(self.class_counts, a.semscale_cb_beta, a.semscale_normalization)
+        elif a.semscale_weighting == "count_power":
+            weights = count_power_weights(self.class_counts, a.semscale_count_power, a.semscale_normalization)
         else:
             weights = torch.ones(self.num_labels, dtype=torch.float64)
         self._set_weights(weights)
@@ -438,7 +482,13 @@ class SemScaleTrainer(Trainer):
             alpha=a.semscale_alpha, step=step,
         ).cpu()
         self.semantic_scales = scales
-        weights = semantic_scale_weights(scales, a.semscale_gamma, self.class_counts, a.semscale_normalization, a.semscale_weight_floor)
+        if a.semscale_weighting == "scale_equivalent_count":
+            self.equivalent_counts = self._scale_equivalent_counts(features, labels, scales)
+            weights = effective_number_weights(self.equivalent_counts, a.semscale_cb_beta, "none")
+            weights = normalize_weights(weights, self.class_counts, a.semscale_normalization)
+        else:
+            weights = semantic_scale_weights(scales, a.semscale_gamma, self.class_counts, a.semscale_normalization,
+                                             a.semscale_weight_floor, reverse=a.semscale_weighting == "reverse_scale")
         if a.semscale_weighting == "dsb_effective_number":  # the mix: scale weights x count weights, renormalised
             count_weights = effective_number_weights(self.class_counts, a.semscale_cb_beta, a.semscale_normalization)
             weights = normalize_weights(weights * count_weights, self.class_counts, a.semscale_normalization)
@@ -456,6 +506,21 @@ class SemScaleTrainer(Trainer):
         )
         if self.args.should_save:
             self._append_history(step)
+
+    def _scale_equivalent_counts(self, features: Tensor, labels: Tensor, scales: Tensor) -> Tensor:
+        """``[C]`` float64: the count at which the head classes' mean marginal-effect curve (on the pool, the
+        same alpha / normalisation as the scales) reaches each class's scale. Head classes: pool rows at least
+        half the largest class's. Computed identically on every process (same pool, fixed seed)."""
+        a = self.args
+        filled = self.pool.filled
+        head = torch.nonzero(filled >= max(2, int(filled.max()) // 2)).flatten()
+        top = int(filled[head].min())
+        sizes = sorted({max(2, round(top ** (k / 8))) for k in range(1, 9)})
+        keep = torch.isin(labels.cpu(), head)
+        curves = marginal_effect_curves(features[keep.to(features.device)], labels[keep.to(labels.device)], self.num_labels,
+                                        sizes=sizes, draws=2, seed=0, normalize=a.semscale_normalize_features, alpha=a.semscale_alpha)
+        reference = curves.mean[head].mean(dim=0)
+        return scale_equivalent_counts(scales, sizes, reference)
 
     # ------------------------------------------------------------------ loss
 
@@ -763,10 +828,14 @@ class SemScaleTrainer(Trainer):
             self._load_semscale_state(str(resume_from_checkpoint))
             start_step = _step_of(resume_from_checkpoint)
         else:
-            self._truncate_history(0)  # a fresh run: drop lines of an earlier (e.g. killed) run
+            self._reset_run_state()  # a fresh run (another train(), a hyper-parameter trial) starts from warm-up
+            self._truncate_history(0)  # and drops the lines of an earlier (e.g. killed) run
         if start_step is not None:
             self._remove_incomplete_checkpoints_after(start_step)
         self._last_seen_step = -1
-        return super().train(
+        output = super().train(
             resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
         )
+        if self.args.should_save:  # also without any save (save_strategy="no")
+            write_json_atomic(Path(self.args.output_dir) / SCALES_FILENAME, self.scale_report())
+        return output

@@ -25,6 +25,8 @@ __all__ = [
     "semantic_scale_weights",
     "inverse_frequency_weights",
     "effective_number_weights",
+    "count_power_weights",
+    "scale_equivalent_counts",
 ]
 
 Normalization = Literal["mean", "sum", "none"]
@@ -78,8 +80,12 @@ def semantic_scale_weights(
     class_counts: Tensor | None = None,
     normalization: Normalization = "mean",
     floor: float = 0.05,
+    reverse: bool = False,
 ) -> Tensor:
     """SSB weights ``w_c ∝ (max_j S_j / max(S_c, floor * max_j S_j)) ** gamma``.
+
+    ``reverse=True`` gives the opposite direction, ``w_c ∝ (max(S_c, floor * max_j S_j) / max_j S_j) ** gamma``:
+    weights grow with the scale (towards the diverse classes). Not the paper's method; a control.
 
     Args:
         scales: ``[C]`` semantic scales in bits (>= 0).
@@ -88,11 +94,12 @@ def semantic_scale_weights(
         normalization: see the module docstring; with ``"none"`` the class of largest scale has
             weight 1.
         floor: a scale is clamped to at least ``floor * max(S)`` (0 < floor <= 1), so a class of
-            zero scale gets the finite relative weight ``floor ** -gamma``.
+            zero scale gets the finite relative weight ``floor ** -gamma`` (``floor ** gamma`` reversed).
+        reverse: weights non-decreasing (instead of non-increasing) in the scale.
 
     Returns:
-        ``[C]`` float64, finite and positive, non-increasing in the scale. All-zero scales give
-        uniform weights.
+        ``[C]`` float64, finite and positive, non-increasing in the scale (non-decreasing with
+        ``reverse``). All-zero scales give uniform weights.
     """
     scales = _as_float64(scales, "scales")
     if not 0.0 < floor <= 1.0:
@@ -102,9 +109,10 @@ def semantic_scale_weights(
     top = scales.max()
     if float(top) <= 0.0:
         return normalize_weights(torch.ones_like(scales), class_counts, normalization)
-    raw = (top / scales.clamp_min(floor * top)) ** gamma  # >= 1; inf only for an absurd gamma
+    ratio = top / scales.clamp_min(floor * top)  # >= 1
+    raw = (1.0 / ratio if reverse else ratio) ** gamma  # inf (or 0) only for an absurd gamma
     weights = normalize_weights(raw, class_counts, normalization) if bool(torch.isfinite(raw).all()) else raw
-    if not bool((torch.isfinite(weights) & (weights > 0)).all()):
+    if not bool((torch.isfinite(weights) & (weights > 0)).all()) or not bool((raw > 0).all()):
         raise ValueError(
             f"gamma={gamma} with floor={floor} makes the weights span more than float64 can hold. "
             "Fix: use a smaller gamma or a larger floor."
@@ -132,3 +140,49 @@ def effective_number_weights(class_counts: Tensor, beta: float = 0.9999, normali
     one_minus_beta = torch.tensor(1.0 - beta, dtype=torch.float64, device=counts.device)
     effective_number = -torch.expm1(counts.clamp_min(1.0) * torch.log1p(-one_minus_beta)) / one_minus_beta
     return normalize_weights(1.0 / effective_number, counts, normalization)
+
+
+def count_power_weights(class_counts: Tensor, power: float = 1.0, normalization: Normalization = "mean") -> Tensor:
+    """``w_c ∝ n_c ** -power``: inverse frequency with a tunable exponent (``power = 1``: inverse frequency,
+    ``0``: uniform). A class with no samples gets the weight of a class with one."""
+    if not (math.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be finite and >= 0, got {power}")
+    counts = _as_float64(class_counts, "class_counts")
+    return normalize_weights(counts.clamp_min(1.0) ** -power, counts, normalization)
+
+
+def scale_equivalent_counts(scales: Tensor, curve_sizes: Tensor | list[int], curve_scales: Tensor) -> Tensor:
+    """The sample count at which a reference marginal-effect curve reaches each class's scale.
+
+    The curve ``(m_k, S_ref(m_k))`` (sizes ascending, e.g. the mean curve of the head classes) is made
+    non-decreasing, starts at ``(1, 0)`` (one sample has no volume) and is interpolated linearly in
+    ``log m``. A scale above the curve's end is extrapolated with the last segment's slope, at most to
+    ``10 * m_last``; a flat curve end gives ``m_last``.
+
+    Args:
+        scales: ``[C]`` bits. curve_sizes: ``[K]`` subset sizes >= 2, ascending. curve_scales: ``[K]`` bits.
+
+    Returns:
+        ``[C]`` float64 counts >= 1 ("scale-equivalent counts"), for count-based weights.
+    """
+    scales = _as_float64(scales, "scales")
+    sizes = _as_float64(curve_sizes, "curve_sizes")
+    values = _as_float64(curve_scales, "curve_scales")
+    if sizes.shape != values.shape or bool((sizes[1:] <= sizes[:-1]).any()) or float(sizes[0]) < 2:
+        raise ValueError("curve_sizes must be ascending sizes >= 2, one per entry of curve_scales")
+    log_m = torch.cat([torch.zeros(1, dtype=torch.float64), sizes.log()])
+    curve = torch.cummax(torch.cat([torch.zeros(1, dtype=torch.float64), values]), dim=0).values
+    out = torch.empty_like(scales)
+    last_log, top = float(log_m[-1]), float(curve[-1])
+    rise = top - float(curve[-2])
+    slope = rise / (last_log - float(log_m[-2])) if rise > 0 else 0.0
+    for c, s in enumerate(scales.tolist()):
+        if s >= top:
+            extra = (s - top) / slope if slope > 0 else 0.0
+            out[c] = math.exp(min(last_log + extra, last_log + math.log(10.0)))
+            continue
+        k = int(torch.searchsorted(curve, torch.tensor(s, dtype=torch.float64), right=True))  # curve[k-1] <= s < curve[k]
+        lo, hi = float(curve[k - 1]), float(curve[k])
+        frac = (s - lo) / (hi - lo) if hi > lo else 0.0
+        out[c] = math.exp(float(log_m[k - 1]) + frac * float(log_m[k] - log_m[k - 1]))
+    return out

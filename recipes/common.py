@@ -57,6 +57,14 @@ class DataArguments:
     imbalance_factor: float | None = field(
         default=None, metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."}
     )
+    long_tail_n_max: int | None = field(
+        default=None, metadata={"help": "Head-class size of the long-tailed subset; None: the smallest class's size."}
+    )
+    long_tail_order: str = field(
+        default="index",
+        metadata={"help": "Rank of each class in the long-tail profile: 'index' (class id order, CIFAR-LT) or 'count' "
+                  "(most available samples first, so every class can fill its quota).", "choices": ["index", "count"]},
+    )
     subset_seed: int = field(default=0, metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."})
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: image / img)."})
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: text / sentence / content)."})
@@ -95,6 +103,7 @@ class RunArguments:
     lr_decay: float = field(default=0.01, metadata={"help": "Factor of each step decay."})
     eval_validation: bool = field(default=True, metadata={"help": "Evaluate on the validation split after training."})
     eval_test: bool = field(default=True, metadata={"help": "Evaluate on the test split after training (off for tuning runs)."})
+    eval_train: bool = field(default=False, metadata={"help": "Evaluate on the training split after training (how converged a run is)."})
     num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (CPU runs)."})
     save_final_model: bool = field(default=True, metadata={"help": "Save the trained model (and semantic_scales.json) to output_dir."})
 
@@ -142,10 +151,21 @@ def parse_yaml_then_cli(parser: "HfArgumentParser", argv: Sequence[str] | None =
 def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
     """Load train / validation / test, carve validation from TRAIN data, then make train long-tailed.
 
-    Returns ``{"train", "validation" (or None), "test", "class_names", "train_class_counts"}`` with
-    columns renamed to ``image``/``text`` and ``label``.
+    Classes of the label set with no training row (CLINC150's ``oos``) are dropped from every split, with a
+    warning; they are listed in ``"dropped_classes"``.
+
+    Returns ``{"train", "validation" (or None), "test", "class_names", "train_class_counts", "dropped_classes"}``
+    with columns renamed to ``image``/``text`` and ``label``.
     """
-    from hf_semscale.data import class_counts, class_names, limit_per_class, load_dataset_any, make_long_tailed, train_validation_split
+    from hf_semscale.data import (
+        class_counts,
+        class_names,
+        keep_classes,
+        limit_per_class,
+        load_dataset_any,
+        make_long_tailed,
+        train_validation_split,
+    )
 
     columns = {"label_column": data.label_column}
     columns["image_column" if kind == "image" else "text_column"] = data.image_column if kind == "image" else data.text_column
@@ -156,11 +176,24 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
     validation = None
     if data.validation_split:
         validation = load_dataset_any(data.source, data.validation_split, **columns)
+    all_names = class_names(train)
+    counts = class_counts(train, len(all_names))
+    present = [c for c, n in enumerate(counts) if n > 0]
+    dropped = [all_names[c] for c, n in enumerate(counts) if n == 0]
+    if dropped:
+        train, _ = keep_classes(train, present)
+        test, test_rows = keep_classes(test, present)
+        val_rows = 0
+        if validation is not None:
+            validation, val_rows = keep_classes(validation, present)
+        logger.warning("classes %s have no row in the training split %r: dropped from the label set (and %d test / %d "
+                       "validation rows of them); %d classes remain", dropped, data.train_split, test_rows, val_rows, len(present))
     elif data.validation_per_class > 0:
         parts = train_validation_split(train, data.validation_per_class, seed=data.subset_seed)
         train, validation = parts["train"], parts["validation"]
     if data.imbalance_factor is not None and data.imbalance_factor > 1:
-        train = make_long_tailed(train, data.imbalance_factor, label_column="label", seed=data.subset_seed)
+        train = make_long_tailed(train, data.imbalance_factor, label_column="label", seed=data.subset_seed,
+                                 n_max=data.long_tail_n_max, class_order=data.long_tail_order)
     if data.max_eval_samples_per_class:
         test = limit_per_class(test, data.max_eval_samples_per_class, seed=data.subset_seed)
         if validation is not None:
@@ -172,6 +205,7 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
         "test": test,
         "class_names": names,
         "train_class_counts": class_counts(train, len(names)),
+        "dropped_classes": dropped,
     }
 
 
@@ -278,12 +312,14 @@ def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArgument
         "num_train": len(splits["train"]),
         "train_class_counts": splits["train_class_counts"],
         "class_names": splits["class_names"],
+        "dropped_classes": splits.get("dropped_classes", []),
         "semscale": args.semscale_settings(),
         "epochs": args.num_train_epochs,
         "max_steps": trainer.state.max_steps,
         "train_runtime_s": train_runtime,
         "wall_time_s": time.time() - wall_start,
         "final_stage": trainer.stage,
+        "feature_dim": trainer.pool.feature_dim if trainer.pool is not None else None,
         "final_class_weights": trainer.class_weights.tolist(),
         "final_semantic_scales": trainer.semantic_scales.tolist(),
         **evaluations,
@@ -306,6 +342,8 @@ def train_evaluate_and_record(trainer: Any, args: Any, data: DataArguments, run:
         evaluations["validation"] = evaluate_split(trainer, splits["validation"], "eval", store)
     if run.eval_test:
         evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store)
+    if run.eval_train:
+        evaluations["train"] = evaluate_split(trainer, splits["train"], "train", store)
     return write_results(trainer, args, data, run, splits, evaluations, wall_start, extra=extra)
 
 

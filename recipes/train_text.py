@@ -8,6 +8,9 @@ Encoder: ``--model_name_or_path minilm`` (the offline all-MiniLM-L6-v2 of the Py
 
 - ``finetune``: ``AutoModelForSequenceClassification``, every weight trained (the default);
 - ``frozen``: the same model with the encoder body frozen (pooler and classifier trained);
+- ``finetune_top``: only the top ``--top_layers`` transformer layers + mean pooling + a linear head are
+  trained; the frozen lower layers' token states are computed once per split (``recipes/encoder_top.py``).
+  The CPU-affordable fine-tuning schedule;
 - ``frozen_cached``: the frozen encoder's sentence embedding (mean pooling over tokens + L2
   normalisation, the all-MiniLM pipeline) is computed ONCE per split and cached; a small MLP head
   (``hf_semscale.modeling.MLPForClassification``) is trained on it. The semantic scales are measured
@@ -56,9 +59,11 @@ class TextModelArguments:
     )
     encoder_mode: str = field(
         default="finetune",
-        metadata={"help": "'finetune', 'frozen' (encoder body frozen) or 'frozen_cached' (cached sentence embeddings + MLP head).",
-                  "choices": ["finetune", "frozen", "frozen_cached"]},
+        metadata={"help": "'finetune', 'frozen' (encoder body frozen), 'finetune_top' (top_layers trained on cached lower-layer "
+                          "states) or 'frozen_cached' (cached sentence embeddings + MLP head).",
+                  "choices": ["finetune", "frozen", "finetune_top", "frozen_cached"]},
     )
+    top_layers: int = field(default=1, metadata={"help": "Transformer layers trained by encoder_mode='finetune_top' (the top ones)."})
     max_length: int = field(default=64, metadata={"help": "Tokenizer truncation length."})
     head_hidden_dims: list[int] = field(default_factory=lambda: [256], metadata={"help": "Hidden layers of the frozen_cached MLP head."})
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout of the frozen_cached MLP head."})
@@ -175,6 +180,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             MLPClassifierConfig(input_dim=dim, hidden_dims=tuple(margs.head_hidden_dims), dropout=margs.head_dropout,
                                 num_labels=num_labels, id2label=id2label, label2id=label2id)
         )
+    elif margs.encoder_mode == "finetune_top":
+        from transformers import AutoConfig
+
+        from recipes.encoder_top import LowerLayerStates, build_top_model, collate_states, lower_layer_states
+
+        lower = AutoConfig.from_pretrained(model_path).num_hidden_layers - margs.top_layers
+        for name in ("train", "validation", "test"):
+            if splits[name] is not None:
+                states = lower_layer_states(model_path, list(splits[name]["text"]), margs.max_length, lower,
+                                            margs.embedding_batch_size, margs.embedding_cache_dir)
+                splits[name] = LowerLayerStates(states, list(splits[name]["label"]))
+        collator = collate_states
+        set_seed(args.seed)
+        model = build_top_model(model_path, margs.top_layers, num_labels, id2label)
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 

@@ -14,6 +14,7 @@ from hf_semscale.data import (
     DatasetLoadError,
     class_counts,
     class_names,
+    keep_classes,
     limit_per_class,
     load_builtin_digits,
     load_dataset_any,
@@ -68,11 +69,33 @@ def test_long_tail_indices_default_head_is_smallest_class():
 
 
 def test_long_tail_indices_errors_name_the_problem():
-    labels = np.array([0] * 10 + [2] * 10)
-    with pytest.raises(ValueError, match=r"classes \[1\] have no samples"):
-        long_tail_indices(labels, 2)
-    with pytest.raises(ValueError, match="class 0 has 10 < 20"):
+    with pytest.raises(ValueError, match="class 0 has 10 < 20.*class_order='count'"):
         long_tail_indices(np.array([0] * 10 + [1] * 30), 2, n_max=20)
+    with pytest.raises(ValueError, match="class_order"):
+        long_tail_indices(np.array([0, 1]), 2, class_order="size")
+
+
+def test_long_tail_profile_skips_a_class_without_samples(caplog):
+    """A label set with a class absent from the data (CLINC150's oos): the profile runs over the present classes."""
+    labels = np.array([0] * 10 + [2] * 10 + [3] * 10)
+    with caplog.at_level("WARNING", logger="hf_semscale.data"):
+        idx = long_tail_indices(labels, 4, n_max=8)
+    assert np.bincount(labels[idx], minlength=4).tolist() == [8, 0, 4, 2]  # long_tail_counts(8, 3, 4) over classes 0, 2, 3
+    assert "classes [1] have no samples" in caplog.text
+
+
+def test_long_tail_class_order_by_count_fills_every_quota():
+    labels = np.array([0] * 6 + [1] * 30 + [2] * 12)  # by id, class 0 could not be the head
+    idx = long_tail_indices(labels, 4, n_max=24, class_order="count")
+    assert np.bincount(labels[idx]).tolist() == [6, 24, 12]  # ranks: class 1, class 2, class 0
+
+
+def test_keep_classes_relabels_and_keeps_names():
+    ds = _text_dataset([3, 2, 4])
+    kept, dropped = keep_classes(ds, [0, 2])
+    assert dropped == 2 and kept.features["label"].names == ["a", "c"]
+    assert class_counts(kept) == [3, 4]
+    assert all(text.startswith("c0-" if label == 0 else "c2-") for text, label in zip(kept["text"], kept["label"]))
 
 
 def test_make_long_tailed_keeps_rows_and_classlabel():

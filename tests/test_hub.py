@@ -364,7 +364,7 @@ def test_trainer_push_to_hub_uploads_model_report_and_last_eval_metrics(hub: Fak
     torch.manual_seed(0)
     model = MLPForClassification(MLPClassifierConfig(input_dim=8, hidden_dims=(16,), num_labels=3))
     args = SemScaleConfig(
-        output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=8, use_cpu=True, report_to=[],
+        output_dir=str(tmp_path / "run"), max_steps=12, per_device_train_batch_size=8, use_cpu=True, report_to=[],
         save_strategy="no", disable_tqdm=True, hub_model_id=REPO, hub_token=TOKEN,
         semscale_warmup_steps=2, semscale_update_interval=2,
     )  # fmt: skip

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.common import RESULTS_FILENAME, lr_lambda_for, parse_yaml_then_cli, RunArguments  # noqa: E402
-from recipes.methods import BASELINES, DSB_METHODS, METHODS, MIXED_METHODS, method_overrides  # noqa: E402
+from recipes.methods import BASELINES, COUNT_TUNED_METHODS, DSB_METHODS, METHODS, MIXED_METHODS, SCALE_METHODS, method_overrides  # noqa: E402
 
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 
@@ -80,7 +80,7 @@ def test_unknown_yaml_key_and_unknown_method_raise(tmp_path):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_config_parses(config):
-    parser = text_parser() if config.startswith(("banking", "text")) else image_parser()
+    parser = text_parser() if config.startswith(("banking", "clinc", "text")) else image_parser()
     outputs = parser.parse_yaml_file(str(CONFIGS / config))
     assert outputs[0].data_dir or outputs[0].dataset_name
 
@@ -96,7 +96,11 @@ def test_method_table_is_valid_and_honest(tmp_path):
             assert config.semscale_weighting == "dsb_effective_number"  # a mix: named apart from dsb_*
         else:
             assert "dsb" not in config.semscale_weighting
-    assert set(BASELINES) | set(DSB_METHODS) | set(MIXED_METHODS) == set(METHODS)
+            if name in SCALE_METHODS:  # scale-derived but not the paper's weights: named apart from dsb_*
+                assert not name.startswith("dsb_") and config.semscale_weighting in ("reverse_scale", "scale_equivalent_count")
+            if name.endswith("_tuned"):  # count-based, start of re-weighting left to the benchmark's grid
+                assert name in COUNT_TUNED_METHODS and "semscale_warmup_ratio" not in METHODS[name]
+    assert set(BASELINES) | set(SCALE_METHODS) | set(COUNT_TUNED_METHODS) == set(METHODS)
     assert {"ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax"} <= set(BASELINES)
 
 
@@ -374,3 +378,113 @@ def test_benchmark_keeps_every_invocation_of_a_tier(tmp_path):
     lt.main(["--tier", "cpu", "--report-only", "--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
     text = (tmp_path / "out" / "long_tail.md").read_text()
     assert "- `--tier cpu` (all methods) took 1.0 min wall" in text and "`--methods mix_dsb_cb_ce` took 0.1 min wall" in text
+
+
+@pytest.mark.data
+def test_text_recipe_finetune_top_on_clinc150_drops_the_absent_oos_class(shared_data_dir, minilm_path, tmp_path, caplog):
+    from recipes.train_text import main
+
+    with caplog.at_level("WARNING", logger="recipes"):
+        record = main([
+            str(CONFIGS / "clinc150_lt_finetune.yaml"), "--data_dir", str(shared_data_dir / "clinc150"), "--imbalance_factor", "2",
+            "--max_train_samples_per_class", "2", "--max_eval_samples_per_class", "1", "--num_train_epochs", "1",
+            "--embedding_cache_dir", str(tmp_path / "cache"), "--method", "dsb_ce", "--semscale_warmup_ratio", "0",
+            "--output_dir", str(tmp_path / "run"), "--save_final_model", "false", "--num_threads", "1",
+        ])
+    assert "classes ['oos'] have no row in the training split" in caplog.text  # labels.json has 151 names, train 150
+    assert record["dropped_classes"] == ["oos"] and len(record["train_class_counts"]) == 150
+    assert record["train_class_counts"][0] == 2 and record["train_class_counts"][-1] == 1  # IF 2 over the 150 present
+    assert record["test"]["num_samples"] == record["validation"]["num_samples"] == 150
+    assert record["feature_dim"] == 384 and record["train"]["num_samples"] == sum(record["train_class_counts"])
+    assert len(list((tmp_path / "cache").glob("lower5_*.npz"))) == 3  # lower layers run once per split
+
+
+@pytest.mark.data
+def test_encoder_top_on_cached_lower_states_equals_the_full_encoder(minilm_path):
+    """The top layer on the cached, padded lower-layer states gives the full encoder's token states: the cache,
+    the padding mask and the copied weights are right."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from recipes.encoder_top import build_top_model, collate_states, lower_layer_states
+
+    texts = ["what is my balance", "please transfer fifty dollars to my savings account tomorrow morning", "hi"]
+    states = lower_layer_states(minilm_path, texts, max_length=32, lower=5)
+    model = build_top_model(minilm_path, 1, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}).eval()
+    batch = collate_states([{"hidden_states": s, "labels": 0} for s in states])  # padded to the longest
+    full, tokenizer = AutoModel.from_pretrained(minilm_path).eval(), AutoTokenizer.from_pretrained(minilm_path)
+    with torch.no_grad():
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=batch["hidden_states"], attention_mask=batch["attention_mask"])
+        top = model.layers[0](batch["hidden_states"], attention_mask=mask)
+        for i, text in enumerate(texts):  # one text at a time: no padding in the reference
+            reference = full(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
+            torch.testing.assert_close(top[i, : reference.shape[0]], reference, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- the regime study
+
+
+def test_study_grid_starts_count_and_scale_weights_at_the_same_step():
+    from benchmarks import long_tail as lt
+
+    setting = next(s for s in lt.tier_settings("text") if s["name"] == "clinc150_lt_if50_frozen")
+    epoch = 1.0 / lt.FROZEN_EPOCHS
+
+    def starts(method, fill):
+        return sorted({round(p["semscale_warmup_ratio"] + fill, 4) for p in lt.method_grid(setting, method)})
+
+    assert starts("cb_ce_tuned", 0.0) == starts("if_ce_tuned", 0.0) == starts("pow_ce_tuned", 0.0) == lt.STUDY_STARTS
+    assert starts("dsb_ce", epoch) == starts("mix_dsb_cb_ce", epoch) == starts("scalecount_cb_ce", epoch) == lt.STUDY_STARTS
+    dsb = lt.method_grid(setting, "dsb_ce")
+    assert {p.get("semscale_alpha") for p in dsb} == {None, 1.0}  # our constants and the authors' (alpha 1, no L2 norm)
+    assert all(p["semscale_normalize_features"] is (p.get("semscale_alpha") is None) for p in dsb)
+    assert {p["semscale_count_power"] for p in lt.method_grid(setting, "pow_ce_tuned")} == set(lt.STUDY_POWERS)
+    assert all("semscale_gamma" not in p for p in lt.method_grid(setting, "scalecount_cb_ce"))  # no gamma in a count weight
+    assert "cb_ce" not in lt.tuned_methods(setting)  # the literature's DRW at 80 % stays as published
+    cli = lt.grid_cli({"semscale_alpha": 1.0, "semscale_normalize_features": False})
+    args = parse_yaml_then_cli(text_parser(), [str(CONFIGS / "clinc150_frozen.yaml"), *cli])[-1]
+    assert args.semscale_alpha == 1.0 and args.semscale_normalize_features is False
+
+
+def _fake_study_run(path: Path, method: str, seed: int, bal: float, counts: list[int], scales: list[float],
+                    weights: list[float], accuracy: list[float], knobs: dict | None = None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    metrics = {"accuracy": bal, "balanced_accuracy": bal, "many_shot_accuracy": None, "medium_shot_accuracy": bal,
+               "few_shot_accuracy": bal, "per_class_accuracy": accuracy}
+    record = {"method": method, "seed": seed, "test": metrics, "validation": metrics, "train": {**metrics, "accuracy": 0.99},
+              "wall_time_s": 1.0, "semscale": {"semscale_gamma": 1.0, "semscale_warmup_ratio": 0.3, "semscale_pool_capacity": 0,
+                                               **(knobs or {})},
+              "final_class_weights": weights, "final_semantic_scales": scales, "train_class_counts": counts, "feature_dim": 4}
+    (path / RESULTS_FILENAME).write_text(json.dumps(record))
+    (path / "semscale_history.jsonl").write_text("".join(json.dumps({"step": s, "weights": [1.0, w]}) + "\n" for s, w in ((3, 2.0), (5, 6.0))))
+
+
+def test_study_report_targets_and_regime_analysis(tmp_path):
+    from benchmarks import long_tail as lt
+    from benchmarks.study_report import write_study_report
+
+    setting = next(s for s in lt.tier_settings("text") if s["name"] == "banking77_lt_finetune")
+    counts, scales = [100, 20, 8, 2], [20.0, 12.0, 6.0, 1.0]
+    bal = {"ce": [0.60, 0.61, 0.62], "balanced_softmax": [0.70, 0.71, 0.72], "cb_ce_tuned": [0.69, 0.70, 0.71],
+           "dsb_ce": [0.66, 0.67, 0.68], "dsb_balanced_softmax": [0.74, 0.75, 0.76]}
+    for method, values in bal.items():
+        knobs = lt.choose_knobs(tmp_path, "text", setting, method)[0] if method in lt.tuned_methods(setting) else None
+        for seed, value in enumerate(values):
+            _fake_study_run(lt.run_dir(tmp_path, "text", setting, method, seed), method, seed, value, counts, scales,
+                            [0.5, 1.0, 2.0, 4.0], [0.9, 0.8, 0.5, 0.1], knobs)
+    payload = write_study_report(tmp_path / "out", "text", lt.collect(tmp_path, "text", [0, 1, 2]), [], tmp_path, [0, 1, 2])
+    checks = payload["targets"]
+    assert checks["dsb_ce_beats_ce_finetune"]["status"] == "not measured"  # CLINC150-LT's fine-tuned runs are missing
+    assert any("banking77_lt_finetune: dsb_ce 67.00 ± 1.00 vs ce 61.00 ± 1.00: +6.00 points" in line
+               for line in checks["dsb_ce_beats_ce_finetune"]["lines"])
+    assert checks["scale_vs_best_tuned_count"]["status"] == "met"  # dsb_balanced_softmax 75 vs cb_ce_tuned 70
+    assert checks["dsb_on_strongest_base"]["status"] == "met"  # 75 vs balanced softmax 71
+    regime = payload["regimes"]["banking77_lt_finetune"]
+    assert regime["fraction_m_below_d"] == pytest.approx(0.25)  # d = 4: only the 2-sample class has m < d
+    assert regime["spearman_scale_count_mean"] == pytest.approx(1.0)
+    assert regime["weight_ratio_max_mean"] == pytest.approx(6.0) and regime["weight_ratio_final_mean"] == pytest.approx(8.0)
+    assert regime["spearman_accuracy_count_mean"] == pytest.approx(1.0)
+    text = (tmp_path / "out" / "long_tail_text.md").read_text()
+    assert "## banking77_lt_finetune" in text and "| dsb_balanced_softmax | 3 | 75.00 ± 1.00 |" in text
+    assert (tmp_path / "out" / "regimes_scale_vs_count.png").is_file()

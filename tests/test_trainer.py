@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from hf_semscale.config import BASE_LOSSES, WEIGHTING_MODES, SemScaleConfig
+from hf_semscale.config import BASE_LOSSES, DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification, MLPClassifierConfig, MLPForClassification
 from hf_semscale.pool import PoolFileError
 from hf_semscale.report import SCALES_FILENAME
 from hf_semscale.scale import class_semantic_scales
 from hf_semscale.trainer import HISTORY_FILENAME, STATE_FILENAME, SemScaleTrainer
-from hf_semscale.weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from hf_semscale.weighting import count_power_weights, effective_number_weights, inverse_frequency_weights, semantic_scale_weights
 
 COUNTS = [20, 12, 8, 8]  # 48 samples: 6 batches of 8 per epoch
 NAMES = ["ant", "bee", "cat", "dog"]
@@ -575,13 +575,21 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
     ones = torch.ones(4, dtype=torch.float64)
     assert all(torch.equal(w, ones) for w in recorder.weights[:2])  # warm-up: unweighted in every mode
     counts = torch.tensor(COUNTS)
-    if weighting in ("dsb", "dsb_effective_number"):
+    if weighting in DYNAMIC_WEIGHTING_MODES:
         assert recorder.stages == ["warmup", "warmup", "fill", "reweight"]
-        expected = semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05)
+        expected = semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05, reverse=weighting == "reverse_scale")
         if weighting == "dsb_effective_number":  # the mix: the dsb weights times the count weights, renormalised
             mixed = expected * effective_number_weights(counts, 0.9999)
             expected = mixed / ((mixed * counts).sum() / counts.sum())
             assert not torch.allclose(expected, semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05))
+        if weighting == "reverse_scale":  # the control: the class of largest scale gets the largest weight
+            assert int(trainer.class_weights.argmax()) == int(trainer.semantic_scales.argmax())
+        if weighting == "scale_equivalent_count":  # count weights of the counts the scales stand for
+            assert trainer.equivalent_counts is not None and bool((trainer.equivalent_counts >= 1).all())
+            expected = effective_number_weights(trainer.equivalent_counts, 0.9999, "none")
+            expected = expected / ((expected * counts).sum() / counts.sum())
+            order = torch.argsort(trainer.equivalent_counts)
+            assert bool((trainer.class_weights[order].diff() <= 1e-12).all())  # fewer equivalent samples, larger weight
         assert trainer.pool is not None and not torch.equal(trainer.class_weights, ones)
     else:
         assert recorder.stages == ["warmup", "warmup", "reweight", "reweight"] and trainer.pool is None
@@ -589,6 +597,7 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
             "none": ones,
             "inverse_frequency": inverse_frequency_weights(counts),
             "effective_number": effective_number_weights(counts, 0.9999),
+            "count_power": count_power_weights(counts, 1.0),
         }[weighting]
         assert torch.equal(recorder.weights[2], expected)
     torch.testing.assert_close(recorder.weights[-1], expected)
@@ -617,3 +626,59 @@ def test_tuple_outputs_keep_their_logits_in_predictions(tmp_path):
     trainer, _ = train(tmp_path, model=model, max_steps=3, semscale_warmup_steps=0)
     output = trainer.predict(make_dataset())
     assert isinstance(output.predictions, np.ndarray) and output.predictions.shape == (48, 4)
+
+
+# ---------------------------------------------------------------- 7. a run's life: repeated train(), epochs, streams
+
+
+def test_a_second_train_starts_from_warmup_and_ends_like_the_first(tmp_path):
+    """model_init / hyperparameter_search call train() once per trial: no pool, stage or weights may carry over."""
+    recorder = Recorder()
+    trainer = SemScaleTrainer(model_init=lambda: make_model(seed=3), args=make_args(tmp_path, max_steps=12),
+                              train_dataset=make_dataset(), callbacks=[recorder])
+    recorder.trainer = trainer
+    trainer.train()
+    first_weights, first_stages = trainer.class_weights.clone(), list(recorder.stages)
+    assert first_stages[:2] == ["warmup", "warmup"] and first_stages[-1] == "reweight"
+    recorder.stages.clear()
+    trainer.train()
+    assert recorder.stages == first_stages  # warm-up and fill again, not re-weighting from step 3
+    assert torch.equal(trainer.class_weights, first_weights)
+    history = [json.loads(line)["step"] for line in (tmp_path / HISTORY_FILENAME).read_text().splitlines()]
+    assert history == sorted(set(history))  # the second run replaced the first's lines
+
+
+def test_fill_stage_lasts_one_epoch_of_optimizer_steps_with_max_steps(tmp_path):
+    # 48 samples, batch 8, accumulation 2: 3 optimizer steps per epoch; max_steps 20 is 6.67 epochs
+    trainer, recorder = train(tmp_path, max_steps=20, gradient_accumulation_steps=2, semscale_warmup_steps=2,
+                              learning_rate=0.0, semscale_pool_capacity=0)
+    assert trainer._fill_max_steps() == 3
+    assert recorder.stages[2:5] == ["fill"] * 3 and recorder.stages[5] == "reweight"
+
+
+def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, caplog):
+    stream = make_dataset().to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"IterableDataset \(streamed.*Fix: pass class_counts="):
+        build(tmp_path, dataset=stream)
+    trainer, recorder = build(tmp_path, dataset=stream, trainer_kwargs={"class_counts": COUNTS}, max_steps=12)
+    with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
+        trainer.train()
+    assert trainer._fill_max_steps() == 6  # sum(class_counts) = 48 samples at a global batch of 8, not 1 step
+    assert "fill" in recorder.stages and recorder.stages.count("fill") <= 6
+
+
+def test_reweighting_that_starts_under_filled_warns_naming_the_classes(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
+        train(tmp_path, max_steps=5, semscale_fill_max_steps=1)
+    assert "re-weighting starts at step 3 with" in caplog.text and "ant" in caplog.text and "semscale_fill_max_steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
+        train(tmp_path / "full", max_steps=12, semscale_warmup_steps=0)  # fills exactly epoch 1: every sample seen
+    assert "under-filled" not in caplog.text
+
+
+def test_semantic_scales_json_is_written_without_any_save(tmp_path):
+    trainer, _ = train(tmp_path, max_steps=12, save_strategy="no")
+    report = json.loads((tmp_path / SCALES_FILENAME).read_text())
+    assert report["step"] == 12 and report["num_updates"] == trainer._num_updates > 0
+    assert [row["weight"] for row in report["classes"]] == pytest.approx(trainer.class_weights.tolist())

@@ -1,14 +1,19 @@
-"""Class weights: semantic-scale-balanced (SSB), inverse frequency, effective number."""
+"""Class weights: semantic-scale-balanced (SSB) and its reverse, inverse frequency (with an exponent), effective number,
+scale-equivalent counts."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from hf_semscale.weighting import (
+    count_power_weights,
     effective_number_weights,
     inverse_frequency_weights,
     normalize_weights,
+    scale_equivalent_counts,
     semantic_scale_weights,
 )
 
@@ -144,3 +149,48 @@ def test_weights_follow_the_scales_device_and_dtype():
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- the regime study's weights
+
+
+def test_count_power_weights_span_inverse_frequency_and_uniform():
+    counts = torch.tensor([100.0, 30.0, 5.0, 2.0])
+    assert torch.allclose(count_power_weights(counts, 1.0), inverse_frequency_weights(counts))
+    assert torch.allclose(count_power_weights(counts, 0.0), torch.ones(4, dtype=torch.float64))
+    steep = count_power_weights(counts, 2.0, normalization="none")
+    assert torch.allclose(steep / steep[0], (100.0 / counts.double()) ** 2)  # ratios n_max^p / n_c^p
+    mean_weight = (counts.double() * count_power_weights(counts, 1.5)).sum() / counts.sum()
+    assert float(mean_weight) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="power"):
+        count_power_weights(counts, -1.0)
+
+
+def test_reversed_scale_weights_grow_with_the_scale():
+    scales = torch.tensor([4.0, 1.0, 2.0, 0.0])
+    forward = semantic_scale_weights(scales, gamma=1.0, normalization="none", floor=0.1)
+    backward = semantic_scale_weights(scales, gamma=1.0, normalization="none", floor=0.1, reverse=True)
+    assert torch.allclose(backward, 1.0 / forward)  # each class's weight mirrored: (S_c / max S) ** gamma
+    order = torch.argsort(scales)
+    assert bool((backward[order].diff() >= 0).all()) and bool((forward[order].diff() <= 0).all())
+    assert float(backward[3]) == pytest.approx(0.1)  # a zero scale is clamped to the floor, not zero weight
+
+
+def test_scale_equivalent_counts_invert_the_reference_curve():
+    sizes = [2, 4, 8, 16]
+    curve = torch.tensor([1.0, 3.0, 5.0, 6.0])
+    on_curve = scale_equivalent_counts(curve, sizes, curve)
+    assert torch.allclose(on_curve, torch.tensor(sizes, dtype=torch.float64))  # the curve's own points map back
+    # halfway between 2 and 4 bits in scale is halfway in log m: sqrt(2 * 4)
+    assert float(scale_equivalent_counts(torch.tensor([2.0]), sizes, curve)[0]) == pytest.approx(math.sqrt(8))
+    assert float(scale_equivalent_counts(torch.tensor([0.0]), sizes, curve)[0]) == pytest.approx(1.0)  # one sample: no volume
+    # above the curve: the last segment's slope, at most 10x the largest size
+    assert float(scale_equivalent_counts(torch.tensor([7.0]), sizes, curve)[0]) == pytest.approx(32.0)
+    assert float(scale_equivalent_counts(torch.tensor([100.0]), sizes, curve)[0]) == pytest.approx(160.0)
+    # a curve that dips (noise) is made non-decreasing; more scale never maps to fewer samples
+    bumpy = torch.tensor([1.0, 3.0, 2.5, 6.0])
+    grid = torch.linspace(0, 6, 25)
+    mapped = scale_equivalent_counts(grid, sizes, bumpy)
+    assert bool((mapped.diff() >= 0).all())
+    with pytest.raises(ValueError, match="ascending"):
+        scale_equivalent_counts(curve, [4, 2, 8, 16], curve)
