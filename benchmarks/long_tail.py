@@ -48,7 +48,6 @@ from hf_semscale.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 from recipes.methods import (  # noqa: E402
     BASELINES,
-    COUNT_TUNED_METHODS,
     DRW_DEFERRAL,
     DSB_COUNTERPART,
     METHODS,
