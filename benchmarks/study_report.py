@@ -255,7 +255,7 @@ def regime_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
              "Spearman(accuracy, scale) | Spearman(accuracy, count) |", "|---|---|---|---|---|---|---|---|"]
     for name, a in rows:
         lines.append(f"| {name} | {a['feature_dim']} | {100 * a['fraction_m_below_d']:.0f} % | {a['count_ratio']:.0f}x | "
-                     f"{_num(a['spearman_scale_count_mean'])} | {_num(a['weight_ratio_max_mean'], 1)}x ({_num(a['weight_ratio_final_mean'], 1)}x) | "
+                     f"{_num(a['spearman_scale_count_mean'])} | {_times(a['weight_ratio_max_mean'])} ({_times(a['weight_ratio_final_mean'])}) | "
                      f"{_num(a['spearman_accuracy_scale_mean'])} | {_num(a['spearman_accuracy_count_mean'])} |")
     return lines
 
@@ -275,6 +275,10 @@ def cifar_lt_panel(results_dir: Path) -> tuple[str, list[int], list[float]] | No
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}x"
 
 
 def _knobs(knobs: dict[str, Any] | None, method: str, epochs: int) -> str:
@@ -348,7 +352,7 @@ def write_study_report(out_dir: Path, tier: str, collected: tuple[list[dict[str,
             lines += ["", f"Regime (dsb_ce, seeds {a['seeds']}): d = {a['feature_dim']}; {100 * a['fraction_m_below_d']:.0f} % of classes "
                       f"have fewer pool rows than d; count ratio {a['count_ratio']:.0f}x; Spearman(final scale, count) "
                       f"{_num(a['spearman_scale_count_mean'])} ± {_num(a['spearman_scale_count_std'])}; widest weight ratio applied "
-                      f"{_num(a['weight_ratio_max_mean'], 1)}x (final {_num(a['weight_ratio_final_mean'], 1)}x); per-class test accuracy "
+                      f"{_times(a['weight_ratio_max_mean'])} (final {_times(a['weight_ratio_final_mean'])}); per-class test accuracy "
                       f"vs scale {_num(a['spearman_accuracy_scale_mean'])}, vs count {_num(a['spearman_accuracy_count_mean'])} (Spearman)."]
         if ablations[name]:
             lines += ["", "Ablation of the pool size K (rows per class: min(n_c, K)) and the update interval, dsb_ce at its chosen knobs:", "",
