@@ -16,7 +16,14 @@ from .scale import (
     marginal_effect_curves,
     semantic_scale,
 )
-from .weighting import effective_number_weights, inverse_frequency_weights, normalize_weights, semantic_scale_weights
+from .weighting import (
+    count_power_weights,
+    effective_number_weights,
+    inverse_frequency_weights,
+    normalize_weights,
+    scale_equivalent_counts,
+    semantic_scale_weights,
+)
 
 __version__ = "0.1.0"
 
@@ -35,6 +42,8 @@ __all__ = [
     "semantic_scale_weights",
     "inverse_frequency_weights",
     "effective_number_weights",
+    "count_power_weights",
+    "scale_equivalent_counts",
     "normalize_weights",
     "BaseLoss",
     "build_base_loss",
