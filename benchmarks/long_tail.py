@@ -75,6 +75,13 @@ TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]
 CPU_EPOCHS = 12
 BANKING_EPOCHS = 10
 GPU_EPOCHS = 200  # Cao et al. 2019
+CIFAR_COMMON = ["--num_threads", "1", "--save_final_model", "false"]
+# The CPU tier's image schedule (CIFAR-10-LT there, sample-balanced CIFAR-10 in the study)
+CPU_IMAGE_SCHEDULE = (f"CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, "
+                      "batch 128, 0.5 warm-up epoch + cosine, crop + flip")
+CPU_IMAGE_OVERRIDES = ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class",
+                       "500", "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
+                       "--per_device_train_batch_size", "128", *CIFAR_COMMON]
 # The methods of the issue-5 CPU / GPU tiers (their committed results); the study tiers add the rest.
 CLASSIC_METHODS = ["ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax", "dsb_ce", "dsb_focal", "dsb_ldam",
                    "dsb_balanced_softmax", "mix_dsb_cb_ce"]
@@ -104,7 +111,6 @@ GPU_TRAIN_IMAGES = 12_156  # CIFAR-10-LT IF=100 after carving 100/class for vali
 
 
 def tier_settings(tier: str) -> list[dict[str, Any]]:
-    cifar_common = ["--num_threads", "1", "--save_final_model", "false"]
     if tier == "cpu":
         cifar = {
             "name": "cifar10_lt_if100",
@@ -113,13 +119,10 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "config": "recipes/configs/cifar10_lt.yaml",
             "imbalance_factor": 100,
             "prepare": {"data_dir": "cifar10", "imbalance_factor": 100, "validation_per_class": 100, "n_max": None},
-            "schedule": (f"CPU tier: CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 momentum 0.9 "
-                         "wd 2e-4, batch 128, 0.5 warm-up epoch + cosine, crop + flip; the standard IF=100 subset (Cao et al.) "
+            "schedule": (f"CPU tier: {CPU_IMAGE_SCHEDULE}; the standard IF=100 subset (Cao et al.) "
                          "of the training images left after carving a 100/class validation split (4900 ... 49 per class, "
                          "12,156 images); balanced test subset of 500/class (5,000, the same for every run)"),
-            "overrides": ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class", "500",
-                          "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
-                          "--per_device_train_batch_size", "128", *cifar_common],
+            "overrides": CPU_IMAGE_OVERRIDES,
             "methods": list(CLASSIC_METHODS),
             "grid": TUNING_GRID,
             "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(CPU_EPOCHS)},
@@ -166,7 +169,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
     if tier == "text":
         return text_settings()
     if tier == "cifar_balanced":
-        return [cifar_balanced_setting(cifar_common)]
+        return [cifar_balanced_setting()]
     if tier == "tiny":  # for tests: a few images, a couple of steps
         return [
             {
@@ -178,7 +181,7 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "prepare": {"data_dir": None, "imbalance_factor": 4, "validation_per_class": 2, "n_max": None},
                 "schedule": "tiny: ResNet-8 widths (4, 8, 16), 1 epoch",
                 "overrides": ["--depth", "8", "--widths", "4", "8", "16", "--num_train_epochs", "1", "--lr_schedule", "cosine",
-                              "--per_device_train_batch_size", "8", "--semscale_update_interval", "1", *cifar_common],
+                              "--per_device_train_batch_size", "8", "--semscale_update_interval", "1", *CIFAR_COMMON],
                 "methods": ["ce", "dsb_ce"],
                 "grid": {"semscale_gamma": [1.0, 2.0], "semscale_warmup_ratio": [0.3]},
             }
@@ -246,7 +249,7 @@ def text_settings() -> list[dict[str, Any]]:
     return settings
 
 
-def cifar_balanced_setting(cifar_common: list[str]) -> dict[str, Any]:
+def cifar_balanced_setting() -> dict[str, Any]:
     """Sample-balanced CIFAR-10 with the CPU tier's image schedule: does any scale-derived weighting beat CE?"""
     return {
         "name": "cifar10_balanced",
@@ -255,12 +258,9 @@ def cifar_balanced_setting(cifar_common: list[str]) -> dict[str, Any]:
         "config": "recipes/configs/cifar10_lt.yaml",
         "imbalance_factor": None,
         "prepare": {"data_dir": "cifar10", "imbalance_factor": 1, "validation_per_class": 100, "n_max": 1000},
-        "schedule": (f"the CPU tier's image schedule: CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 "
-                     "momentum 0.9 wd 2e-4, batch 128, 0.5 warm-up epoch + cosine, crop + flip; sample-balanced: 1,000 training "
+        "schedule": (f"the CPU tier's image schedule: {CPU_IMAGE_SCHEDULE}; sample-balanced: 1,000 training "
                      "images per class (after carving a 100/class validation split); balanced test subset of 500/class"),
-        "overrides": ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class", "500",
-                      "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
-                      "--per_device_train_batch_size", "128", *cifar_common],
+        "overrides": CPU_IMAGE_OVERRIDES,
         "methods": ["ce", "dsb_ce", "reverse_dsb_ce", "scalecount_cb_ce"],
         "grid_spec": {**study_spec(CPU_EPOCHS, constants=()), "starts": [0.4], "gammas": [1.0, 4.0]},
         "ablations": None,

@@ -30,12 +30,12 @@ from benchmarks.long_tail import (
     tuned_methods,
 )
 from hf_semscale.imbalance import spearman
+from hf_semscale.trainer import HISTORY_FILENAME
 from recipes.common import RESULTS_FILENAME
 from recipes.methods import COUNT_TUNED_METHODS, SCALE_METHODS
 
 SCALE_DERIVED = tuple(m for m in SCALE_METHODS if m != "reverse_dsb_ce")  # reverse is a control, not a candidate
 BASES = {"ce": "dsb_ce", "focal": "dsb_focal", "balanced_softmax": "dsb_balanced_softmax"}
-HISTORY_FILENAME = "semscale_history.jsonl"
 
 
 # --------------------------------------------------------------------------- per-setting analyses
@@ -236,11 +236,16 @@ def plot_scale_vs_count(panels: list[tuple[str, list[int], list[float]]], path: 
     plt.close(fig)
 
 
+def _cifar_lt_dsb_record(results_dir: Path) -> dict[str, Any] | None:
+    """The CPU tier's CIFAR-10-LT dsb_ce record of the committed ``long_tail.json`` (seed 0's scales), or None."""
+    records = load_result(results_dir / "long_tail.json") or []
+    return next((r for r in records if r.get("tier") == "cpu" and r["dataset"] == "CIFAR-10-LT" and r["method"] == "dsb_ce"
+                 and r.get("final_semantic_scales_seed0")), None)
+
+
 def cifar_lt_regime(results_dir: Path) -> dict[str, Any] | None:
     """The CPU tier's CIFAR-10-LT dsb_ce (seed 0, ``long_tail.json``) in the regime table's terms."""
-    records = load_result(results_dir / "long_tail.json") or []
-    r = next((r for r in records if r.get("tier") == "cpu" and r["dataset"] == "CIFAR-10-LT" and r["method"] == "dsb_ce"
-              and r.get("final_semantic_scales_seed0")), None)
+    r = _cifar_lt_dsb_record(results_dir)
     if r is None:
         return None
     counts, scales, weights = r["train_class_counts"], r["final_semantic_scales_seed0"], r["final_class_weights_seed0"]
@@ -262,9 +267,7 @@ def regime_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 def cifar_lt_panel(results_dir: Path) -> tuple[str, list[int], list[float]] | None:
     """The CPU tier's CIFAR-10-LT dsb_ce seed 0 (from the committed ``long_tail.json``)."""
-    records = load_result(results_dir / "long_tail.json") or []
-    r = next((r for r in records if r.get("tier") == "cpu" and r["dataset"] == "CIFAR-10-LT" and r["method"] == "dsb_ce"
-              and r.get("final_semantic_scales_seed0")), None)
+    r = _cifar_lt_dsb_record(results_dir)
     if r is None:
         return None
     return "CIFAR-10-LT IF=100, ResNet-8/2 (d = 32)", r["train_class_counts"], r["final_semantic_scales_seed0"]
