@@ -8,6 +8,8 @@ A ``method`` (see ``recipes/methods.py``) sits between the two: YAML < method < 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import os
@@ -207,6 +209,27 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
         "train_class_counts": class_counts(train, len(names)),
         "dropped_classes": dropped,
     }
+
+
+def text_cache_file(cache_dir: str | None, model_path: str, texts: Sequence[str], max_length: int, prefix: str = "",
+                    suffix: str = ".npy", extra: Sequence[Any] = ()) -> Path | None:
+    """Where a split's cached encoder outputs live, keyed by the model, the texts, ``max_length`` and ``extra``;
+    None without a ``cache_dir``."""
+    if not cache_dir:
+        return None
+    texts_hash = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+    model = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+    key = hashlib.sha256(json.dumps([model, texts_hash, max_length, *extra]).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"{prefix}{key}{suffix}"
+
+
+def save_cache_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: concurrent runs sharing a
+    cache never read half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -10,11 +10,8 @@ of the cost; full fine-tuning (``encoder_mode="finetune"``) stays the GPU settin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +21,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTr
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertLayer
+
+from recipes.common import save_cache_atomic, text_cache_file
 
 logger = logging.getLogger("recipes.encoder_top")
 
@@ -56,18 +55,10 @@ def collate_states(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
     return {"hidden_states": states, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
 
 
-def _cache_file(cache_dir: str | None, model_path: str, texts: list[str], max_length: int, lower: int) -> Path | None:
-    if not cache_dir:
-        return None
-    key = hashlib.sha256(json.dumps([str(Path(model_path).resolve()), max_length, lower]).encode()
-                         + "\x00".join(texts).encode("utf-8")).hexdigest()[:20]
-    return Path(cache_dir) / f"lower{lower}_{key}.npz"
-
-
 def lower_layer_states(model_path: str, texts: list[str], max_length: int, lower: int, batch_size: int = 128,
                        cache_dir: str | None = None) -> list[np.ndarray]:
     """Token states after embeddings + the first ``lower`` layers, one ``[len_i, d]`` float32 array per text."""
-    cache = _cache_file(cache_dir, model_path, texts, max_length, lower)
+    cache = text_cache_file(cache_dir, model_path, texts, max_length, prefix=f"lower{lower}_", suffix=".npz", extra=(lower,))
     if cache is not None and cache.is_file():
         with np.load(cache) as npz:
             flat, offsets = npz["states"], npz["offsets"]
@@ -90,11 +81,8 @@ def lower_layer_states(model_path: str, texts: list[str], max_length: int, lower
                 out[i] = hidden[row, : lengths[row]].numpy().astype(np.float32)
     logger.info("lower %d layers of %s on %d texts in %.0f s", lower, model_path, len(texts), time.time() - start)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0] + [a.shape[0] for a in out])
-        tmp = cache.with_name(f".{cache.name}.{time.time_ns()}.tmp.npz")
-        np.savez(tmp, states=np.concatenate(out), offsets=offsets)
-        tmp.replace(cache)
+        save_cache_atomic(cache, lambda tmp: np.savez(tmp, states=np.concatenate(out), offsets=offsets))
     return out
 
 

@@ -19,8 +19,6 @@ Encoder: ``--model_name_or_path minilm`` (the offline all-MiniLM-L6-v2 of the Py
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -42,8 +40,10 @@ from recipes.common import (  # noqa: E402
     load_splits,
     make_compute_metrics,
     parse_yaml_then_cli,
+    save_cache_atomic,
     setup_logging,
     summary_line,
+    text_cache_file,
     train_evaluate_and_record,
 )
 
@@ -86,11 +86,6 @@ def resolve_model_path(name: str) -> str:
 # --------------------------------------------------------------------------- frozen_cached
 
 
-def _cache_key(model_path: str, dataset: Any, max_length: int) -> str:
-    texts_hash = hashlib.sha256("\x00".join(dataset["text"]).encode("utf-8")).hexdigest()[:16]
-    return hashlib.sha256(json.dumps([str(Path(model_path).resolve()) if Path(model_path).exists() else model_path, texts_hash, max_length]).encode()).hexdigest()[:20]
-
-
 def sentence_embeddings(model_path: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
     """Mean-pooled (over non-pad tokens), L2-normalised last hidden states ``[N, d]`` float32."""
     import torch
@@ -115,9 +110,7 @@ def embed_split(dataset: Any, margs: TextModelArguments, model_path: str) -> Any
     """``{"text", "label"}`` -> ``{"pixel_values" [d] float32, "labels"}`` through the frozen encoder (cached)."""
     import datasets
 
-    cache = None
-    if margs.embedding_cache_dir:
-        cache = Path(margs.embedding_cache_dir) / f"{_cache_key(model_path, dataset, margs.max_length)}.npy"
+    cache = text_cache_file(margs.embedding_cache_dir, model_path, list(dataset["text"]), margs.max_length)
     if cache is not None and cache.is_file():
         embeddings = np.load(cache)
     else:
@@ -125,10 +118,7 @@ def embed_split(dataset: Any, margs: TextModelArguments, model_path: str) -> Any
         embeddings = sentence_embeddings(model_path, list(dataset["text"]), margs.max_length, margs.embedding_batch_size)
         logger.info("embedded %d texts in %.0f s", len(dataset), time.time() - start)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{time.time_ns()}.tmp.npy")
-            np.save(tmp, embeddings)
-            tmp.replace(cache)
+            save_cache_atomic(cache, lambda tmp: np.save(tmp, embeddings))
     features = datasets.Features(
         {"pixel_values": datasets.List(datasets.Value("float32"), length=embeddings.shape[1]), "labels": dataset.features["label"]}
     )
