@@ -1,10 +1,14 @@
 """hf_semscale: semantic-scale-balanced learning for the Hugging Face stack.
 
-The math (``scale``, ``imbalance``, ``weighting``, ``losses``, ``pool``) imports torch only;
-``SemScaleTrainer`` and ``SemScaleConfig`` are imported lazily, so ``import hf_semscale`` never
-imports transformers.
+The math (``scale``, ``imbalance``, ``weighting``, ``losses``) and the framework-neutral engine
+(``SemanticScaleBalancer``, ``BalancerSettings``, ``FeaturePool``, ``HeadInputCapture``) import torch only;
+``SemScaleTrainer``, ``SemScaleCallback`` and ``SemScaleConfig`` are imported lazily, so
+``import hf_semscale`` never imports transformers.
 """
 
+from .balancer import SemanticScaleBalancer, UpdateRecord
+from .capture import HeadInputCapture
+from .distributed import TorchDistributedComm
 from .imbalance import imbalance_summary, imbalance_degree, normalized_scales
 from .losses import BaseLoss, build_base_loss, weighted_reduce
 from .pool import FeaturePool
@@ -24,10 +28,11 @@ from .weighting import (
     scale_equivalent_counts,
     semantic_scale_weights,
 )
+from .settings import BalancerSettings
 
 __version__ = "0.1.0"
 
-_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleConfig": ".config"}
+_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleCallback": ".trainer", "SemScaleConfig": ".config"}
 
 __all__ = [
     "semantic_scale",
@@ -49,7 +54,13 @@ __all__ = [
     "build_base_loss",
     "weighted_reduce",
     "FeaturePool",
+    "HeadInputCapture",
+    "SemanticScaleBalancer",
+    "BalancerSettings",
+    "UpdateRecord",
+    "TorchDistributedComm",
     "SemScaleTrainer",
+    "SemScaleCallback",
     "SemScaleConfig",
 ]
 

@@ -29,6 +29,7 @@ from .scale import class_semantic_scales
 
 __all__ = [
     "DistributedSyncError",
+    "TorchDistributedComm",
     "gather_labelled_features",
     "shard_classes_by_cost",
     "sharded_class_scales",
@@ -57,6 +58,36 @@ _LIKELY_CAUSES = (
 
 class DistributedSyncError(RuntimeError):
     """A collective across processes failed or timed out: a peer crashed, stalled or runs a different schedule."""
+
+
+class TorchDistributedComm:
+    """The communicator interface the helpers below use (``num_processes``, ``process_index``, ``device``,
+    ``gather``), over an initialised ``torch.distributed`` process group, for loops without Accelerate.
+
+    ``gather(tensor)`` is an all-gather concatenated along dim 0 in rank order (every rank gets the result),
+    as ``Accelerator.gather``; every rank's tensor must have the same shape.
+    """
+
+    def __init__(self, device: str | torch.device | None = None, group: Any = None):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "TorchDistributedComm needs an initialised torch.distributed process group. Fix: call "
+                "torch.distributed.init_process_group(...) first (torchrun sets the environment), or pass comm=None "
+                "for one process."
+            )
+        self._dist, self.group = dist, group
+        self.num_processes = dist.get_world_size(group)
+        self.process_index = dist.get_rank(group)
+        if device is None:
+            device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+        self.device = torch.device(device)
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(self.num_processes)]
+        self._dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        return torch.cat(parts, dim=0)
 
 
 def _is_multi_process(accelerator: Any) -> bool:

@@ -42,6 +42,8 @@ __all__ = ["PushError", "build_model_card", "build_analysis_card", "push_output_
 
 CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 CARD_FILENAME = "README.md"
+PREVIEW_DIRNAME = "_hub_preview"
+"""Where ``push_output_dir(..., dry_run=True)`` writes the card and file list (``_*`` is never pushed)."""
 HUB_URL = "https://huggingface.co"
 TAGS = ["hf_semscale", "semantic-scale"]
 # Trainer.push_to_hub's patterns, plus temporary and hidden files; README.md is replaced by the generated card.
@@ -103,14 +105,18 @@ def build_model_card(
     metrics: Mapping[str, Any] | None = None,
     task_type: str | None = None,
     license: str | None = None,
+    language: str | list[str] | None = None,
+    tags: str | list[str] | None = None,
 ) -> ModelCard:
-    """The model card of a trained ``output_dir``: method, per-class scales, settings, plots, metrics, citation.
+    """The model card of a trained ``output_dir``: method, how to load it, per-class scales, DSB settings,
+    training hyper-parameters, plots, metrics, citation. Nothing is written or uploaded (``card.save(path)``
+    writes it; ``hf-semscale push --dry-run`` previews a push).
 
     ``metrics`` (e.g. ``trainer.evaluate()``'s dict, ``eval_`` prefixes allowed) override the report's
     ``metrics`` section. The long-tail metrics present and finite go to ``model-index``, which needs
     ``dataset_name`` (the Hub id of the dataset trained and evaluated on); missing ones are left out.
     ``task_type`` defaults to the one of the head in ``config.json`` (``*ForSequenceClassification`` ->
-    ``text-classification``, ...).
+    ``text-classification``, ...). ``tags`` are added to the library's own (``hf_semscale``, ``semantic-scale``).
     """
     output_dir = Path(output_dir)
     report = read_scale_report(output_dir)
@@ -150,10 +156,11 @@ def build_model_card(
         datasets=[dataset_name] if dataset_name else None,
         eval_results=eval_results,
         library_name="transformers",
+        language=language,
         license=license,
         model_name=title if eval_results else None,
         pipeline_tag=task_type,
-        tags=list(TAGS),
+        tags=list(dict.fromkeys([*TAGS, *([tags] if isinstance(tags, str) else tags or [])])),
     )
     return ModelCard.from_template(
         card_data,
@@ -165,6 +172,7 @@ def build_model_card(
         dataset_split=dataset_split,
         metric_rows=[(LONG_TAIL_METRICS[name], f"{value:.4f}") for name, value in values.items()],
         report=_report_context(report),
+        usage=_usage(output_dir, repo_id or title),
         collapse_above=COLLAPSE_TABLE_ABOVE,
         plots=_plots(output_dir),
         citation=CITATION,
@@ -227,6 +235,21 @@ def _task_from_config(model_dir: Path) -> str | None:
     return None
 
 
+def _usage(model_dir: Path, repo_id: str) -> dict[str, Any]:
+    """What the card's "How to use" snippet needs: the Auto class of the head in ``config.json``, whether it
+    needs a tokenizer, and whether the architecture is one of hf_semscale's own (registered on import)."""
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    architectures = config.get("architectures") or []
+    text = any(a.endswith("ForSequenceClassification") for a in architectures)
+    return {
+        "repo_id": repo_id,
+        "auto_class": "AutoModelForSequenceClassification" if text else "AutoModelForImageClassification",
+        "tokenizer": text,
+        "own_architecture": str(config.get("model_type", "")).startswith("semscale_"),
+    }
+
+
 def _report_context(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report's fields as the template shows them (formatted strings, Markdown-safe)."""
     source_text = "Last report of the trainer" if report.get("source") == "trainer" else "Measured"
@@ -250,6 +273,7 @@ def _report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "has_train_count": any("train_count" in row for row in report["classes"]),
         "summary": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("summary") or {}).items() if _is_scalar(v)],
         "settings": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("settings") or {}).items() if _is_scalar(v)],
+        "training": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("training") or {}).items() if _is_scalar(v)],
     }
 
 
@@ -307,6 +331,7 @@ def push_output_dir(
     revision: str | None = None,
     commit_message: str | None = None,
     exist_ok: bool = True,
+    dry_run: bool = False,
     **card_kwargs: Any,
 ) -> str:
     """Upload a trained ``output_dir`` in one commit: model files, ``semantic_scales.json``, plots, generated README.md.
@@ -315,12 +340,24 @@ def push_output_dir(
     namespace's default visibility) and the branch ``revision`` if given. Files matching
     ``IGNORE_PATTERNS`` (checkpoints, ``_*``, temporary and hidden files, an old README.md) stay local.
     ``card_kwargs`` go to :func:`build_model_card`. Returns the commit URL.
+
+    ``dry_run=True`` contacts nobody and needs no token: it writes the card and the list of files the push
+    would upload to ``output_dir/_hub_preview/`` (``README.md``, ``files.txt``; a ``_`` folder is never
+    pushed) and returns that folder.
     """
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
-    token = _resolve_token(token)
+    if not dry_run:
+        token = _resolve_token(token)
     card = build_model_card(output_dir, repo_id=repo_id, **card_kwargs)
     files = _local_files(output_dir, ignore_patterns=IGNORE_PATTERNS)
+    if dry_run:
+        preview = output_dir / PREVIEW_DIRNAME
+        preview.mkdir(exist_ok=True)
+        card.save(str(preview / CARD_FILENAME))
+        listing = [f"{path}\t{local.stat().st_size}" for path, local in files.items()] + [f"{CARD_FILENAME}\t(generated)"]
+        (preview / "files.txt").write_text(f"# would push to {repo_id}: path, bytes\n" + "\n".join(listing) + "\n")
+        return str(preview)
     return _push(
         repo_id,
         files,

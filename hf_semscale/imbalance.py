@@ -120,9 +120,11 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
     Returns:
         dict of plain floats, ints, lists, strings and ``None`` (never NaN or inf):
 
-        - ``num_classes``, ``scale_min``, ``scale_max``, ``scale_mean``, ``scale_std``;
-        - ``max_min_ratio``: ``max S / min S``; ``None`` when the smallest scale is 0;
-        - ``coefficient_of_variation``: population std / mean of the scales; ``None`` when the mean is 0;
+        - ``num_classes``; ``num_classes_with_volume``: classes with at least 2 samples and a non-zero scale;
+        - over the classes with volume only (a scale of 0 there means "not measured", not "no diversity";
+          the trainer's logged ``semscale/scale_*`` use the same rule): ``scale_min``, ``scale_max``,
+          ``scale_mean``, ``scale_std``, ``max_min_ratio`` (``max S / min S``), ``coefficient_of_variation``
+          (population std / mean), and the scale-accuracy correlations; ``None`` when no class has volume;
         - ``classes_without_volume``: ids with fewer than 2 samples or scale exactly 0;
         - ``count_min``, ``count_max``, ``count_max_min_ratio`` (``None`` when a class has 0 samples),
           ``count_coefficient_of_variation``;
@@ -143,28 +145,36 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
             notes[key] = reason
         return value
 
-    no_volume = torch.nonzero((n < MIN_SAMPLES_FOR_SCALE) | (s == 0)).flatten().tolist()
-    summary: dict = {
-        "num_classes": int(s.numel()),
-        "scale_min": float(s.min()),
-        "scale_max": float(s.max()),
-        "scale_mean": float(s.mean()),
-        "scale_std": float(s.std(correction=0)),
-        "max_min_ratio": keep("max_min_ratio", _ratio(s, "scale")),
-        "coefficient_of_variation": keep("coefficient_of_variation", _coefficient_of_variation(s, "scale")),
+    measured = (n >= MIN_SAMPLES_FOR_SCALE) & (s > 0)
+    no_volume = torch.nonzero(~measured).flatten().tolist()
+    m = s[measured]
+    summary: dict = {"num_classes": int(s.numel()), "num_classes_with_volume": int(measured.sum())}
+    if m.numel():
+        summary.update({
+            "scale_min": float(m.min()),
+            "scale_max": float(m.max()),
+            "scale_mean": float(m.mean()),
+            "scale_std": float(m.std(correction=0)),
+            "max_min_ratio": keep("max_min_ratio", _ratio(m, "scale")),
+            "coefficient_of_variation": keep("coefficient_of_variation", _coefficient_of_variation(m, "scale")),
+        })
+    else:
+        for key in ("scale_min", "scale_max", "scale_mean", "scale_std", "max_min_ratio", "coefficient_of_variation"):
+            summary[key] = keep(key, (None, "no class has a measured volume (>= 2 samples and a non-zero scale)"))
+    summary.update({
         "classes_without_volume": no_volume,
         "count_min": _as_number(n.min()),
         "count_max": _as_number(n.max()),
         "count_max_min_ratio": keep("count_max_min_ratio", _ratio(n, "count")),
         "count_coefficient_of_variation": keep("count_coefficient_of_variation", _coefficient_of_variation(n, "count")),
-    }
+    })
     if per_class_accuracy is not None:
         acc = _vector(per_class_accuracy, "per_class_accuracy", non_negative=False)
         if acc.shape != s.shape:
             raise ValueError(f"per_class_accuracy has {acc.numel()} classes, scales {s.numel()}")
-        for name, values in (("scale", s), ("count", n)):
-            summary[f"pearson_{name}_accuracy"] = keep(f"pearson_{name}_accuracy", _named(pearson(values, acc), name))
-            summary[f"spearman_{name}_accuracy"] = keep(f"spearman_{name}_accuracy", _named(spearman(values, acc), name))
+        for name, values, accuracy in (("scale", m, acc[measured]), ("count", n, acc)):
+            summary[f"pearson_{name}_accuracy"] = keep(f"pearson_{name}_accuracy", _named(pearson(values, accuracy), name))
+            summary[f"spearman_{name}_accuracy"] = keep(f"spearman_{name}_accuracy", _named(spearman(values, accuracy), name))
     summary["notes"] = notes
     return summary
 

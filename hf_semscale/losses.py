@@ -19,10 +19,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "BaseLossName", "BaseLoss", "build_base_loss", "weighted_reduce"]
+__all__ = [
+    "IGNORE_INDEX",
+    "BASE_LOSSES",
+    "DEFAULT_LOSS_SETTINGS",
+    "BaseLossName",
+    "BaseLoss",
+    "build_base_loss",
+    "check_class_labels",
+    "weighted_reduce",
+]
 
 IGNORE_INDEX = -100
+"""The label of a sample that no loss, pool or count sees (the ``ignore_index`` of ``F.cross_entropy``)."""
 BaseLossName = Literal["ce", "focal", "ldam", "balanced_softmax"]
+BASE_LOSSES = ("ce", "focal", "ldam", "balanced_softmax")
+DEFAULT_LOSS_SETTINGS = {"focal_gamma": 2.0, "ldam_max_margin": 0.5, "ldam_scale": 1.0, "logit_adjust_tau": 1.0}
+"""The base losses' defaults (also :class:`~hf_semscale.settings.BalancerSettings`'). LDAM's scale 1 suits a
+plain linear head; Cao et al.'s 30 goes with a cosine classifier."""
+
+
+def check_class_labels(labels: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``labels`` is a ``[B]`` integer tensor of ids in ``[0, num_classes)`` or
+    :data:`IGNORE_INDEX`; the message names the offending values and the fix. One host sync."""
+    if labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be integer class ids of shape [batch]; got {labels.dtype} of shape {tuple(labels.shape)}. "
+            "Single-label classification only; use transformers.Trainer for multi-label or regression."
+        )
+    invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
+    if bool(invalid.any()):  # the offending values are only gathered on error
+        raise ValueError(
+            f"labels {sorted(set(labels[invalid].tolist()))[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
+            "Fix: remap the labels to 0..num_labels-1, or load the model with the right num_labels."
+        )
 
 
 @dataclass
@@ -59,13 +89,8 @@ class BaseLoss:
                     f"{self.name} loss has {name} for {per_class.numel()} classes but the logits have {num_classes}. "
                     "Fix: build the loss with class_counts of length num_labels."
                 )
+        check_class_labels(labels, num_classes)
         valid = labels != IGNORE_INDEX
-        out_of_range = labels[valid & ((labels < 0) | (labels >= num_classes))]
-        if out_of_range.numel():
-            raise ValueError(
-                f"labels {sorted(set(out_of_range.tolist()))[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
-                "Fix: remap the labels to 0..num_labels-1."
-            )
         logits = logits.float()
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         if self.logit_offsets is not None:
@@ -85,10 +110,10 @@ def build_base_loss(
     name: BaseLossName,
     class_counts: Tensor | None = None,
     label_smoothing: float = 0.0,
-    focal_gamma: float = 2.0,
-    ldam_max_margin: float = 0.5,
-    ldam_scale: float = 30.0,
-    logit_adjust_tau: float = 1.0,
+    focal_gamma: float = DEFAULT_LOSS_SETTINGS["focal_gamma"],
+    ldam_max_margin: float = DEFAULT_LOSS_SETTINGS["ldam_max_margin"],
+    ldam_scale: float = DEFAULT_LOSS_SETTINGS["ldam_scale"],
+    logit_adjust_tau: float = DEFAULT_LOSS_SETTINGS["logit_adjust_tau"],
 ) -> BaseLoss:
     """Build a base loss; ``ldam`` and ``balanced_softmax`` need the training ``class_counts [C]``.
 
@@ -97,7 +122,7 @@ def build_base_loss(
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if name not in ("ce", "focal", "ldam", "balanced_softmax"):
+    if name not in BASE_LOSSES:
         raise ValueError(f"unknown base loss {name!r}; choose 'ce', 'focal', 'ldam' or 'balanced_softmax'")
     if focal_gamma < 0:
         raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")

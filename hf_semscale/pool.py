@@ -10,6 +10,7 @@ This module imports torch and safetensors only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "estimate_pool_bytes",
     "atomic_save_safetensors",
     "load_safetensors_checked",
+    "tensors_checksum",
 ]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -56,12 +58,29 @@ def estimate_pool_bytes(capacities: Tensor, feature_dim: int, dtype: str | torch
     return int(torch.as_tensor(capacities).sum()) * int(feature_dim) * itemsize
 
 
+CHECKSUM_KEY = "sha256"
+"""Metadata key of the checksum over a file's tensors (:func:`tensors_checksum`)."""
+
+
+def tensors_checksum(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically: a temporary file in the same folder, fsync, rename."""
+    """Write a safetensors file atomically (a temporary file in the same folder, fsync, rename), with a
+    checksum of its tensors in the metadata that :func:`load_safetensors_checked` verifies."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), CHECKSUM_KEY: tensors_checksum(tensors)}
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -221,7 +240,8 @@ class FeaturePool:
 
 
 def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file (tensors and metadata), turning any failure into :class:`PoolFileError`."""
+    """Read a safetensors file (tensors and metadata), turning any failure, and a checksum that does not match
+    the tensors (a bit flip, a partial overwrite), into :class:`PoolFileError`."""
     path = Path(path)
     if not path.is_file():
         raise PoolFileError(f"{path}: file not found")
@@ -236,4 +256,10 @@ def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, Tensor]
             f"{path}: not a readable safetensors file ({err}). It may be truncated by an interrupted "
             "write or be another format (pickle is never loaded). Fix: resume from an earlier checkpoint."
         ) from err
+    expected = metadata.get(CHECKSUM_KEY)
+    if expected is not None and tensors_checksum(tensors) != expected:
+        raise PoolFileError(
+            f"{path}: the tensors do not match the file's {CHECKSUM_KEY} checksum: the file is damaged (a flipped bit "
+            "or a partial overwrite). Fix: resume from an earlier checkpoint."
+        )
     return tensors, metadata

@@ -100,17 +100,16 @@ def make_trainer(output_dir: str | Path, per_device_batch: int, *, num_labels: i
             super().__init__(*a, **kw)
             self.update_log: list = []
 
-        def _update_weights(self, step):
-            super()._update_weights(step)
-            self.update_log.append((step, self.class_weights.clone(), self.semantic_scales.clone()))
-
-        def _store(self, features, labels):
-            if self.args.process_index == stall_rank and self.state.global_step >= STALL_STEP:
+        def _begin_step(self, step):
+            updates = self.balancer.num_updates
+            super()._begin_step(step)
+            if self.balancer.num_updates > updates:
+                self.update_log.append((step, self.class_weights.clone(), self.semantic_scales.clone()))
+            if self.balancer.capturing and self.args.process_index == stall_rank and step >= STALL_STEP:
                 # This rank "hangs" before the gather (as a stuck data loader would) until torchrun
                 # stops it once the other rank has failed (exit 3 after 5 minutes otherwise).
                 time.sleep(300)
                 os._exit(3)
-            super()._store(features, labels)
 
     settings = dict(
         output_dir=str(output_dir),
@@ -164,7 +163,7 @@ def dump(trainer, folder: Path) -> None:
         "num_processes": trainer.accelerator.num_processes,
         "global_step": trainer.state.global_step,
         "stage": trainer.stage,
-        "num_updates": trainer._num_updates,
+        "num_updates": trainer.balancer.num_updates,
         "update_steps": [s for s, _, _ in trainer.update_log],
     }
     (folder / f"rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")

@@ -14,7 +14,9 @@ Two ways to run it:
   forks a fresh child process per command. Importing transformers costs ~13 s of CPU here, so the test
   pays it once instead of once per restart. Protocol lines on stdout (everything else goes to stderr):
   ``@@started PID``, ``@@step PID N`` (after every optimizer step), ``@@exited PID STATUS`` (a negative
-  STATUS is the killing signal).
+  STATUS is the killing signal). ``"hold_at_end": true`` makes the child wait after its last optimizer step
+  (before the final save) until it is killed: a test that kills it from outside at a random instant can
+  then never find it already finished, however late the test reads the progress lines.
 
 ``--kill-in-save STEP:PHASE`` makes the run SIGKILL itself inside the checkpoint save of step STEP:
 
@@ -106,8 +108,10 @@ def make_trainer(output_dir: str, trainer_cls=None, callbacks=(), dataset=None, 
     return cls(model=model, args=SemScaleConfig(**settings), train_dataset=dataset if dataset is not None else make_dataset(), callbacks=list(callbacks))
 
 
-def run(output_dir: str, result: str, kill_in_save: str | None = None) -> None:
+def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_end: bool = False) -> None:
     """Train (resuming from the latest complete checkpoint if any) and write the final state to ``result``."""
+    import time
+
     import torch
     from transformers import TrainerCallback
 
@@ -127,6 +131,8 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None) -> None:
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             _say(f"@@step {os.getpid()} {state.global_step}")
+            while hold_at_end and state.global_step >= args.max_steps:
+                time.sleep(1.0)  # until the test's SIGKILL
 
     class KillingTrainer(SemScaleTrainer):
         """SemScaleTrainer that SIGKILLs itself at one chosen point of one checkpoint save."""
@@ -185,7 +191,7 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None) -> None:
     tensors["class_weights"] = trainer.class_weights
     tensors["semantic_scales"] = trainer.semantic_scales
     tensors.update(trainer.pool.state_dict())
-    atomic_save_safetensors(tensors, result, metadata={"stage": trainer.stage, "num_updates": str(trainer._num_updates)})
+    atomic_save_safetensors(tensors, result, metadata={"stage": trainer.stage, "num_updates": str(trainer.balancer.num_updates)})
 
 
 def serve() -> None:
@@ -204,9 +210,12 @@ def serve() -> None:
         cmd = json.loads(line)
         pid = os.fork()
         if pid == 0:  # child: train, then leave without running the parent's cleanup
+            # Its prints (the Trainer's log dicts) go to stderr: a partial line flushed to stdout would glue
+            # itself to the next protocol line, even the parent's @@exited after a SIGKILL, and hide it.
+            sys.stdout = sys.stderr
             code = 0
             try:
-                run(cmd["output_dir"], cmd["result"], cmd.get("kill_in_save"))
+                run(cmd["output_dir"], cmd["result"], cmd.get("kill_in_save"), bool(cmd.get("hold_at_end")))
             except BaseException:  # noqa: BLE001
                 import traceback
 

@@ -112,6 +112,10 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         monkeypatch.setattr(constants, "ENDPOINT", fake.url)
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_saved_token"))
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        # transformers keeps one HfApi (with the endpoint of its creation) for Trainer.push_to_hub: a fresh one.
+        import transformers.utils.hub
+
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
         yield fake
     assert fake.unrouted == [], "the client called endpoints the fake Hub does not serve"
 
@@ -325,6 +329,24 @@ def test_cli_push_prints_the_commit_url(hub: FakeHub, output_dir: Path, tmp_path
     assert hub.commits[0].summary == "from the CLI"
 
 
+def test_cli_push_dry_run_writes_the_card_and_file_list_without_a_token_or_request(
+    hub: FakeHub, output_dir: Path, capsys
+) -> None:
+    args = parse_push_args([str(output_dir), "--repo-id", REPO, "--dataset-name", "fake-user/cifar10-lt", "--dry-run"])
+    assert push_command.run(args) == 0
+    preview = Path(capsys.readouterr().out.strip())
+    assert preview == output_dir / "_hub_preview" and hub.requests == [] and hub.commits == []
+    card = ModelCard.load(preview / "README.md")
+    assert "hf_semscale" in card.data.tags and f'from_pretrained("{REPO}")' in card.text
+    listed = [line.split("\t")[0] for line in (preview / "files.txt").read_text().splitlines()[1:]]
+    assert SCALES_FILENAME in listed and "config.json" in listed and "README.md" in listed
+    assert not any(name.startswith(("checkpoint-", "_")) for name in listed)
+    # what a real push then uploads is what the preview listed
+    assert push_command.run(parse_push_args([str(output_dir), "--repo-id", REPO, "--token", TOKEN,
+                                             "--dataset-name", "fake-user/cifar10-lt"])) == 0
+    assert sorted(hub.commits[0].files) == sorted(listed)
+
+
 def test_cli_push_reports_errors_without_a_traceback(hub: FakeHub, output_dir: Path, capsys) -> None:
     assert push_command.run(parse_push_args([str(output_dir), "--repo-id", REPO])) == 1
     assert "No Hugging Face token" in capsys.readouterr().err
@@ -384,6 +406,10 @@ def test_trainer_push_to_hub_uploads_model_report_and_last_eval_metrics(hub: Fak
     card, text = card_of(files)
     assert "hf_semscale" in card.data.tags
     assert all(f"| {c} | LABEL_{c} |" in text for c in range(3))  # the per-class table names every class
+    # usage snippet for this architecture and the run's hyper-parameters
+    assert "import hf_semscale.modeling" in text and f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
+    assert "| learning_rate | 5e-05 |" in text and "| max_steps | 12 |" in text and "| total_train_batch_size | 8 |" in text
+    assert (tmp_path / "run" / "README.md").read_text(encoding="utf-8") == files["README.md"].decode()  # create_model_card
     assert before == {} or set(before) <= set(snapshot(tmp_path / "run"))
 
 

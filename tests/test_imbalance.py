@@ -61,9 +61,13 @@ def test_summary_zero_scale_and_zero_count_are_json_safe():
     counts = COUNTS.clone()
     counts[3] = 0
     out = imbalance_summary(SCALES, counts, per_class_accuracy=torch.tensor([0.9, 0.7, 0.1, 0.3, 0.8]))
-    assert out["max_min_ratio"] is None and "smallest scale is 0" in out["notes"]["max_min_ratio"]
-    assert out["count_max_min_ratio"] is None and "count" in out["notes"]["count_max_min_ratio"]
     assert out["classes_without_volume"] == [2, 3]  # one sample (scale 0); no samples
+    # the scale statistics cover the classes with volume only: a 0 there means "not measured"
+    measured = [0, 1, 4]
+    assert out["num_classes_with_volume"] == 3 and out["scale_min"] == float(SCALES[measured].min())
+    assert out["scale_mean"] == pytest.approx(float(SCALES[measured].mean()))
+    assert out["max_min_ratio"] == pytest.approx(float(SCALES[measured].max() / SCALES[measured].min()))
+    assert out["count_max_min_ratio"] is None and "count" in out["notes"]["count_max_min_ratio"]
     json.dumps(out, allow_nan=False)
 
 
@@ -73,7 +77,7 @@ def test_correlations_match_scipy(seed):
     num_classes = 40
     scales = rng.uniform(0.5, 9.0, num_classes)
     scales[:5] = scales[5]  # ties
-    counts = rng.integers(1, 30, num_classes)  # many ties
+    counts = rng.integers(2, 30, num_classes)  # many ties; every class has a volume
     accuracy = np.clip(0.05 * scales + rng.normal(0, 0.1, num_classes), 0, 1)
     out = imbalance_summary(torch.tensor(scales), torch.tensor(counts), torch.tensor(accuracy))
     assert ACCURACY_KEYS <= out.keys()
@@ -93,7 +97,7 @@ def test_constant_vectors_give_none_with_reason():
     for key in ACCURACY_KEYS:
         assert out[key] is None and "constant" in out["notes"][key]
     assert "scale" in out["notes"]["pearson_scale_accuracy"] and "count" in out["notes"]["spearman_count_accuracy"]
-    out = imbalance_summary(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 2, 3]), torch.full((3,), 0.1))
+    out = imbalance_summary(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2, 2, 3]), torch.full((3,), 0.1))
     assert out["pearson_scale_accuracy"] is None and "accuracy" in out["notes"]["pearson_scale_accuracy"]
     assert out["max_min_ratio"] == pytest.approx(3.0)
     json.dumps(out, allow_nan=False)
@@ -111,7 +115,8 @@ def test_single_class_correlation_is_undefined():
 
 def test_all_zero_scales():
     out = imbalance_summary(torch.zeros(3), torch.tensor([0, 1, 1]))
-    assert out["coefficient_of_variation"] is None and out["max_min_ratio"] is None
+    assert out["coefficient_of_variation"] is None and out["max_min_ratio"] is None and out["scale_mean"] is None
+    assert "no class has a measured volume" in out["notes"]["scale_mean"] and out["num_classes_with_volume"] == 0
     assert out["classes_without_volume"] == [0, 1, 2]
     json.dumps(out, allow_nan=False)
 

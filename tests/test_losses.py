@@ -57,7 +57,7 @@ def hand_balanced_softmax(row: list[float], label: int, counts: list[int], tau: 
 HAND = {
     "ce": lambda row, y, eps: hand_ce(row, y, eps),
     "focal": lambda row, y, eps: hand_focal(row, y, 2.0, eps),
-    "ldam": lambda row, y, eps: hand_ldam(row, y, COUNTS, 0.5, 30.0, eps),
+    "ldam": lambda row, y, eps: hand_ldam(row, y, COUNTS, 0.5, 1.0, eps),  # the default scale s = 1
     "balanced_softmax": lambda row, y, eps: hand_balanced_softmax(row, y, COUNTS, 1.0, eps),
 }
 
@@ -117,7 +117,7 @@ def test_ldam_margins_are_largest_for_the_rarest_class():
     assert int(margins.argmax()) == 1
     assert float(margins.max()) == pytest.approx(0.4)
     assert margins[1] > margins[3] > margins[0] > margins[2]
-    assert loss.logit_scale == 30.0
+    assert loss.logit_scale == 1.0  # DEFAULT_LOSS_SETTINGS: one default for the library and SemScaleConfig
 
 
 # ---------------------------------------------------------------- ignore_index and the reduction

@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from safetensors import SafetensorError
 
 from hf_semscale.pool import (
+    CHECKSUM_KEY,
     FeaturePool,
     PoolFileError,
     atomic_save_safetensors,
     estimate_pool_bytes,
     load_safetensors_checked,
     pool_capacities,
+    tensors_checksum,
 )
 
 IGNORE = -100
@@ -187,7 +189,7 @@ def test_state_round_trips_through_safetensors(tmp_path: Path, dtype):
     atomic_save_safetensors(pool.state_dict(), path, metadata={"format": "test"})
     assert [p.name for p in tmp_path.iterdir()] == ["pool.safetensors"]  # no temporary file left
     tensors, metadata = load_safetensors_checked(path)
-    assert metadata == {"format": "test"}
+    assert metadata == {"format": "test", CHECKSUM_KEY: tensors_checksum(pool.state_dict())}
     restored = FeaturePool(torch.tensor([3, 1, 4]), 5, dtype=dtype)
     restored.load_state_dict(tensors, source=str(path))
     for key, value in pool.state_dict().items():
@@ -208,6 +210,29 @@ def test_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: P
         atomic_save_safetensors({"a": torch.ones(2)}, path, metadata={"step": 3})  # metadata values must be str
     assert [p.name for p in tmp_path.iterdir()] == ["pool.safetensors"]
     assert torch.equal(load_safetensors_checked(path)[0]["a"], torch.ones(2))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_a_flipped_bit_in_the_stored_features_is_refused_by_the_checksum(tmp_path: Path, dtype):
+    path = tmp_path / "pool.safetensors"
+    atomic_save_safetensors(filled_pool(dtype=dtype).state_dict(), path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # one bit of the last tensor's bytes (the header is at the front): still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(PoolFileError, match=r"pool\.safetensors: the tensors do not match the file's sha256 checksum.*Fix"):
+        load_safetensors_checked(path)
+
+
+def test_checksum_covers_names_dtypes_shapes_and_values():
+    base = {"a": torch.arange(4, dtype=torch.float32), "b": torch.zeros(2, 2)}
+    variants = [
+        {"a2": base["a"], "b": base["b"]},
+        {"a": base["a"].double(), "b": base["b"]},
+        {"a": base["a"], "b": base["b"].reshape(4)},
+        {"a": base["a"] + torch.tensor([0, 0, 0, 1e-6]), "b": base["b"]},
+    ]
+    assert len({tensors_checksum(base), *(tensors_checksum(v) for v in variants)}) == 5
+    assert tensors_checksum(dict(reversed(list(base.items())))) == tensors_checksum(base)  # order-free
 
 
 def test_truncated_file_is_a_pool_file_error(tmp_path: Path):

@@ -215,14 +215,14 @@ def frozen_run(tmp_path_factory):
         eval_strategy="steps", eval_steps=6, trainer_kwargs={"eval_dataset": dataset, "compute_metrics": recorder.compute_metrics},
     )
     updates = []  # (pool contents when the weights were re-measured, scales, weights)
-    original_update = trainer._update_weights
+    original_update = trainer.balancer._update_weights
 
-    def spy(step):
+    def spy(step, logs):
         snapshot = tuple(t.clone() for t in trainer.pool.contents())
-        original_update(step)
+        original_update(step, logs)
         updates.append((step, snapshot, trainer.semantic_scales.clone(), trainer.class_weights.clone()))
 
-    trainer._update_weights = spy
+    trainer.balancer._update_weights = spy
     trainer.train()
     return trainer, recorder, updates, dataset, out
 
@@ -403,7 +403,7 @@ def assert_same_run(a: SemScaleTrainer, b: SemScaleTrainer) -> None:
         assert torch.equal(value, b.pool.state_dict()[key]), key
     for name, p in params(a.model).items():
         assert torch.equal(p, params(b.model)[name]), name
-    assert a._num_updates == b._num_updates
+    assert a.balancer.num_updates == b.balancer.num_updates
 
 
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
@@ -568,8 +568,10 @@ def test_nan_features_stop_training_with_a_clear_error(tmp_path):
 @pytest.mark.parametrize("weighting", WEIGHTING_MODES)
 @pytest.mark.parametrize("loss", BASE_LOSSES)
 def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
+    static = [4.0, 1.0, 2.0, 3.0]  # the user's weights for weighting='static'
     trainer, recorder = train(tmp_path, max_steps=4, semscale_loss=loss, semscale_weighting=weighting,
-                              semscale_fill_max_steps=1, semscale_update_interval=1)
+                              semscale_fill_max_steps=1, semscale_update_interval=1,
+                              semscale_class_weights=static if weighting == "static" else None)
     losses = step_losses(recorder)
     assert len(losses) == 4 and all(math.isfinite(x) and x > 0 for x in losses)
     ones = torch.ones(4, dtype=torch.float64)
@@ -585,10 +587,10 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
         if weighting == "reverse_scale":  # the control: the class of largest scale gets the largest weight
             assert int(trainer.class_weights.argmax()) == int(trainer.semantic_scales.argmax())
         if weighting == "scale_equivalent_count":  # count weights of the counts the scales stand for
-            assert trainer.equivalent_counts is not None and bool((trainer.equivalent_counts >= 1).all())
-            expected = effective_number_weights(trainer.equivalent_counts, 0.9999, "none")
+            assert trainer.balancer.equivalent_counts is not None and bool((trainer.balancer.equivalent_counts >= 1).all())
+            expected = effective_number_weights(trainer.balancer.equivalent_counts, 0.9999, "none")
             expected = expected / ((expected * counts).sum() / counts.sum())
-            order = torch.argsort(trainer.equivalent_counts)
+            order = torch.argsort(trainer.balancer.equivalent_counts)
             assert bool((trainer.class_weights[order].diff() <= 1e-12).all())  # fewer equivalent samples, larger weight
         assert trainer.pool is not None and not torch.equal(trainer.class_weights, ones)
     else:
@@ -598,6 +600,7 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
             "inverse_frequency": inverse_frequency_weights(counts),
             "effective_number": effective_number_weights(counts, 0.9999),
             "count_power": count_power_weights(counts, 1.0),
+            "static": torch.tensor(static, dtype=torch.float64) / ((torch.tensor(static) * counts).sum() / counts.sum()),
         }[weighting]
         assert torch.equal(recorder.weights[2], expected)
     torch.testing.assert_close(recorder.weights[-1], expected)
@@ -652,7 +655,7 @@ def test_fill_stage_lasts_one_epoch_of_optimizer_steps_with_max_steps(tmp_path):
     # 48 samples, batch 8, accumulation 2: 3 optimizer steps per epoch; max_steps 20 is 6.67 epochs
     trainer, recorder = train(tmp_path, max_steps=20, gradient_accumulation_steps=2, semscale_warmup_steps=2,
                               learning_rate=0.0, semscale_pool_capacity=0)
-    assert trainer._fill_max_steps() == 3
+    assert trainer.balancer.fill_max_steps == 3
     assert recorder.stages[2:5] == ["fill"] * 3 and recorder.stages[5] == "reweight"
 
 
@@ -663,16 +666,16 @@ def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, c
     trainer, recorder = build(tmp_path, dataset=stream, trainer_kwargs={"class_counts": COUNTS}, max_steps=12)
     with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
         trainer.train()
-    assert trainer._fill_max_steps() == 6  # sum(class_counts) = 48 samples at a global batch of 8, not 1 step
+    assert trainer.balancer.fill_max_steps == 6  # sum(class_counts) = 48 samples at a global batch of 8, not 1 step
     assert "fill" in recorder.stages and recorder.stages.count("fill") <= 6
 
 
 def test_reweighting_that_starts_under_filled_warns_naming_the_classes(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
+    with caplog.at_level("WARNING", logger="hf_semscale.balancer"):
         train(tmp_path, max_steps=5, semscale_fill_max_steps=1)
     assert "re-weighting starts at step 3 with" in caplog.text and "ant" in caplog.text and "semscale_fill_max_steps" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hf_semscale.trainer"):
+    with caplog.at_level("WARNING", logger="hf_semscale.balancer"):
         train(tmp_path / "full", max_steps=12, semscale_warmup_steps=0)  # fills exactly epoch 1: every sample seen
     assert "under-filled" not in caplog.text
 
@@ -680,5 +683,32 @@ def test_reweighting_that_starts_under_filled_warns_naming_the_classes(tmp_path,
 def test_semantic_scales_json_is_written_without_any_save(tmp_path):
     trainer, _ = train(tmp_path, max_steps=12, save_strategy="no")
     report = json.loads((tmp_path / SCALES_FILENAME).read_text())
-    assert report["step"] == 12 and report["num_updates"] == trainer._num_updates > 0
+    assert report["step"] == 12 and report["num_updates"] == trainer.balancer.num_updates > 0
     assert [row["weight"] for row in report["classes"]] == pytest.approx(trainer.class_weights.tolist())
+
+
+def test_logs_report_and_card_agree_on_classes_without_volume(tmp_path, caplog):
+    """An absent class (0 samples) and a one-sample class: no part of the output averages their 0 scale in, the
+    absent class's weight is reported as null, and the one-sample class's largest weight is announced."""
+    from hf_semscale.hub import build_model_card
+
+    with caplog.at_level("WARNING"):
+        trainer, recorder = train(tmp_path, dataset=make_dataset(counts=[20, 12, 1, 0]), max_steps=12,
+                                  semscale_warmup_steps=0, semscale_update_interval=1)
+    assert "1 classes have no measurable volume" in caplog.text and "cat" in caplog.text
+    assert "Classes [3] have no training samples" in caplog.text
+    measured = [0, 1]
+    last = [log for log in recorder.logs if "semscale/scale_mean" in log][-1]
+    assert last["semscale/scale_mean"] == pytest.approx(float(trainer.semantic_scales[measured].mean()))
+    assert last["semscale/scale_min"] == pytest.approx(float(trainer.semantic_scales[measured].min()))
+    trainer.save_model()
+    report = json.loads((tmp_path / SCALES_FILENAME).read_text())
+    summary = report["summary"]
+    assert summary["scale_mean"] == pytest.approx(last["semscale/scale_mean"])
+    assert summary["classes_without_volume"] == [2, 3] and summary["num_classes_with_volume"] == 2
+    rows = report["classes"]
+    assert [r["has_volume"] for r in rows] == [True, True, False, False]
+    assert rows[3]["weight"] is None and rows[2]["weight"] == pytest.approx(float(trainer.class_weights.max()))
+    card = str(build_model_card(tmp_path))
+    assert "| 3 | dog | 0 | 0 | 0.0000 | — |" in card  # id, name, train samples, measured on, scale, weight
+    assert f"| scale_mean | {summary['scale_mean']:.6g} |" in card

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task-type", default=None, help="Pipeline task, e.g. text-classification (default: from config.json)."
     )
     card.add_argument("--license", default=None, help="License id, e.g. apache-2.0.")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Contact nobody (no token needed): write the card and the list of files the push would upload to "
+        "OUTPUT_DIR/_hub_preview/ and print that folder.",
+    )
     card.add_argument(
         "--metrics-file",
         default=None,
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             task_type=args.task_type,
             license=args.license,
             metrics=metrics,
+            dry_run=args.dry_run,
             **push_kwargs(args),
         )
     except (PushError, ValueError, OSError) as err:

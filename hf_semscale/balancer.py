@@ -1,0 +1,504 @@
+"""``SemanticScaleBalancer``: dynamic semantic-scale-balanced (DSB) re-weighting for any training loop.
+
+One small object holds the method's run state: the stage (warm-up, fill, re-weight), the per-class feature
+pool, the class weights and semantic scales. A loop tells it where it is (:meth:`begin_step`), shows it the
+head-input features of each training batch (:meth:`observe`) and asks it for the weighted loss
+(:meth:`loss`). It does no file I/O and imports torch and the library's math only (no transformers); its
+:meth:`state_dict` holds named tensors, so ``accelerator.register_for_checkpointing(balancer)`` saves it.
+
+    balancer = SemanticScaleBalancer(class_counts, BalancerSettings(), comm=accelerator)
+    balancer.start(max_steps, steps_per_epoch)
+    for step, batch in enumerate(loader):
+        balancer.begin_step(step)              # stage changes and weight updates; a record or None
+        with capture.armed():                  # HeadInputCapture: the classifier head's input
+            logits = model(**inputs).logits
+        balancer.observe(capture.take(inputs), labels)
+        accelerator.backward(balancer.loss(logits, labels))
+
+With several processes, ``comm`` (an ``accelerate.Accelerator`` or :class:`~hf_semscale.distributed.TorchDistributedComm`)
+gathers every batch into every process's pool and splits the volume computations; every process then holds the
+same pool and bit-identical weights. Every process must call :meth:`begin_step` and :meth:`observe` in step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .distributed import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from .losses import build_base_loss, check_class_labels, weighted_reduce
+from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
+from .scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
+from .settings import BalancerSettings
+from .weighting import (
+    count_power_weights,
+    effective_number_weights,
+    inverse_frequency_weights,
+    normalize_weights,
+    scale_equivalent_counts,
+    semantic_scale_weights,
+)
+
+__all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "classes_with_volume"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("warmup", "fill", "reweight")
+
+
+def classes_with_volume(scales: Tensor, pool_counts: Tensor) -> Tensor:
+    """``[C]`` bool: classes whose scale was measured, i.e. at least 2 pool rows and a non-zero volume.
+
+    The one rule behind the logged ``semscale/scale_*``, the report's summary and the model card: the others
+    (absent classes, one-sample classes) are listed as ``classes_without_volume`` instead of averaged in."""
+    return (torch.as_tensor(pool_counts).cpu() >= MIN_SAMPLES_FOR_SCALE) & (torch.as_tensor(scales).cpu() > 0)
+
+
+@dataclass
+class UpdateRecord:
+    """What :meth:`SemanticScaleBalancer.begin_step` changed at optimizer step ``step``.
+
+    ``measured``: the scales were re-measured (one line of ``semscale_history.jsonl``); ``scales`` ``[C]`` bits,
+    ``weights`` ``[C]``, ``pool_counts`` ``[C]`` rows (None without a pool); ``logs``: ``semscale/*`` values for a
+    training logger.
+    """
+
+    step: int
+    stage: str
+    stage_changed: bool
+    measured: bool
+    scales: list[float]
+    weights: list[float]
+    pool_counts: list[int] | None
+    logs: dict[str, float]
+
+    def history_line(self) -> dict[str, Any]:
+        """The JSON line of ``semscale_history.jsonl`` for this update."""
+        return {"step": self.step, "stage": self.stage, "scales": self.scales, "weights": self.weights,
+                "pool_counts": self.pool_counts}
+
+
+class SemanticScaleBalancer:
+    """Stages, feature pool and class weights of DSB learning, for a plain, Accelerate or Trainer loop.
+
+    Args:
+        class_counts: ``[C]`` training samples per class (of the whole training set, on every process).
+        settings: :class:`~hf_semscale.settings.BalancerSettings` (defaults if None).
+        comm: None (one process), an ``accelerate.Accelerator``, or
+            :class:`~hf_semscale.distributed.TorchDistributedComm`: anything with ``num_processes``,
+            ``process_index``, ``device`` and ``gather(tensor)`` (rank-order concatenation along dim 0).
+        class_names: ``[C]`` names for warnings; default the ids.
+        device: where the pool lives (default ``comm.device``, else CPU).
+        knob_prefix: how error messages spell the settings (``"semscale_"`` for ``SemScaleConfig`` users).
+
+    Attributes:
+        class_weights: ``[C]`` float64, the weights the loss uses in stage ``reweight`` (ones before).
+        semantic_scales: ``[C]`` float64 bits, the latest measured scales (zeros before the first).
+        equivalent_counts: ``[C]`` float64 for ``weighting='scale_equivalent_count'``, else None.
+        stage: ``"warmup"``, ``"fill"`` or ``"reweight"``.
+        pool: the :class:`~hf_semscale.pool.FeaturePool` (None until the first observed batch).
+        num_updates: weight re-measurements so far.
+    """
+
+    def __init__(
+        self,
+        class_counts: Tensor | list[int],
+        settings: BalancerSettings | None = None,
+        *,
+        comm: Any = None,
+        class_names: list[str] | None = None,
+        device: str | torch.device | None = None,
+        knob_prefix: str = "",
+    ):
+        self.settings = settings if settings is not None else BalancerSettings()
+        if not isinstance(self.settings, BalancerSettings):
+            raise TypeError(f"settings must be a BalancerSettings, got {type(self.settings).__name__}")
+        counts = torch.as_tensor(class_counts)
+        if counts.ndim != 1 or counts.numel() < 2 or counts.is_floating_point() or bool((counts < 0).any()):
+            raise ValueError(f"class_counts must be a [C] vector (C >= 2) of integer counts >= 0; got {class_counts!r}")
+        self.class_counts = counts.to(torch.long).cpu()
+        self.num_classes = int(self.class_counts.numel())
+        self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} entries but class_counts {self.num_classes}")
+        s = self.settings
+        if s.weighting == "static" and len(s.class_weights) != self.num_classes:
+            raise ValueError(
+                f"class_weights has {len(s.class_weights)} entries but there are {self.num_classes} classes. "
+                "Fix: one weight per class."
+            )
+        self.comm = comm
+        self.knob_prefix = knob_prefix
+        self.device = torch.device(device if device is not None else getattr(comm, "device", "cpu"))
+        self.base_loss = build_base_loss(
+            s.loss, class_counts=self.class_counts, label_smoothing=s.label_smoothing, focal_gamma=s.focal_gamma,
+            ldam_max_margin=s.ldam_max_margin, ldam_scale=s.ldam_scale, logit_adjust_tau=s.logit_adjust_tau,
+        )
+        self.capacities = pool_capacities(self.class_counts, s.pool_capacity)
+        self._budget_checked_dim: int | None = None
+        self._warmup_steps: int | None = None
+        self._fill_max_steps: int | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ run
+
+    @property
+    def uses_pool(self) -> bool:
+        return self.settings.uses_pool
+
+    @property
+    def capturing(self) -> bool:
+        """Whether this step's training features should go to :meth:`observe`."""
+        return self.uses_pool and self.stage != "warmup"
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` fixed the stage lengths."""
+        return self._warmup_steps is not None
+
+    @property
+    def warmup_steps(self) -> int:
+        return self._require_started(self._warmup_steps)
+
+    @property
+    def fill_max_steps(self) -> int:
+        return self._require_started(self._fill_max_steps)
+
+    def _require_started(self, value: int | None) -> int:
+        if value is None:
+            raise RuntimeError("SemanticScaleBalancer: call start(max_steps, steps_per_epoch) before the first step.")
+        return value
+
+    def reset(self) -> None:
+        """The state of a run that has not started: stage warm-up, no pool, unit weights, zero scales."""
+        self.class_weights = torch.ones(self.num_classes, dtype=torch.float64)
+        self.semantic_scales = torch.zeros(self.num_classes, dtype=torch.float64)
+        self.equivalent_counts: Tensor | None = None
+        self.pool: FeaturePool | None = None
+        self.stage = "warmup"
+        self.num_updates = 0
+        self._fill_start_step = -1
+        self._reweight_start_step = -1
+        self._last_update_step = -1
+        self._step = -1
+        self._loss_weights: Tensor | None = None
+
+    def start(self, max_steps: int, steps_per_epoch: int | None = None, global_batch_size: int | None = None,
+              reset: bool = True) -> None:
+        """Fix the stage lengths of a run of ``max_steps`` optimizer steps and (``reset``) start from warm-up.
+
+        The fill stage lasts at most ``settings.fill_max_steps``, else one epoch: ``steps_per_epoch`` optimizer
+        steps (gradient accumulation included), else, for data of unknown length, ``sum(class_counts)`` samples
+        at ``global_batch_size``. ``reset=False`` keeps a state restored by :meth:`load_state_dict` (resume).
+        """
+        s = self.settings
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self._warmup_steps = s.warmup_steps if s.warmup_steps >= 0 else int(s.warmup_ratio * max_steps)
+        if s.fill_max_steps >= 0:
+            self._fill_max_steps = s.fill_max_steps
+        elif steps_per_epoch is not None:
+            self._fill_max_steps = max(1, int(steps_per_epoch))
+        elif global_batch_size is not None:
+            self._fill_max_steps = max(1, math.ceil(int(self.class_counts.sum()) / int(global_batch_size)))
+        else:
+            raise ValueError(
+                "SemanticScaleBalancer.start: the fill stage is one epoch, but neither steps_per_epoch nor "
+                "global_batch_size was given. Fix: pass one of them, or set settings.fill_max_steps."
+            )
+        if reset:
+            self.reset()
+
+    def begin_step(self, step: int) -> UpdateRecord | None:
+        """Stage transitions and weight updates for optimizer step ``step``; the same decisions on every process.
+
+        Call once per optimizer step, before its forward passes (further calls with the same step do nothing).
+        Returns what changed, or None.
+        """
+        if step == self._step:
+            return None
+        self._step = step
+        warmup_steps, fill_max_steps = self.warmup_steps, self.fill_max_steps
+        logs: dict[str, float] = {}
+        stage_changed = measured = False
+        if self.stage == "warmup" and step >= warmup_steps:
+            self._enter_stage("fill" if self.uses_pool else "reweight", step, logs)
+            stage_changed = True
+        if self.stage == "fill" and self._pool_ready(step, fill_max_steps):
+            self._enter_stage("reweight", step, logs)
+            stage_changed = True
+        if (self.stage == "reweight" and self.uses_pool and self.pool is not None
+                and (step - self._reweight_start_step) % self.settings.update_interval == 0
+                and step != self._last_update_step):
+            self._update_weights(step, logs)
+            measured = True
+        if not (stage_changed or measured):
+            return None
+        return UpdateRecord(
+            step=step, stage=self.stage, stage_changed=stage_changed, measured=measured,
+            scales=self.semantic_scales.tolist(), weights=self.class_weights.tolist(),
+            pool_counts=self.pool.filled.tolist() if self.pool is not None else None, logs=logs,
+        )
+
+    def _pool_ready(self, step: int, fill_max_steps: int) -> bool:
+        if self.pool is None:
+            return False
+        present = self.class_counts > 0
+        full = bool((self.pool.filled[present] >= self.capacities[present]).all())
+        return full or step - self._fill_start_step >= fill_max_steps
+
+    def _enter_stage(self, stage: str, step: int, logs: dict[str, float]) -> None:
+        logger.info("SemanticScaleBalancer: stage %s -> %s at step %d", self.stage, stage, step)
+        self.stage = stage
+        logs["semscale/stage"] = float(STAGES.index(stage))
+        if stage == "fill":
+            self._fill_start_step = step
+        elif stage == "reweight":
+            self._reweight_start_step = step
+            if not self.uses_pool:
+                self._set_weights(self._static_weights(), logs)
+            elif self.pool is not None:
+                self._warn_if_underfilled(step)
+
+    def _warn_if_underfilled(self, step: int) -> None:
+        short = [(c, have, want) for c, (have, want) in enumerate(zip(self.pool.filled.tolist(), self.capacities.tolist()))
+                 if have < want]
+        if short:
+            listed = ", ".join(f"{self.class_names[c]} {have}/{want}" for c, have, want in short[:10])
+            logger.warning(
+                "SemanticScaleBalancer: re-weighting starts at step %d with %d classes under-filled (pool rows / "
+                "capacity: %s%s): their first scales come from fewer features than they will have. Fix: a longer "
+                "fill stage (%sfill_max_steps) if this is not intended.", step, len(short), listed,
+                ", ..." if len(short) > 10 else "", self.knob_prefix,
+            )
+
+    def _static_weights(self) -> Tensor:
+        s = self.settings
+        if s.weighting == "inverse_frequency":
+            return inverse_frequency_weights(self.class_counts, s.normalization)
+        if s.weighting == "effective_number":
+            return effective_number_weights(self.class_counts, s.cb_beta, s.normalization)
+        if s.weighting == "count_power":
+            return count_power_weights(self.class_counts, s.count_power, s.normalization)
+        if s.weighting == "static":
+            return normalize_weights(torch.tensor(s.class_weights, dtype=torch.float64), self.class_counts, s.normalization)
+        return torch.ones(self.num_classes, dtype=torch.float64)
+
+    def _set_weights(self, weights: Tensor, logs: dict[str, float]) -> None:
+        self.class_weights = weights.to(torch.float64).cpu()
+        self._loss_weights = None
+        logs.update({"semscale/weight_min": float(weights.min()), "semscale/weight_max": float(weights.max())})
+
+    def _update_weights(self, step: int, logs: dict[str, float]) -> None:
+        s = self.settings
+        features, labels = self.pool.contents()
+        scales = sharded_class_scales(
+            self.comm, features, labels, self.num_classes, normalize=s.normalize_features, alpha=s.alpha, step=step
+        ).cpu()
+        self.semantic_scales = scales
+        if s.weighting == "scale_equivalent_count":
+            self.equivalent_counts = self._scale_equivalent_counts(features, labels, scales)
+            weights = effective_number_weights(self.equivalent_counts, s.cb_beta, "none")
+            weights = normalize_weights(weights, self.class_counts, s.normalization)
+        else:
+            weights = semantic_scale_weights(scales, s.gamma, self.class_counts, s.normalization, s.weight_floor,
+                                             reverse=s.weighting == "reverse_scale")
+        if s.weighting == "dsb_effective_number":  # the mix: scale weights x count weights, renormalised
+            count_weights = effective_number_weights(self.class_counts, s.cb_beta, s.normalization)
+            weights = normalize_weights(weights * count_weights, self.class_counts, s.normalization)
+        self._set_weights(weights, logs)
+        self._last_update_step = step
+        self.num_updates += 1
+        measured = classes_with_volume(scales, self.pool.filled)
+        if self.num_updates == 1:
+            self._warn_about_classes_without_volume(measured)
+        if bool(measured.any()):
+            logs.update({"semscale/scale_min": float(scales[measured].min()),
+                         "semscale/scale_mean": float(scales[measured].mean()),
+                         "semscale/scale_max": float(scales[measured].max())})
+        logs["semscale/updates"] = float(self.num_updates)
+
+    def _warn_about_classes_without_volume(self, measured: Tensor) -> None:
+        """Once per run: present classes whose scale cannot be measured (one pool row) weigh as the smallest scale."""
+        unmeasured = [c for c in range(self.num_classes) if int(self.class_counts[c]) > 0 and not bool(measured[c])]
+        if unmeasured:
+            names = ", ".join(self.class_names[c] for c in unmeasured[:10])
+            logger.warning(
+                "SemanticScaleBalancer: %d classes have no measurable volume (fewer than %d pool rows, or identical "
+                "features): %s%s. Their scale is 0, so they get the largest weight, as a class at the scale floor "
+                "(weight_floor); they are listed as classes_without_volume in the report.", len(unmeasured),
+                MIN_SAMPLES_FOR_SCALE, names, ", ..." if len(unmeasured) > 10 else "",
+            )
+
+    def _scale_equivalent_counts(self, features: Tensor, labels: Tensor, scales: Tensor) -> Tensor:
+        """``[C]`` float64: the count at which the head classes' mean marginal-effect curve (on the pool, the
+        same alpha / normalisation as the scales) reaches each class's scale. Head classes: pool rows at least
+        half the largest class's. Computed identically on every process (same pool, fixed seed)."""
+        s = self.settings
+        filled = self.pool.filled
+        head = torch.nonzero(filled >= max(2, int(filled.max()) // 2)).flatten()
+        top = int(filled[head].min())
+        sizes = sorted({max(2, round(top ** (k / 8))) for k in range(1, 9)})
+        keep = torch.isin(labels.cpu(), head)
+        curves = marginal_effect_curves(features[keep.to(features.device)], labels[keep.to(labels.device)], self.num_classes,
+                                        sizes=sizes, draws=2, seed=0, normalize=s.normalize_features, alpha=s.alpha)
+        reference = curves.mean[head].mean(dim=0)
+        return scale_equivalent_counts(scales, sizes, reference)
+
+    # ------------------------------------------------------------------ features and loss
+
+    def observe(self, features: Tensor | None, labels: Tensor) -> None:
+        """Add this process's training features ``[B, d]`` of ``labels [B]`` (-100 rows skipped) to the pool of
+        every process. Outside the fill / re-weight stages (or for static modes) it does nothing."""
+        if not self.capturing:
+            return
+        if features is None:
+            raise RuntimeError(
+                "SemanticScaleBalancer.observe got no features: the feature module was not called in this forward "
+                "pass. Fix: capture the input of the module that the classifier reads (feature_module)."
+            )
+        check_class_labels(labels, self.num_classes)
+        features = features.detach().float()
+        if self.settings.normalize_features:
+            features = F.normalize(features, dim=-1)
+        features, labels = gather_labelled_features(self.comm, features, labels.to(features.device), step=self._step)
+        try:
+            check_finite_features(features, labels)
+            if self.pool is None:
+                self._create_pool(features.shape[1])
+            self.pool.add(features, labels)  # refuses values its dtype cannot hold (float16 > 65504)
+        except ValueError as err:
+            raise ValueError(f"At step {self._step}: {err}") from None
+
+    def _create_pool(self, feature_dim: int) -> None:
+        assert_same_on_all_processes(self.comm, "SemanticScaleBalancer", step=self._step, num_labels=self.num_classes,
+                                     feature_dim=feature_dim)
+        self.check_pool_budget(feature_dim)
+        self.pool = FeaturePool(self.capacities, feature_dim, self.settings.pool_dtype, device=self.device)
+
+    def loss(self, logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None,
+             weighted: bool = True) -> Tensor:
+        """``sum_i w_{y_i} l_i / num_items_in_batch`` (default: the labelled samples of this batch) of the base loss.
+
+        ``logits [B, C]``, ``labels [B]`` (-100 ignored). The class weights apply in stage ``reweight`` and when
+        ``weighted`` (pass ``weighted=False`` for evaluation losses)."""
+        weights = None
+        if weighted and self.stage == "reweight":
+            if self._loss_weights is None or self._loss_weights.device != logits.device:
+                self._loss_weights = self.class_weights.to(device=logits.device, dtype=torch.float32)
+            weights = self._loss_weights
+        return weighted_reduce(self.base_loss(logits, labels), labels, weights, num_items_in_batch)
+
+    # ------------------------------------------------------------------ pool size
+
+    def check_pool_budget(self, feature_dim: int) -> None:
+        """Log the pool's storage size; over ``settings.max_pool_memory_mb``, raise ``MemoryError`` naming the
+        settings that fit. Checked once per feature size."""
+        if self._budget_checked_dim == feature_dim:
+            return
+        s = self.settings
+        rows = int(self.capacities.sum())
+        needed = estimate_pool_bytes(self.capacities, feature_dim, s.pool_dtype)
+        budget = s.max_pool_memory_mb * 2**20
+        logger.info(
+            "SemanticScaleBalancer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %d bytes = %.1f MiB "
+            "(budget %g MiB; each weight update briefly holds ~2 more copies)",
+            self.num_classes, rows, s.pool_capacity or "n_c", feature_dim, s.pool_dtype, needed, needed / 2**20,
+            s.max_pool_memory_mb,
+        )
+        if needed <= budget:
+            self._budget_checked_dim = feature_dim
+            return
+        itemsize = estimate_pool_bytes(torch.ones(1, dtype=torch.long), 1, s.pool_dtype)
+        k = _largest_fitting_capacity(self.class_counts, feature_dim, itemsize, budget)
+        p = self.knob_prefix
+        fixes = []
+        if k is not None:
+            fitted = estimate_pool_bytes(pool_capacities(self.class_counts, k), feature_dim, s.pool_dtype)
+            fixes.append(f"set {p}pool_capacity={k} (rows per class; {fitted / 2**20:.2f} MiB)")
+        if itemsize > 2:
+            half = estimate_pool_bytes(self.capacities, feature_dim, "float16")
+            fixes.append(f"set {p}pool_dtype='bfloat16' or 'float16' ({half / 2**20:.2f} MiB)")
+        fixes.append(f"raise {p}max_pool_memory_mb")
+        too_big = "" if k is not None else (
+            f" Even one row per class ({self.num_classes * feature_dim * itemsize} bytes) is over the budget."
+        )
+        raise MemoryError(
+            f"The feature pool would take {needed / 2**20:.2f} MiB, over {p}max_pool_memory_mb="
+            f"{s.max_pool_memory_mb:g} ({self.num_classes} classes, {rows} rows, d={feature_dim}, {s.pool_dtype})."
+            f"{too_big} Fix: {', or '.join(fixes)}."
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Named tensors only (safetensors- and ``register_for_checkpointing``-ready)."""
+        counters = [self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates,
+                    STAGES.index(self.stage)]
+        tensors = {
+            "semscale.class_weights": self.class_weights,
+            "semscale.semantic_scales": self.semantic_scales,
+            "semscale.class_counts": self.class_counts,
+            "semscale.counters": torch.tensor(counters, dtype=torch.long),
+        }
+        if self.pool is not None:
+            tensors.update(self.pool.state_dict())
+        return tensors
+
+    def load_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
+        """Restore :meth:`state_dict`. The state is untrusted: shapes and values are checked first, and a refused
+        state (:class:`~hf_semscale.pool.PoolFileError` naming ``source``) leaves the balancer as it was."""
+        fix = "Fix: resume with the model and label set of the original run, or start a fresh run."
+        c = self.num_classes
+        for key, shape in (("semscale.class_weights", (c,)), ("semscale.semantic_scales", (c,)),
+                           ("semscale.class_counts", (c,)), ("semscale.counters", (5,))):
+            value = state.get(key)
+            if value is None or tuple(value.shape) != shape or (key.endswith("counters") and value.is_floating_point()):
+                found = "missing" if value is None else f"{value.dtype} of shape {tuple(value.shape)}"
+                raise PoolFileError(f"{source}: {key} is {found}, expected shape {shape} ({c} classes). {fix}")
+        weights = state["semscale.class_weights"].to(torch.float64).cpu()
+        scales = state["semscale.semantic_scales"].to(torch.float64).cpu()
+        counters = state["semscale.counters"].tolist()
+        if not bool((torch.isfinite(weights) & (weights > 0)).all()):
+            raise PoolFileError(f"{source}: semscale.class_weights must be finite and positive, got {weights.tolist()}")
+        if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
+            raise PoolFileError(f"{source}: semscale.semantic_scales must be finite and >= 0, got {scales.tolist()}")
+        if not 0 <= counters[-1] < len(STAGES):
+            raise PoolFileError(f"{source}: unknown stage index {counters[-1]} in semscale.counters")
+        if not torch.equal(state["semscale.class_counts"].to(torch.long).cpu(), self.class_counts):
+            raise PoolFileError(f"{source}: the training class counts differ from this run's. Fix: resume on the same training set.")
+        pool = None
+        if "pool.storage" in state:
+            storage = state["pool.storage"]
+            if storage.ndim != 2 or storage.shape[1] < 1:
+                raise PoolFileError(f"{source}: pool.storage has shape {tuple(storage.shape)}, expected [rows, d]")
+            pool = FeaturePool(self.capacities, int(storage.shape[1]), self.settings.pool_dtype, device=self.device)
+            pool.load_state_dict(state, source=source)
+        # Everything checked: restore.
+        self.pool = pool  # None: saved before the first observed batch
+        self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates, stage = counters
+        self.stage = STAGES[stage]
+        self.semantic_scales, self.class_weights = scales, weights
+        self._loss_weights = None
+        self._step = -1
+
+
+def _largest_fitting_capacity(class_counts: Tensor, feature_dim: int, itemsize: int, budget: float) -> int | None:
+    """Largest K with ``sum_c min(n_c, K) * d * itemsize <= budget`` (bisection); None if K = 1 is over."""
+
+    def fits(k: int) -> bool:
+        return int(pool_capacities(class_counts, k).sum()) * feature_dim * itemsize <= budget
+
+    lo, hi = 1, max(int(class_counts.max()), 1)
+    if not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
