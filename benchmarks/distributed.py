@@ -1,9 +1,9 @@
 """Multi-process DSB: bytes each training step communicates, and the class-volume recompute time, by process count.
 
 Every training step ``SemScaleTrainer`` gathers each process's head-input features and labels
-(:func:`hf_semscale.distributed.gather_labelled_features`: one gather of the per-rank sizes, one of the
+(:func:`hf_semscale.dsb.comm.gather_labelled_features`: one gather of the per-rank sizes, one of the
 padded ``[B_max, d + 1]`` float32 batch); every ``semscale_update_interval`` steps it recomputes the
-class volumes with the classes split across processes (:func:`~hf_semscale.distributed.sharded_class_scales`:
+class volumes with the classes split across processes (:func:`~hf_semscale.dsb.comm.sharded_class_scales`:
 each process its share, then one gather of ``[C]`` float64). This benchmark runs those two calls as the
 trainer does, on a fixed synthetic pool and batch, under 1 process (plain ``python``) and N processes
 (``torchrun --nproc_per_node N``; gloo on the CPU, NCCL with ``--device cuda``), and prints the numbers
@@ -54,8 +54,8 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
     from accelerate import Accelerator
 
-    from hf_semscale.distributed import gather_labelled_features, sharded_class_scales
-    from hf_semscale.scale import class_semantic_scales
+    from hf_semscale.dsb.comm import gather_labelled_features, sharded_class_scales
+    from hf_semscale.core.scale import class_semantic_scales
 
     torch.set_num_threads(args.threads)
     acc = Accelerator(cpu=args.device == "cpu")
@@ -117,7 +117,7 @@ def _worker(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             recompute.append(time.perf_counter() - t0)
         recompute_bytes = sent["bytes"] / args.repeats
-        from hf_semscale.distributed import shard_classes_by_cost
+        from hf_semscale.dsb.comm import shard_classes_by_cost
 
         shard = shard_classes_by_cost(sizes, d, P)[rank]
         mine = torch.zeros(len(sizes), dtype=torch.bool, device=device)

@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from hf_semscale.report import write_json_atomic  # noqa: E402
+from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 from recipes.methods import (  # noqa: E402
     BASELINES,

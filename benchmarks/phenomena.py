@@ -5,7 +5,7 @@
 1. Marginal effect (docs/method.md): the semantic scale of random class subsets of growing size m, for
    - CIFAR-10 training images in pixel space (the *sample volume*, flattened 32x32x3, L2-normalised rows);
    - BANKING77 frozen all-MiniLM-L6-v2 sentence embeddings (a *feature volume*, d = 384).
-2. Correlations (``hf_semscale.imbalance.imbalance_summary``): per-class accuracy against semantic
+2. Correlations (``hf_semscale.core.imbalance.imbalance_summary``): per-class accuracy against semantic
    scale and against training count,
    - BANKING77: scales of the frozen MiniLM embeddings of each class's training rows, accuracy = the
      benchmark's ``ce`` runs (mean over seeds);
@@ -62,7 +62,7 @@ def cifar_pixel_curves(data_root: Path, per_class: int, sizes: list[int], draws:
     import torch
 
     from hf_semscale.data import limit_per_class, load_local_dataset
-    from hf_semscale.scale import marginal_effect_curves
+    from hf_semscale.core.scale import marginal_effect_curves
 
     train = limit_per_class(load_local_dataset(data_root / "cifar10", "train"), per_class, seed=0)
     images = np.asarray(train.with_format("numpy")["image"], dtype=np.float32).reshape(len(train), -1) / 255.0
@@ -89,8 +89,8 @@ def banking_embeddings(work_dir: Path, data_root: Path) -> tuple[np.ndarray, np.
 def banking_phenomena(work_dir: Path, data_root: Path, sizes: list[int], draws: int, seeds: list[int]) -> dict[str, Any] | None:
     import torch
 
-    from hf_semscale.imbalance import imbalance_summary
-    from hf_semscale.scale import class_semantic_scales, marginal_effect_curves
+    from hf_semscale.core.imbalance import imbalance_summary
+    from hf_semscale.core.scale import class_semantic_scales, marginal_effect_curves
 
     loaded = banking_embeddings(work_dir, data_root)
     if loaded is None:
@@ -119,7 +119,7 @@ def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, An
     import torch
 
     from benchmarks.long_tail import tier_settings
-    from hf_semscale.imbalance import imbalance_summary, spearman
+    from hf_semscale.core.imbalance import imbalance_summary, spearman
 
     rows = []
     cifar_lt = next(s for s in tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
@@ -145,7 +145,7 @@ def rank_against_balanced(lt_rows: list[dict[str, Any]], balanced: dict[str, Any
     train-feature scales (mean over seeds): is a class's scale a property of the class, whatever its count?"""
     import torch
 
-    from hf_semscale.imbalance import spearman
+    from hf_semscale.core.imbalance import spearman
 
     reference = torch.as_tensor(np.mean([run["train_feature_scales"] for run in balanced["runs"]], axis=0))
     for row in lt_rows:
@@ -195,7 +195,7 @@ def _permutation_p(x: np.ndarray, y: np.ndarray, rank: bool, permutations: int =
 def _correlations(scales: np.ndarray, counts: list[int], accuracy: np.ndarray) -> dict[str, Any]:
     import torch
 
-    from hf_semscale.imbalance import imbalance_summary
+    from hf_semscale.core.imbalance import imbalance_summary
 
     summary = imbalance_summary(torch.as_tensor(scales), torch.as_tensor(counts), torch.as_tensor(accuracy))
     summary["p_pearson_scale_accuracy"] = _permutation_p(scales, accuracy, rank=False)
@@ -208,7 +208,7 @@ def balanced_cifar_phenomena(run_dir: Path, data_root: Path, per_class: int, siz
     import torch
 
     from hf_semscale.features import extract_features, extract_sample_vectors, load_model_for_features
-    from hf_semscale.scale import class_semantic_scales, marginal_effect_curves
+    from hf_semscale.core.scale import class_semantic_scales, marginal_effect_curves
     from recipes.common import DataArguments, load_splits
 
     result = _load_json(run_dir / "results.json")

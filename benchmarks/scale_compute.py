@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_semscale.scale import class_semantic_scales
+from hf_semscale.core.scale import class_semantic_scales
 
 CASES = {
     "a": {"num_classes": 100, "dim": 64, "sizes": "cifar100_lt_if100"},

@@ -29,7 +29,7 @@ from benchmarks.long_tail import (
     tier_settings,
     tuned_methods,
 )
-from hf_semscale.imbalance import spearman
+from hf_semscale.core.imbalance import spearman
 from hf_semscale.trainer import HISTORY_FILENAME
 from recipes.common import RESULTS_FILENAME
 from recipes.methods import COUNT_TUNED_METHODS, SCALE_METHODS

@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 from hf_semscale import SemScaleConfig, SemScaleTrainer  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification  # noqa: E402
-from hf_semscale.pool import FeaturePool, pool_capacities  # noqa: E402
+from hf_semscale.dsb.pool import FeaturePool, pool_capacities  # noqa: E402
 
 DEFAULT_INTERVAL = SemScaleConfig.__dataclass_fields__["semscale_update_interval"].default
 TRAINERS = ("plain", "semscale_every_step", "semscale_default")
@@ -254,7 +254,7 @@ def prefill_pool(trainer: SemScaleTrainer, feature_dim: int) -> int:
 
 
 def head_in_features(model: torch.nn.Module, num_labels: int) -> int:
-    from hf_semscale.capture import find_classification_head
+    from hf_semscale.dsb.capture import find_classification_head
 
     return find_classification_head(model, num_labels)[1].in_features
 

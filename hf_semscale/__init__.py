@@ -1,18 +1,15 @@
 """hf_semscale: semantic-scale-balanced learning for the Hugging Face stack.
 
-The math (``scale``, ``imbalance``, ``weighting``, ``losses``) and the framework-neutral engine
-(``SemanticScaleBalancer``, ``BalancerSettings``, ``FeaturePool``, ``HeadInputCapture``) import torch only;
-``SemScaleTrainer``, ``SemScaleCallback`` and ``SemScaleConfig`` are imported lazily, so
-``import hf_semscale`` never imports transformers.
+Layers, each depending only on those before it: ``core`` (the math: scale, imbalance, weighting, losses) and
+``dsb`` (the framework-neutral engine: ``SemanticScaleBalancer``, ``BalancerSettings``, ``FeaturePool``,
+``HeadInputCapture``, cross-process helpers) import torch only; ``trainer`` (the transformers adapter) and
+``hub`` (reports, cards, pushes) build on them. ``SemScaleTrainer``, ``SemScaleCallback`` and ``SemScaleConfig``
+are imported lazily, so ``import hf_semscale`` never imports transformers.
 """
 
-from .balancer import SemanticScaleBalancer, UpdateRecord
-from .capture import HeadInputCapture
-from .distributed import TorchDistributedComm
-from .imbalance import imbalance_summary, imbalance_degree, normalized_scales
-from .losses import BaseLoss, build_base_loss, weighted_reduce
-from .pool import FeaturePool
-from .scale import (
+from .core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
+from .core.losses import BaseLoss, build_base_loss, weighted_reduce
+from .core.scale import (
     MarginalEffect,
     check_finite_features,
     class_semantic_scales,
@@ -20,7 +17,7 @@ from .scale import (
     marginal_effect_curves,
     semantic_scale,
 )
-from .weighting import (
+from .core.weighting import (
     count_power_weights,
     effective_number_weights,
     inverse_frequency_weights,
@@ -28,11 +25,15 @@ from .weighting import (
     scale_equivalent_counts,
     semantic_scale_weights,
 )
-from .settings import BalancerSettings
+from .dsb.balancer import SemanticScaleBalancer, UpdateRecord
+from .dsb.capture import HeadInputCapture
+from .dsb.comm import TorchDistributedComm
+from .dsb.pool import FeaturePool
+from .dsb.settings import BalancerSettings
 
 __version__ = "0.1.0"
 
-_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleCallback": ".trainer", "SemScaleConfig": ".config"}
+_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleCallback": ".trainer", "SemScaleConfig": ".trainer"}
 
 __all__ = [
     "semantic_scale",

@@ -4,7 +4,7 @@ Models: a local folder or Hub id of a transformers ``*ForSequenceClassification`
 tokenizer) or ``*ForImageClassification`` (with its image processor, if it has one), including the
 project's own models in :mod:`hf_semscale.modeling`; or a timm architecture name, built with random
 weights (``pretrained=False``: nothing is downloaded). The features are the INPUT of the
-classification head (:class:`hf_semscale.capture.HeadInputCapture`).
+classification head (:class:`hf_semscale.dsb.capture.HeadInputCapture`).
 
 Datasets are those of :func:`hf_semscale.data.load_dataset_any`: an ``image`` (HWC uint8 arrays or
 PIL images) or ``text`` column, and an integer ``label`` column.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .capture import HeadInputCapture
+from .dsb.capture import HeadInputCapture
 
 __all__ = [
     "ModelLoadError",

@@ -35,7 +35,7 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
 
 def _fmt_corr(x: Sequence[float], y: Sequence[float], x_name: str, y_name: str) -> str:
     """``"Pearson +0.12, Spearman -0.30"``, or why the correlation is undefined."""
-    from .imbalance import pearson, spearman
+    from .core.imbalance import pearson, spearman
 
     r, reason = pearson(x, y)
     if r is None:

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make ``recipes`` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from hf_semscale.report import write_json_atomic  # noqa: E402
+from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from recipes.methods import method_overrides  # noqa: E402
 
 logger = logging.getLogger("recipes")

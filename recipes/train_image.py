@@ -198,7 +198,7 @@ def build_model(margs: ImageModelArguments, args: Any, num_labels: int, num_chan
 def make_parser():
     from transformers import HfArgumentParser
 
-    from hf_semscale.config import SemScaleConfig
+    from hf_semscale.trainer.config import SemScaleConfig
 
     return HfArgumentParser((DataArguments, ImageModelArguments, RunArguments, SemScaleConfig))
 

@@ -132,7 +132,7 @@ def embed_split(dataset: Any, margs: TextModelArguments, model_path: str) -> Any
 def make_parser():
     from transformers import HfArgumentParser
 
-    from hf_semscale.config import SemScaleConfig
+    from hf_semscale.trainer.config import SemScaleConfig
 
     return HfArgumentParser((DataArguments, TextModelArguments, RunArguments, SemScaleConfig))
 

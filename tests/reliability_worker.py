@@ -116,10 +116,10 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_e
     from transformers import TrainerCallback
 
     torch.set_num_threads(1)
-    import hf_semscale.pool as pool_mod
+    import hf_semscale.dsb.pool as pool_mod
     import hf_semscale.trainer as trainer_mod
     from hf_semscale import SemScaleTrainer
-    from hf_semscale.pool import atomic_save_safetensors
+    from hf_semscale.dsb.pool import atomic_save_safetensors
 
     kill_step, phase = -1, None
     if kill_in_save:

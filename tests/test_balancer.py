@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from hf_semscale import BalancerSettings, SemanticScaleBalancer
-from hf_semscale.pool import PoolFileError
-from hf_semscale.scale import class_semantic_scales
-from hf_semscale.weighting import semantic_scale_weights
+from hf_semscale.dsb.pool import PoolFileError
+from hf_semscale.core.scale import class_semantic_scales
+from hf_semscale.core.weighting import semantic_scale_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -41,7 +41,7 @@ def _run(balancer: SemanticScaleBalancer, features, labels, steps: range, batch:
 
 def test_importing_the_math_and_the_balancer_loads_no_transformers_datasets_or_accelerate():
     code = (
-        "import sys, hf_semscale, hf_semscale.balancer, hf_semscale.settings, hf_semscale.scale, hf_semscale.pool\n"
+        "import sys, hf_semscale, hf_semscale.dsb.balancer, hf_semscale.dsb.settings, hf_semscale.core.scale, hf_semscale.dsb.pool\n"
         "b = hf_semscale.SemanticScaleBalancer([3, 2], hf_semscale.BalancerSettings())\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'datasets', 'accelerate'}))"
     )
@@ -147,8 +147,8 @@ def test_static_weights_need_one_per_class():
 
 
 def test_config_fields_share_the_settings_defaults_help_and_rules():
-    from hf_semscale.config import SemScaleConfig
-    from hf_semscale.losses import DEFAULT_LOSS_SETTINGS, build_base_loss
+    from hf_semscale.trainer.config import SemScaleConfig
+    from hf_semscale.core.losses import DEFAULT_LOSS_SETTINGS, build_base_loss
 
     fields = SemScaleConfig.__dataclass_fields__
     for name, knob in BalancerSettings.__dataclass_fields__.items():

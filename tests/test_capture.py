@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hf_semscale.capture import HeadInputCapture, find_classification_head, last_non_pad_token_pool
+from hf_semscale.dsb.capture import HeadInputCapture, find_classification_head, last_non_pad_token_pool
 
 transformers = pytest.importorskip("transformers")
 

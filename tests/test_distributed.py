@@ -2,7 +2,7 @@
 
 Two kinds of tests:
 
-- Fast, in one process: the helpers of ``hf_semscale.distributed`` run on N threads that play N ranks
+- Fast, in one process: the helpers of ``hf_semscale.dsb.comm`` run on N threads that play N ranks
   through a fake accelerator whose ``gather`` behaves like ``all_gather`` (every rank blocks until all
   have called it, and differing shapes are an error, as on gloo / NCCL).
 - ``@pytest.mark.distributed``: ONE real ``torchrun --nproc_per_node 2`` launch over gloo on the CPU
@@ -27,14 +27,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_semscale.distributed import (
+from hf_semscale.dsb.comm import (
     DistributedSyncError,
     assert_same_on_all_processes,
     gather_labelled_features,
     shard_classes_by_cost,
     sharded_class_scales,
 )
-from hf_semscale.scale import class_semantic_scales
+from hf_semscale.core.scale import class_semantic_scales
 
 TESTS_DIR = Path(__file__).resolve().parent
 WORKER = TESTS_DIR / "distributed_worker.py"

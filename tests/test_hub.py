@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, constants
 from fake_hub import DISCONNECT, FakeHub
 from hf_semscale.commands import push as push_command
 from hf_semscale.hub import PushError, build_model_card, push_analysis, push_output_dir
-from hf_semscale.report import SCALES_FILENAME, build_scale_report, write_json_atomic
+from hf_semscale.hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
 
 TOKEN = "hf_fake_write_token"
 REPO = "fake-user/tiny-semscale"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_semscale.imbalance import average_ranks, imbalance_degree, imbalance_summary, normalized_scales, pearson, spearman
+from hf_semscale.core.imbalance import average_ranks, imbalance_degree, imbalance_summary, normalized_scales, pearson, spearman
 
 SCALES = torch.tensor([6.0, 3.0, 0.0, 1.5, 6.0], dtype=torch.float64)
 COUNTS = torch.tensor([100, 50, 1, 20, 5])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_semscale.losses import IGNORE_INDEX, BaseLoss, build_base_loss, weighted_reduce
+from hf_semscale.core.losses import IGNORE_INDEX, BaseLoss, build_base_loss, weighted_reduce
 
 NUM_CLASSES = 4
 COUNTS = [100, 30, 10, 2]

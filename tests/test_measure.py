@@ -15,7 +15,7 @@ from hf_semscale.cli import main
 from hf_semscale.data import class_names, limit_per_class, load_dataset_any
 from hf_semscale.features import extract_features, load_model_for_features
 from hf_semscale.plotting import plot_marginal_effect, plot_scale_count_accuracy
-from hf_semscale.report import SCALES_FILENAME, read_scale_report
+from hf_semscale.hub.report import SCALES_FILENAME, read_scale_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

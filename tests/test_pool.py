@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
 
-from hf_semscale.pool import (
+from hf_semscale.dsb.pool import (
     CHECKSUM_KEY,
     FeaturePool,
     PoolFileError,

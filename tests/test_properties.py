@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_semscale.imbalance import imbalance_summary
-from hf_semscale.scale import class_semantic_scales, semantic_scale
-from hf_semscale.weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from hf_semscale.core.imbalance import imbalance_summary
+from hf_semscale.core.scale import class_semantic_scales, semantic_scale
+from hf_semscale.core.weighting import effective_number_weights, inverse_frequency_weights, semantic_scale_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -86,7 +86,7 @@ def test_every_config_parses(config):
 
 
 def test_method_table_is_valid_and_honest(tmp_path):
-    from hf_semscale.config import SemScaleConfig
+    from hf_semscale.trainer.config import SemScaleConfig
 
     for name in METHODS:
         config = SemScaleConfig(output_dir=str(tmp_path), **method_overrides(name))

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import reliability_worker as worker
-from hf_semscale.pool import (
+from hf_semscale.dsb.pool import (
     FeaturePool,
     PoolFileError,
     atomic_save_safetensors,
@@ -37,7 +37,7 @@ from hf_semscale.pool import (
     load_safetensors_checked,
     pool_capacities,
 )
-from hf_semscale.report import SCALES_FILENAME, read_scale_report
+from hf_semscale.hub.report import SCALES_FILENAME, read_scale_report
 from hf_semscale.trainer import (
     HISTORY_FILENAME,
     STATE_FILENAME,
@@ -547,7 +547,7 @@ def _pool_log_lines(caplog) -> list[str]:
 
 
 def test_pool_memory_is_estimated_and_logged_before_training(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="hf_semscale.balancer")
+    caplog.set_level(logging.INFO, logger="hf_semscale.dsb.balancer")
     trainer = worker.make_trainer(str(tmp_path), max_steps=6, save_strategy="no", semscale_pool_capacity=16)
     rows = int(pool_capacities(torch.tensor(worker.CLASS_COUNTS), 16).sum())  # 16+16+12+6+3
     expected = estimate_pool_bytes(torch.tensor([rows]), worker.HIDDEN_DIMS[-1], "float16")
@@ -599,7 +599,7 @@ def test_pool_over_budget_even_at_one_row_per_class_says_so(tmp_path):
 
 def test_capacity_suggestion_bisects_for_huge_classes(monkeypatch):
     """The largest fitting capacity is found by bisection, not by trying every k from n_max down."""
-    import hf_semscale.balancer as balancer_mod
+    import hf_semscale.dsb.balancer as balancer_mod
 
     calls = []
     real = balancer_mod.pool_capacities

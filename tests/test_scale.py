@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_semscale import scale as scale_module
-from hf_semscale.scale import (
+from hf_semscale.core import scale as scale_module
+from hf_semscale.core.scale import (
     MIN_SAMPLES_FOR_SCALE,
     check_finite_features,
     class_semantic_scales,

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from hf_semscale.config import BASE_LOSSES, DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
+from hf_semscale.trainer.config import BASE_LOSSES, DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification, MLPClassifierConfig, MLPForClassification
-from hf_semscale.pool import PoolFileError
-from hf_semscale.report import SCALES_FILENAME
-from hf_semscale.scale import class_semantic_scales
+from hf_semscale.dsb.pool import PoolFileError
+from hf_semscale.hub.report import SCALES_FILENAME
+from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.trainer import HISTORY_FILENAME, STATE_FILENAME, SemScaleTrainer
-from hf_semscale.weighting import count_power_weights, effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from hf_semscale.core.weighting import count_power_weights, effective_number_weights, inverse_frequency_weights, semantic_scale_weights
 
 COUNTS = [20, 12, 8, 8]  # 48 samples: 6 batches of 8 per epoch
 NAMES = ["ant", "bee", "cat", "dog"]
@@ -671,11 +671,11 @@ def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, c
 
 
 def test_reweighting_that_starts_under_filled_warns_naming_the_classes(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="hf_semscale.balancer"):
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
         train(tmp_path, max_steps=5, semscale_fill_max_steps=1)
     assert "re-weighting starts at step 3 with" in caplog.text and "ant" in caplog.text and "semscale_fill_max_steps" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="hf_semscale.balancer"):
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
         train(tmp_path / "full", max_steps=12, semscale_warmup_steps=0)  # fills exactly epoch 1: every sample seen
     assert "under-filled" not in caplog.text
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hf_semscale.weighting import (
+from hf_semscale.core.weighting import (
     count_power_weights,
     effective_number_weights,
     inverse_frequency_weights,

@@ -40,11 +40,11 @@ def _train_once(method: str, seed: int, args: argparse.Namespace, train, test, o
     import numpy as np
     import torch
 
-    from ..config import SemScaleConfig
+    from ..trainer.config import SemScaleConfig
     from ..data import class_counts
     from ..metrics import long_tail_metrics
     from ..modeling import MLPClassifierConfig, MLPForClassification
-    from ..trainer import SemScaleTrainer
+    from ..trainer.trainer import SemScaleTrainer
 
     torch.manual_seed(seed)
     num_labels = train.features["labels"].num_classes
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_builtin_digits
     from ..plotting import plot_scale_count_accuracy
-    from ..report import SCALES_FILENAME, read_scale_report, write_json_atomic
+    from ..hub.report import SCALES_FILENAME, read_scale_report, write_json_atomic
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)  # a 64-128-64-10 MLP: extra intra-op threads only add synchronisation (and spin on busy CPUs)

@@ -88,10 +88,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..data import class_counts, class_names, limit_per_class, load_dataset_any
     from ..features import extract_features, extract_sample_vectors, load_model_for_features
-    from ..imbalance import imbalance_degree, imbalance_summary, normalized_scales
+    from ..core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
     from ..metrics import long_tail_metrics
-    from ..report import build_scale_report
-    from ..scale import class_semantic_scales, marginal_effect_curves
+    from ..hub.report import build_scale_report
+    from ..core.scale import class_semantic_scales, marginal_effect_curves
 
     dataset = load_dataset_any(args.dataset, args.split, args.text_column, args.image_column, args.label_column)
     if args.max_samples_per_class is not None:
@@ -182,7 +182,7 @@ def _plot_title(report: dict[str, Any]) -> str:
 def write_outputs(report: dict[str, Any], output_dir: Path) -> list[Path]:
     """``semantic_scales.json`` and the PNG plots; returns the written paths."""
     from ..plotting import plot_marginal_effect, plot_scale_count_accuracy
-    from ..report import SCALES_FILENAME, write_json_atomic
+    from ..hub.report import SCALES_FILENAME, write_json_atomic
 
     names = [row["name"] for row in report["classes"]]
     paths = [write_json_atomic(output_dir / SCALES_FILENAME, report)]
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     if args.repo_id:
-        from ..hub import PushError, push_analysis
+        from ..hub.publish import PushError, push_analysis
         from .push import push_kwargs
 
         try:

@@ -3,7 +3,7 @@
 The one place for every knob's default, help text, choices and validity rule. ``SemScaleConfig`` (the
 ``TrainingArguments`` subclass) declares the same knobs as ``semscale_<name>`` fields built from these and
 validates them with :func:`validate_settings`, so the Trainer and a plain loop cannot disagree.
-This module imports nothing beyond the standard library and ``hf_semscale.losses`` (torch).
+This module imports nothing beyond the standard library and ``hf_semscale.core.losses`` (torch).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .losses import BASE_LOSSES, DEFAULT_LOSS_SETTINGS
+from ..core.losses import BASE_LOSSES, DEFAULT_LOSS_SETTINGS
 
 __all__ = [
     "BalancerSettings",
@@ -56,7 +56,7 @@ def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> An
 
 @dataclass
 class BalancerSettings:
-    """How :class:`~hf_semscale.balancer.SemanticScaleBalancer` stages, measures and weights (docs/method.md).
+    """How :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` stages, measures and weights (docs/method.md).
 
     Stages: ``warmup`` (plain base loss) for ``warmup_steps``; ``fill`` (features enter the per-class pool, loss
     still plain) until every class's pool holds ``min(n_c, K)`` rows or ``fill_max_steps`` have passed;

@@ -1,6 +1,6 @@
 """``SemScaleConfig``: ``TrainingArguments`` plus the knobs of dynamic semantic-scale-balanced learning.
 
-Every ``semscale_<name>`` field is :class:`~hf_semscale.settings.BalancerSettings`' knob ``<name>``: the same
+Every ``semscale_<name>`` field is :class:`~hf_semscale.dsb.settings.BalancerSettings`' knob ``<name>``: the same
 default, help text, choices and validity rule (defined once, in ``settings.py``).
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .settings import (
+from ..dsb.settings import (
     BASE_LOSSES,
     DYNAMIC_WEIGHTING_MODES,
     WEIGHTING_MODES,
@@ -27,7 +27,7 @@ PREFIX = "semscale_"
 @dataclass
 class SemScaleConfig(TrainingArguments):
     """Training arguments for :class:`~hf_semscale.SemScaleTrainer`: ``TrainingArguments`` and the
-    :class:`~hf_semscale.settings.BalancerSettings` knobs as ``semscale_*`` fields (docs/method.md).
+    :class:`~hf_semscale.dsb.settings.BalancerSettings` knobs as ``semscale_*`` fields (docs/method.md).
 
     The base loss's label smoothing is ``TrainingArguments.label_smoothing_factor``.
     """

@@ -30,7 +30,7 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from . import __version__
+from .. import __version__
 from .report import SCALES_FILENAME, read_scale_report
 
 try:  # the HTTP client of huggingface_hub: httpx2 from 2.x, httpx in 1.x

@@ -1,7 +1,7 @@
 """``SemScaleTrainer``: dynamic semantic-scale-balanced (DSB) learning inside ``transformers.Trainer``.
 
-A thin adapter around :class:`~hf_semscale.balancer.SemanticScaleBalancer` (which holds the method: stages,
-pool, weights): the head's input is captured by a hook (:class:`~hf_semscale.capture.HeadInputCapture`),
+A thin adapter around :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` (which holds the method: stages,
+pool, weights): the head's input is captured by a hook (:class:`~hf_semscale.dsb.capture.HeadInputCapture`),
 :class:`SemScaleCallback` advances the balancer at each optimizer step and merges its summaries into the
 logs, ``compute_loss`` feeds it the batch and takes its weighted loss, and the checkpoint hooks save and
 restore its state (``checkpoints.py``) beside the Trainer's own files.
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
-from .balancer import SemanticScaleBalancer, UpdateRecord, classes_with_volume
-from .capture import HeadInputCapture
+from ..dsb.balancer import SemanticScaleBalancer, UpdateRecord, classes_with_volume
+from ..dsb.capture import HeadInputCapture
 from .checkpoints import (
     HISTORY_FILENAME,
     STATE_FILENAME,
@@ -36,11 +36,11 @@ from .checkpoints import (
     truncate_history,
 )
 from .config import WEIGHTING_MODES, SemScaleConfig
-from .distributed import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
-from .imbalance import imbalance_summary
-from .losses import IGNORE_INDEX, check_class_labels
-from .pool import PoolFileError
-from .report import SCALES_FILENAME, build_scale_report, write_json_atomic
+from ..dsb.comm import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
+from ..core.imbalance import imbalance_summary
+from ..core.losses import IGNORE_INDEX, check_class_labels
+from ..dsb.pool import PoolFileError
+from ..hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
 
 __all__ = [
     "SemScaleTrainer",
@@ -110,7 +110,7 @@ class SemScaleTrainer(Trainer):
         feature_pool_fn: ``(head_input, batch_inputs) -> [B, d]`` for heads whose input needs custom pooling.
 
     Attributes:
-        balancer: the :class:`~hf_semscale.balancer.SemanticScaleBalancer` doing the method's work.
+        balancer: the :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` doing the method's work.
         class_weights, semantic_scales, stage, pool: the balancer's (``[C]`` float64 weights, ``[C]`` float64
             bits, ``"warmup"``/``"fill"``/``"reweight"``, the feature pool or None).
     """
@@ -453,7 +453,7 @@ class SemScaleTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .hub import CARD_FILENAME, build_model_card
+        from ..hub.publish import CARD_FILENAME, build_model_card
 
         first = lambda value: value[0] if isinstance(value, list) and value else value  # noqa: E731
         card_kwargs.setdefault("base_model", finetuned_from)

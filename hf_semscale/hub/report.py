@@ -67,7 +67,7 @@ def build_scale_report(
     **sections: Any,
 ) -> dict[str, Any]:
     """Assemble a report dict; every per-class sequence has length ``C``."""
-    from . import __version__
+    from .. import __version__
 
     num_classes = len(scales)
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]

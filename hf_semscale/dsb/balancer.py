@@ -15,7 +15,7 @@ head-input features of each training batch (:meth:`observe`) and asks it for the
         balancer.observe(capture.take(inputs), labels)
         accelerator.backward(balancer.loss(logits, labels))
 
-With several processes, ``comm`` (an ``accelerate.Accelerator`` or :class:`~hf_semscale.distributed.TorchDistributedComm`)
+With several processes, ``comm`` (an ``accelerate.Accelerator`` or :class:`~hf_semscale.dsb.comm.TorchDistributedComm`)
 gathers every batch into every process's pool and splits the volume computations; every process then holds the
 same pool and bit-identical weights. Every process must call :meth:`begin_step` and :meth:`observe` in step.
 """
@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
-from .losses import build_base_loss, check_class_labels, weighted_reduce
+from .comm import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from ..core.losses import build_base_loss, check_class_labels, weighted_reduce
 from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
-from .scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
+from ..core.scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
 from .settings import BalancerSettings
-from .weighting import (
+from ..core.weighting import (
     count_power_weights,
     effective_number_weights,
     inverse_frequency_weights,
@@ -89,9 +89,9 @@ class SemanticScaleBalancer:
 
     Args:
         class_counts: ``[C]`` training samples per class (of the whole training set, on every process).
-        settings: :class:`~hf_semscale.settings.BalancerSettings` (defaults if None).
+        settings: :class:`~hf_semscale.dsb.settings.BalancerSettings` (defaults if None).
         comm: None (one process), an ``accelerate.Accelerator``, or
-            :class:`~hf_semscale.distributed.TorchDistributedComm`: anything with ``num_processes``,
+            :class:`~hf_semscale.dsb.comm.TorchDistributedComm`: anything with ``num_processes``,
             ``process_index``, ``device`` and ``gather(tensor)`` (rank-order concatenation along dim 0).
         class_names: ``[C]`` names for warnings; default the ids.
         device: where the pool lives (default ``comm.device``, else CPU).
@@ -102,7 +102,7 @@ class SemanticScaleBalancer:
         semantic_scales: ``[C]`` float64 bits, the latest measured scales (zeros before the first).
         equivalent_counts: ``[C]`` float64 for ``weighting='scale_equivalent_count'``, else None.
         stage: ``"warmup"``, ``"fill"`` or ``"reweight"``.
-        pool: the :class:`~hf_semscale.pool.FeaturePool` (None until the first observed batch).
+        pool: the :class:`~hf_semscale.dsb.pool.FeaturePool` (None until the first observed batch).
         num_updates: weight re-measurements so far.
     """
 
@@ -453,7 +453,7 @@ class SemanticScaleBalancer:
 
     def load_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
         """Restore :meth:`state_dict`. The state is untrusted: shapes and values are checked first, and a refused
-        state (:class:`~hf_semscale.pool.PoolFileError` naming ``source``) leaves the balancer as it was."""
+        state (:class:`~hf_semscale.dsb.pool.PoolFileError` naming ``source``) leaves the balancer as it was."""
         fix = "Fix: resume with the model and label set of the original run, or start a fresh run."
         c = self.num_classes
         for key, shape in (("semscale.class_weights", (c,)), ("semscale.semantic_scales", (c,)),

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .scale import class_semantic_scales
+from ..core.scale import class_semantic_scales
 
 __all__ = [
     "DistributedSyncError",
@@ -214,7 +214,7 @@ def sharded_class_scales(
     alpha: float | None = None,
     step: int | None = None,
 ) -> Tensor:
-    """:func:`~hf_semscale.scale.class_semantic_scales` with the classes split across processes.
+    """:func:`~hf_semscale.core.scale.class_semantic_scales` with the classes split across processes.
 
     Every process must hold the same ``features`` / ``labels`` (the pool). Each computes the scales of
     its share of classes (:func:`shard_classes_by_cost`, on its rows only); the ``[P, C]`` results

@@ -35,7 +35,7 @@ IGNORE_INDEX = -100
 BaseLossName = Literal["ce", "focal", "ldam", "balanced_softmax"]
 BASE_LOSSES = ("ce", "focal", "ldam", "balanced_softmax")
 DEFAULT_LOSS_SETTINGS = {"focal_gamma": 2.0, "ldam_max_margin": 0.5, "ldam_scale": 1.0, "logit_adjust_tau": 1.0}
-"""The base losses' defaults (also :class:`~hf_semscale.settings.BalancerSettings`'). LDAM's scale 1 suits a
+"""The base losses' defaults (also :class:`~hf_semscale.dsb.settings.BalancerSettings`'). LDAM's scale 1 suits a
 plain linear head; Cao et al.'s 30 goes with a cosine classifier."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .pool import PoolFileError, atomic_save_safetensors, load_safetensors_checked
+from ..dsb.pool import PoolFileError, atomic_save_safetensors, load_safetensors_checked
 
 __all__ = [
     "STATE_FILENAME",
