@@ -9,7 +9,7 @@ offline in seconds. The balancer is registered for checkpointing: ``accelerator.
 weights and stage beside the model and optimizer, and ``--resume`` continues from the latest save as if the
 run had not stopped. What differs from ``SemScaleTrainer``: nothing of the method; the loop, optimiser,
 clipping and schedule are yours. With the same settings, data order and optimiser the two end with the same
-class weights (``tests/test_balancer.py``).
+class weights (``tests/dsb/test_balancer.py``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make ``recipes`` importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.atomic import atomic_path  # noqa: E402
 from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from recipes.methods import method_overrides  # noqa: E402
 
@@ -224,12 +225,10 @@ def text_cache_file(cache_dir: str | None, model_path: str, texts: Sequence[str]
 
 
 def save_cache_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: concurrent runs sharing a
-    cache never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp{path.suffix}")
-    write(tmp)
-    tmp.replace(path)
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``
+    (:func:`hf_semscale.atomic.atomic_path`): concurrent runs sharing a cache never read half a file."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 # --------------------------------------------------------------------------- metrics

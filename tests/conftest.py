@@ -12,10 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import gc
+import sys
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SUPPORT_DIR = Path(__file__).resolve().parent / "support"
+sys.path.insert(0, str(SUPPORT_DIR))  # the worker scripts and the fake Hub, importable from every test folder
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..atomic import atomic_path
+
 __all__ = [
     "FeaturePool",
     "PoolFileError",
@@ -73,19 +75,12 @@ def tensors_checksum(tensors: dict[str, Tensor]) -> str:
 
 
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (a temporary file in the same folder, fsync, rename), with a
+    """Write a safetensors file atomically (:func:`~hf_semscale.atomic.atomic_path`), with a
     checksum of its tensors in the metadata that :func:`load_safetensors_checked` verifies."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {**(metadata or {}), CHECKSUM_KEY: tensors_checksum(tensors)}
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left behind when the write failed
 
 
 class FeaturePool:

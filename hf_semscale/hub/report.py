@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import atomic_path
+
 SCALES_FILENAME = "semantic_scales.json"
 FORMAT_VERSION = 1
 REQUIRED_CLASS_KEYS = ("id", "name", "count", "scale")
@@ -100,16 +102,11 @@ def build_scale_report(
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any] | list[Any]) -> Path:
-    """Write ``payload`` as indented JSON through a temporary file and ``os.replace``."""
+    """Write ``payload`` as indented JSON atomically (:func:`~hf_semscale.atomic.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2, allow_nan=False)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..atomic import atomic_path
 from ..dsb.pool import PoolFileError, atomic_save_safetensors, load_safetensors_checked
 
 __all__ = [
@@ -146,6 +147,5 @@ def truncate_history(path: str | os.PathLike, resume_step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue  # a line cut by the interruption
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from recipes.common import RESULTS_FILENAME, lr_lambda_for, parse_yaml_then_cli, RunArguments  # noqa: E402

@@ -1,4 +1,4 @@
-"""Worker for the kill -9 / resume tests of ``tests/test_reliability.py``.
+"""Worker for the kill -9 / resume tests of ``tests/trainer/test_reliability.py``.
 
 One short, fully deterministic DSB training run: a tiny ``MLPForClassification`` on synthetic
 long-tailed data, ``SemScaleTrainer`` on the CPU with one thread, checkpoints every 4 steps, the
@@ -7,9 +7,9 @@ weights, semantic scales, pool state and model weights to ``<result>`` (safetens
 
 Two ways to run it:
 
-- ``python tests/reliability_worker.py run OUTPUT_DIR RESULT [--kill-in-save STEP:PHASE]``: one run;
+- ``python tests/support/reliability_worker.py run OUTPUT_DIR RESULT [--kill-in-save STEP:PHASE]``: one run;
   resumes from the latest complete checkpoint of ``OUTPUT_DIR`` when there is one.
-- ``python tests/reliability_worker.py serve``: imports torch/transformers ONCE, then reads one JSON
+- ``python tests/support/reliability_worker.py serve``: imports torch/transformers ONCE, then reads one JSON
   command per line on stdin (``{"output_dir": ..., "result": ..., "kill_in_save": "STEP:PHASE"}``) and
   forks a fresh child process per command. Importing transformers costs ~13 s of CPU here, so the test
   pays it once instead of once per restart. Protocol lines on stdout (everything else goes to stderr):
@@ -116,7 +116,7 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_e
     from transformers import TrainerCallback
 
     torch.set_num_threads(1)
-    import hf_semscale.dsb.pool as pool_mod
+    import hf_semscale.atomic as atomic_mod
     import hf_semscale.trainer as trainer_mod
     from hf_semscale import SemScaleTrainer
     from hf_semscale.dsb.pool import atomic_save_safetensors
@@ -149,7 +149,7 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_e
                         _die()
                     return real_replace(src, dst)
 
-                pool_mod.os.replace = replace_then_die
+                atomic_mod.os.replace = replace_then_die
             super()._save_semscale_state(checkpoint_dir)
             if self._armed("after_semscale_state"):
                 _die()

@@ -14,7 +14,7 @@ from hf_semscale.dsb.pool import PoolFileError
 from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.core.weighting import semantic_scale_weights
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 import accelerate_loop  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Worker for ``tests/test_distributed.py`` (and ``benchmarks/distributed.py``): short SemScaleTrainer runs.
+"""Worker for ``tests/dsb/test_distributed.py`` (and ``benchmarks/distributed.py``): short SemScaleTrainer runs.
 
 A tiny ``MLPForClassification`` on synthetic long-tailed data (96 samples, 8 of them labelled -100, 5 classes), sequential
 sampling (no shuffling, so a 2-process run with per-device batch ``b`` sees exactly the global batches
@@ -8,7 +8,7 @@ weights are re-measured every 2 steps (10 updates in 24 steps).
 
 Run under ``torchrun --nproc_per_node 2`` (or plain ``python`` for one process)::
 
-    python tests/distributed_worker.py --out DIR --phases train,resume,mismatch,stall [--per-device-batch 4]
+    python tests/support/distributed_worker.py --out DIR --phases train,resume,mismatch,stall [--per-device-batch 4]
 
 Phases, in one process per rank (the expensive imports are paid once):
 

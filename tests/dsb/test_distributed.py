@@ -6,7 +6,7 @@ Two kinds of tests:
   through a fake accelerator whose ``gather`` behaves like ``all_gather`` (every rank blocks until all
   have called it, and differing shapes are an error, as on gloo / NCCL).
 - ``@pytest.mark.distributed``: ONE real ``torchrun --nproc_per_node 2`` launch over gloo on the CPU
-  (``tests/distributed_worker.py``, phases train, resume, mismatch, stall; one launch because importing
+  (``tests/support/distributed_worker.py``, phases train, resume, mismatch, stall; one launch because importing
   transformers costs ~15 s of CPU per process), checked against a 1-process run of the same global
   batches that this test process trains meanwhile. About 40-60 s of wall time on 2 idle cores.
 """
@@ -36,8 +36,9 @@ from hf_semscale.dsb.comm import (
 )
 from hf_semscale.core.scale import class_semantic_scales
 
-TESTS_DIR = Path(__file__).resolve().parent
-WORKER = TESTS_DIR / "distributed_worker.py"
+SUPPORT_DIR = Path(__file__).resolve().parents[1] / "support"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER = SUPPORT_DIR / "distributed_worker.py"
 LAUNCH_TIMEOUT_S = 300  # a hang must fail the test, not the CI job
 DDP_TIMEOUT_S = 10
 
@@ -188,11 +189,11 @@ def test_a_failed_collective_names_the_operation_step_and_causes(backend_error, 
 
 
 def test_dsb_refuses_data_parallel(tmp_path):
-    sys.path.insert(0, str(TESTS_DIR))
+    sys.path.insert(0, str(SUPPORT_DIR))
     try:
         import distributed_worker as worker
     finally:
-        sys.path.remove(str(TESTS_DIR))
+        sys.path.remove(str(SUPPORT_DIR))
     trainer = worker.make_trainer(tmp_path, 8, save=False)
     trainer.args._n_gpu = 2  # what TrainingArguments sets for `python train.py` on a 2-GPU machine
     with pytest.raises(ValueError, match="DataParallel.*accelerate launch"):
@@ -207,7 +208,7 @@ def test_dsb_refuses_data_parallel(tmp_path):
 def test_accelerate_configs_load_with_this_accelerate(name, distributed_type, processes):
     from accelerate.commands.config.config_args import ClusterConfig
 
-    path = TESTS_DIR.parent / "recipes" / "accelerate_configs" / f"{name}.yaml"
+    path = REPO_ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"
     config = ClusterConfig.from_yaml_file(str(path))  # unknown keys raise
     assert config.distributed_type.value == distributed_type and config.num_processes == processes
     assert config.use_cpu == (name == "multi_cpu")
@@ -254,7 +255,7 @@ def two_process_run(tmp_path_factory):
     timed_out = False
     try:
         # Meanwhile, the 1-process reference: per-device batch 8 == 2 x 4, the same sample order.
-        sys.path.insert(0, str(TESTS_DIR))
+        sys.path.insert(0, str(SUPPORT_DIR))
         threads = torch.get_num_threads()
         try:
             import distributed_worker as worker
@@ -263,7 +264,7 @@ def two_process_run(tmp_path_factory):
             worker.run_phase("train", out / "one", per_device_batch=8, ddp_timeout=1800)
         finally:
             torch.set_num_threads(threads)
-            sys.path.remove(str(TESTS_DIR))
+            sys.path.remove(str(SUPPORT_DIR))
         try:
             proc.wait(timeout=max(1.0, LAUNCH_TIMEOUT_S - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:
@@ -342,11 +343,11 @@ def test_two_processes_match_one_process_on_the_same_global_batches(two_process_
 
 
 def _init_model_state() -> dict[str, torch.Tensor]:
-    sys.path.insert(0, str(TESTS_DIR))
+    sys.path.insert(0, str(SUPPORT_DIR))
     try:
         import distributed_worker as worker
     finally:
-        sys.path.remove(str(TESTS_DIR))
+        sys.path.remove(str(SUPPORT_DIR))
     return {f"model.{k}": v.detach().clone() for k, v in worker.make_model().state_dict().items()}
 
 

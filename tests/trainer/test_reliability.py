@@ -41,13 +41,12 @@ from hf_semscale.hub.report import SCALES_FILENAME, read_scale_report
 from hf_semscale.trainer import (
     HISTORY_FILENAME,
     STATE_FILENAME,
-    SemScaleTrainer,
     checkpoint_problem,
     latest_complete_checkpoint,
 )
 
-WORKER = Path(__file__).with_name("reliability_worker.py")
-REPO_ROOT = WORKER.parents[1]
+WORKER = Path(__file__).resolve().parents[1] / "support" / "reliability_worker.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINER_LOGGER = "hf_semscale.trainer"
 
 
