@@ -145,7 +145,7 @@ class SemScaleTrainer(Trainer):
         # Makes the Trainer count the labelled samples of all accumulated micro-batches (and, with
         # average_tokens_across_devices, of all processes) and pass them as num_items_in_batch.
         self.model_accepts_loss_kwargs = True
-        self.num_labels = self._check_single_label_task(self.model)
+        self.num_labels = _single_label_num_labels(self.model)
         counts = class_counts
         if counts is None and self.train_dataset is not None:
             counts = _label_column_counts(self.train_dataset, self.num_labels)
@@ -159,7 +159,7 @@ class SemScaleTrainer(Trainer):
                 "them in classes_without_volume with weight null (their weight never touches the loss).", absent
             )
         self.class_counts = counts
-        self.class_names = list(class_names) if class_names is not None else self._names_from_config(self.model)
+        self.class_names = list(class_names) if class_names is not None else _class_names_from_config(self.model, self.num_labels)
         self.balancer = SemanticScaleBalancer(
             counts, self.args.balancer_settings(), comm=self.accelerator, class_names=self.class_names,
             device=self.args.device, knob_prefix="semscale_",
@@ -199,27 +199,6 @@ class SemScaleTrainer(Trainer):
 
     # ------------------------------------------------------------------ setup
 
-    @staticmethod
-    def _check_single_label_task(model: nn.Module) -> int:
-        config = getattr(model, "config", None)
-        num_labels = getattr(config, "num_labels", None)
-        problem_type = getattr(config, "problem_type", None)
-        if problem_type not in (None, "single_label_classification"):
-            raise ValueError(
-                f"model.config.problem_type={problem_type!r}: SemScaleTrainer handles single-label classification "
-                "only (semantic scales are per class). Fix: use transformers.Trainer for multi-label or regression."
-            )
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(
-                f"model.config.num_labels={num_labels!r}: SemScaleTrainer needs a classifier with >= 2 labels "
-                "(num_labels=1 is regression). Fix: load the model with num_labels=<number of classes>."
-            )
-        return num_labels
-
-    def _names_from_config(self, model: nn.Module) -> list[str]:
-        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
-        return [str(id2label.get(c, id2label.get(str(c), c))) for c in range(self.num_labels)]
-
     def _install_capture(self) -> None:
         if not self.uses_pool or (self._capture is not None and self._captured_model is self.model):
             return
@@ -237,47 +216,6 @@ class SemScaleTrainer(Trainer):
         """``in_features`` of the captured module (nn.Linear, NormedLinear, ...), None if it has none."""
         in_features = getattr(self.model.get_submodule(self._capture.head_name), "in_features", None)
         return in_features if isinstance(in_features, int) else None
-
-    def _check_processes_agree(self, resume_from_checkpoint: str | None) -> None:
-        """At train start, on every process: the same model / label set / DSB settings, or one clear error
-        everywhere (instead of a hang or silently different weights later). Also gives gloo process
-        groups ``ddp_timeout`` (transformers skips it with ``use_cpu``) and refuses DSB under DataParallel."""
-        a = self.args
-        if self.uses_pool and a.n_gpu > 1:
-            raise ValueError(
-                f"SemScaleTrainer with semscale_weighting={a.semscale_weighting!r} runs one process per device, but this process drives "
-                f"{a.n_gpu} GPUs through torch.nn.DataParallel (the script was started with plain `python` on a "
-                "multi-GPU machine), whose per-GPU replicas the feature capture cannot follow. Fix: launch with "
-                "`accelerate launch` or `torchrun --nproc_per_node <gpus>`, or set CUDA_VISIBLE_DEVICES to one GPU."
-            )
-        if self.accelerator.num_processes == 1:
-            return
-        apply_process_group_timeout(self.accelerator, a.ddp_timeout)
-        feature_dim = -1
-        if self.uses_pool:
-            self._install_capture()
-            feature_dim = self._head_feature_dim() or -1
-        digest = hashlib.sha256(json.dumps(self.class_counts.tolist()).encode()).digest()
-        resume_step = -1
-        if resume_from_checkpoint is not None:
-            resume_step = step_of(resume_from_checkpoint)
-            resume_step = -2 if resume_step is None else resume_step
-        assert_same_on_all_processes(
-            self.accelerator,
-            "SemScaleTrainer",
-            num_labels=self.num_labels,
-            feature_dim=feature_dim,
-            train_samples=int(self.class_counts.sum()),
-            class_counts_hash=int.from_bytes(digest[:7], "little"),
-            weighting=WEIGHTING_MODES.index(a.semscale_weighting),
-            warmup_steps=a.semscale_warmup_steps,
-            fill_max_steps=a.semscale_fill_max_steps,
-            update_interval=a.semscale_update_interval,
-            pool_capacity=a.semscale_pool_capacity,
-            resume_checkpoint_step=resume_step,
-        )
-        if self.num_labels >= MAX_GATHERED_LABEL:
-            raise ValueError(f"SemScaleTrainer gathers labels as float32: num_labels must be below {MAX_GATHERED_LABEL}.")
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
         """``Trainer``'s step arithmetic; starts the balancer with this run's optimizer steps (per epoch: None for
@@ -397,21 +335,8 @@ class SemScaleTrainer(Trainer):
             extra_per_class={"train_count": self.class_counts.tolist(),
                              "has_volume": classes_with_volume(b.semantic_scales, pool_counts).tolist()},
             num_updates=b.num_updates,
-            training=self._training_hyperparameters(),
+            training=_training_hyperparameters(self.args, self.state.max_steps),
         )
-
-    def _training_hyperparameters(self) -> dict[str, Any]:
-        """The ``TrainingArguments`` that shape a run, for the report and the model card."""
-        a = self.args
-        names = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                 "weight_decay", "optim", "lr_scheduler_type", "warmup_steps", "max_grad_norm", "label_smoothing_factor",
-                 "seed")
-        values = {name: getattr(a, name) for name in names}
-        values["optim"] = str(getattr(a.optim, "value", a.optim))
-        values["lr_scheduler_type"] = str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type))
-        values["total_train_batch_size"] = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
-        values["max_steps"] = self.state.max_steps or a.max_steps
-        return values
 
     def _write_scale_report(self, output_dir: str | None = None) -> None:
         if self.args.should_save:
@@ -476,7 +401,7 @@ class SemScaleTrainer(Trainer):
                 raise ValueError(f"No complete checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
         elif resume_from_checkpoint is False:
             resume_from_checkpoint = None
-        self._check_processes_agree(resume_from_checkpoint)
+        _check_processes_agree(self, resume_from_checkpoint)
         start_step: int | None = 0
         if resume_from_checkpoint is not None:
             problem = checkpoint_problem(resume_from_checkpoint)
@@ -500,3 +425,82 @@ class SemScaleTrainer(Trainer):
             self._resuming = False
         self._write_scale_report()  # also without any save (save_strategy="no")
         return output
+
+
+def _single_label_num_labels(model: nn.Module) -> int:
+    """``model.config.num_labels`` of a single-label classifier; a clear error for any other task."""
+    config = getattr(model, "config", None)
+    num_labels = getattr(config, "num_labels", None)
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type not in (None, "single_label_classification"):
+        raise ValueError(
+            f"model.config.problem_type={problem_type!r}: SemScaleTrainer handles single-label classification "
+            "only (semantic scales are per class). Fix: use transformers.Trainer for multi-label or regression."
+        )
+    if not isinstance(num_labels, int) or num_labels < 2:
+        raise ValueError(
+            f"model.config.num_labels={num_labels!r}: SemScaleTrainer needs a classifier with >= 2 labels "
+            "(num_labels=1 is regression). Fix: load the model with num_labels=<number of classes>."
+        )
+    return num_labels
+
+
+def _class_names_from_config(model: nn.Module, num_labels: int) -> list[str]:
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    return [str(id2label.get(c, id2label.get(str(c), c))) for c in range(num_labels)]
+
+
+def _training_hyperparameters(args: Any, max_steps: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` that shape a run, for the report and the model card."""
+    a = args
+    names = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+             "weight_decay", "optim", "lr_scheduler_type", "warmup_steps", "max_grad_norm", "label_smoothing_factor",
+             "seed")
+    values = {name: getattr(a, name) for name in names}
+    values["optim"] = str(getattr(a.optim, "value", a.optim))
+    values["lr_scheduler_type"] = str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type))
+    values["total_train_batch_size"] = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+    values["max_steps"] = max_steps or a.max_steps
+    return values
+
+
+def _check_processes_agree(trainer: "SemScaleTrainer", resume_from_checkpoint: str | None) -> None:
+    """At train start, on every process: the same model / label set / DSB settings, or one clear error
+    everywhere (instead of a hang or silently different weights later). Also gives gloo process
+    groups ``ddp_timeout`` (transformers skips it with ``use_cpu``) and refuses DSB under DataParallel."""
+    a = trainer.args
+    if trainer.uses_pool and a.n_gpu > 1:
+        raise ValueError(
+            f"SemScaleTrainer with semscale_weighting={a.semscale_weighting!r} runs one process per device, but this process drives "
+            f"{a.n_gpu} GPUs through torch.nn.DataParallel (the script was started with plain `python` on a "
+            "multi-GPU machine), whose per-GPU replicas the feature capture cannot follow. Fix: launch with "
+            "`accelerate launch` or `torchrun --nproc_per_node <gpus>`, or set CUDA_VISIBLE_DEVICES to one GPU."
+        )
+    if trainer.accelerator.num_processes == 1:
+        return
+    apply_process_group_timeout(trainer.accelerator, a.ddp_timeout)
+    feature_dim = -1
+    if trainer.uses_pool:
+        trainer._install_capture()
+        feature_dim = trainer._head_feature_dim() or -1
+    digest = hashlib.sha256(json.dumps(trainer.class_counts.tolist()).encode()).digest()
+    resume_step = -1
+    if resume_from_checkpoint is not None:
+        resume_step = step_of(resume_from_checkpoint)
+        resume_step = -2 if resume_step is None else resume_step
+    assert_same_on_all_processes(
+        trainer.accelerator,
+        "SemScaleTrainer",
+        num_labels=trainer.num_labels,
+        feature_dim=feature_dim,
+        train_samples=int(trainer.class_counts.sum()),
+        class_counts_hash=int.from_bytes(digest[:7], "little"),
+        weighting=WEIGHTING_MODES.index(a.semscale_weighting),
+        warmup_steps=a.semscale_warmup_steps,
+        fill_max_steps=a.semscale_fill_max_steps,
+        update_interval=a.semscale_update_interval,
+        pool_capacity=a.semscale_pool_capacity,
+        resume_checkpoint_step=resume_step,
+    )
+    if trainer.num_labels >= MAX_GATHERED_LABEL:
+        raise ValueError(f"SemScaleTrainer gathers labels as float32: num_labels must be below {MAX_GATHERED_LABEL}.")

@@ -35,6 +35,7 @@ from hf_semscale.dsb.comm import (
     sharded_class_scales,
 )
 from hf_semscale.core.scale import class_semantic_scales
+from hf_semscale.trainer import trainer as trainer_module
 
 SUPPORT_DIR = Path(__file__).resolve().parents[1] / "support"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +198,7 @@ def test_dsb_refuses_data_parallel(tmp_path):
     trainer = worker.make_trainer(tmp_path, 8, save=False)
     trainer.args._n_gpu = 2  # what TrainingArguments sets for `python train.py` on a 2-GPU machine
     with pytest.raises(ValueError, match="DataParallel.*accelerate launch"):
-        trainer._check_processes_agree(None)
+        trainer_module._check_processes_agree(trainer, None)
 
 
 @pytest.mark.parametrize(
