@@ -54,8 +54,8 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
     from accelerate import Accelerator
 
-    from hf_semscale.dsb.comm import gather_labelled_features, sharded_class_scales
     from hf_semscale.core.scale import class_semantic_scales
+    from hf_semscale.dsb.comm import gather_labelled_features, sharded_class_scales
 
     torch.set_num_threads(args.threads)
     acc = Accelerator(cpu=args.device == "cpu")
@@ -131,8 +131,12 @@ def _worker(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             own.append(time.perf_counter() - t0)
         own_all = acc.gather(torch.tensor([statistics.median(own)], dtype=torch.float64, device=device)).cpu().tolist()
-        rec_all = acc.gather(torch.tensor([statistics.median(recompute)], dtype=torch.float64, device=device)).cpu().tolist()
-        gat_all = acc.gather(torch.tensor([statistics.median(times)], dtype=torch.float64, device=device)).cpu().tolist()
+        rec_all = (
+            acc.gather(torch.tensor([statistics.median(recompute)], dtype=torch.float64, device=device)).cpu().tolist()
+        )
+        gat_all = (
+            acc.gather(torch.tensor([statistics.median(times)], dtype=torch.float64, device=device)).cpu().tolist()
+        )
         if rank == 0:
             out["cases"][name] = {
                 "dim": d,
@@ -164,18 +168,43 @@ def _free_port() -> int:
 
 def _launch(processes: int, args: argparse.Namespace, tmp: Path) -> dict:
     out = tmp / f"p{processes}.json"
-    worker = [str(Path(__file__).resolve()), "--worker", "--out", str(out), "--device", args.device,
-              "--steps", str(args.steps), "--repeats", str(args.repeats), "--threads", str(args.threads),
-              "--cases", *args.cases]
+    worker = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--out",
+        str(out),
+        "--device",
+        args.device,
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--cases",
+        *args.cases,
+    ]
     if processes == 1:
         cmd = [sys.executable, *worker]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *worker]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            *worker,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, start_new_session=True)
     if proc.returncode != 0 or not out.is_file():
-        raise SystemExit(f"{processes}-process run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"{processes}-process run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return json.loads(out.read_text())
 
 
@@ -192,7 +221,10 @@ def _table(results: dict[int, dict], case: str) -> list[str]:
         ("bytes received per process per step", lambda r: _kib(r["gather_bytes_received_per_process_per_step"])),
         ("gather time per step (median, slowest process)", lambda r: f"{r['gather_ms_median']:.2f} ms"),
         ("recompute time per update (median, slowest process)", lambda r: f"{r['recompute_ms_median']:.1f} ms"),
-        ("  of which own share of classes, per process", lambda r: " / ".join(f"{t:.1f}" for t in r["recompute_compute_only_ms_per_process"]) + " ms"),
+        (
+            "  of which own share of classes, per process",
+            lambda r: " / ".join(f"{t:.1f}" for t in r["recompute_compute_only_ms_per_process"]) + " ms",
+        ),
         ("bytes sent per process per update", lambda r: f"{r['recompute_bytes_sent_per_process']:.0f} B"),
         ("max abs diff of the scales vs 1 process", lambda r: f"{r['max_abs_diff_vs_one_process_bits']:.1e} bits"),
     ]
@@ -205,7 +237,13 @@ def _table(results: dict[int, dict], case: str) -> list[str]:
         "|---|" + "---|" * len(procs),
     ]
     for label, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join("0 (no communication)" if p == 1 and "bytes" in label else fmt(results[p]["cases"][case]) for p in procs) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(
+                "0 (no communication)" if p == 1 and "bytes" in label else fmt(results[p]["cases"][case]) for p in procs
+            )
+            + " |"
+        )
     return lines
 
 

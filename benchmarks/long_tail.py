@@ -77,14 +77,47 @@ BANKING_EPOCHS = 10
 GPU_EPOCHS = 200  # Cao et al. 2019
 CIFAR_COMMON = ["--num_threads", "1", "--save_final_model", "false"]
 # The CPU tier's image schedule (CIFAR-10-LT there, sample-balanced CIFAR-10 in the study)
-CPU_IMAGE_SCHEDULE = (f"CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, "
-                      "batch 128, 0.5 warm-up epoch + cosine, crop + flip")
-CPU_IMAGE_OVERRIDES = ["--depth", "8", "--widths", "8", "16", "32", "--num_train_epochs", str(CPU_EPOCHS), "--max_eval_samples_per_class",
-                       "500", "--lr_schedule", "cosine", "--warmup_epochs", "0.5", "--learning_rate", "0.1", "--weight_decay", "0.0002",
-                       "--per_device_train_batch_size", "128", *CIFAR_COMMON]
+CPU_IMAGE_SCHEDULE = (
+    f"CIFAR ResNet-8 with half widths (8, 16, 32), {CPU_EPOCHS} epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, "
+    "batch 128, 0.5 warm-up epoch + cosine, crop + flip"
+)
+CPU_IMAGE_OVERRIDES = [
+    "--depth",
+    "8",
+    "--widths",
+    "8",
+    "16",
+    "32",
+    "--num_train_epochs",
+    str(CPU_EPOCHS),
+    "--max_eval_samples_per_class",
+    "500",
+    "--lr_schedule",
+    "cosine",
+    "--warmup_epochs",
+    "0.5",
+    "--learning_rate",
+    "0.1",
+    "--weight_decay",
+    "0.0002",
+    "--per_device_train_batch_size",
+    "128",
+    *CIFAR_COMMON,
+]
 # The methods of the issue-5 CPU / GPU tiers (their committed results); the study tiers add the rest.
-CLASSIC_METHODS = ["ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax", "dsb_ce", "dsb_focal", "dsb_ldam",
-                   "dsb_balanced_softmax", "mix_dsb_cb_ce"]
+CLASSIC_METHODS = [
+    "ce",
+    "if_ce",
+    "cb_ce",
+    "focal",
+    "ldam_drw",
+    "balanced_softmax",
+    "dsb_ce",
+    "dsb_focal",
+    "dsb_ldam",
+    "dsb_balanced_softmax",
+    "mix_dsb_cb_ce",
+]
 
 # --- the regime study (tiers "text" and "cifar_balanced")
 STUDY_STARTS = [0.1, 0.4, 0.8]  # start of re-weighting (fraction of training): one epoch, DSB's default, the DRW point
@@ -95,17 +128,41 @@ AUTHORS_CONSTANTS = {"semscale_alpha": 1.0, "semscale_normalize_features": False
 STUDY_TIERS = ("text", "cifar_balanced")
 FROZEN_EPOCHS = 10
 FINETUNE_EPOCHS = 8
-TEXT_METHODS = ["ce", "if_ce", "cb_ce", "focal", "balanced_softmax", "if_ce_tuned", "cb_ce_tuned", "pow_ce_tuned", "pow_bs_tuned", "dsb_ce",
-                "dsb_focal", "dsb_balanced_softmax", "mix_dsb_cb_ce", "scalecount_cb_ce", "reverse_dsb_ce"]
+TEXT_METHODS = [
+    "ce",
+    "if_ce",
+    "cb_ce",
+    "focal",
+    "balanced_softmax",
+    "if_ce_tuned",
+    "cb_ce_tuned",
+    "pow_ce_tuned",
+    "pow_bs_tuned",
+    "dsb_ce",
+    "dsb_focal",
+    "dsb_balanced_softmax",
+    "mix_dsb_cb_ce",
+    "scalecount_cb_ce",
+    "reverse_dsb_ce",
+]
 FINETUNE_METHODS = ["ce", "balanced_softmax", "cb_ce_tuned", "pow_bs_tuned", "dsb_ce", "dsb_balanced_softmax"]
 # On sample-balanced data every count weight is 1 and balanced softmax is plain CE: only the scale can act.
 BALANCED_METHODS = ["ce", "focal", "dsb_ce", "dsb_focal", "scalecount_cb_ce", "reverse_dsb_ce"]
 # The pool size K and update interval, on one dataset (frozen CLINC150-LT IF=50), around dsb_ce's chosen knobs.
-ABLATIONS = {"method": "dsb_ce", "variants": [{"semscale_pool_capacity": 2}, {"semscale_pool_capacity": 10},
-                                              {"semscale_update_interval": 5}, {"semscale_update_interval": 100}]}
+ABLATIONS = {
+    "method": "dsb_ce",
+    "variants": [
+        {"semscale_pool_capacity": 2},
+        {"semscale_pool_capacity": 10},
+        {"semscale_update_interval": 5},
+        {"semscale_update_interval": 100},
+    ],
+}
 
 GPU_COMMAND = 'python benchmarks/long_tail.py --tier gpu --workers 3 --machine "one NVIDIA H100, 16 CPU cores"'
-TRANSFORM_SECONDS_PER_IMAGE = 250e-6  # the recipe's per-item transform, measured on the 2-core CPU-tier machine under load
+TRANSFORM_SECONDS_PER_IMAGE = (
+    250e-6  # the recipe's per-item transform, measured on the 2-core CPU-tier machine under load
+)
 GPU_HOST_CORES = 16
 GPU_TRAIN_IMAGES = 12_156  # CIFAR-10-LT IF=100 after carving 100/class for validation
 
@@ -119,9 +176,11 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "config": "recipes/configs/cifar10_lt.yaml",
             "imbalance_factor": 100,
             "prepare": {"data_dir": "cifar10", "imbalance_factor": 100, "validation_per_class": 100, "n_max": None},
-            "schedule": (f"CPU tier: {CPU_IMAGE_SCHEDULE}; the standard IF=100 subset (Cao et al.) "
-                         "of the training images left after carving a 100/class validation split (4900 ... 49 per class, "
-                         "12,156 images); balanced test subset of 500/class (5,000, the same for every run)"),
+            "schedule": (
+                f"CPU tier: {CPU_IMAGE_SCHEDULE}; the standard IF=100 subset (Cao et al.) "
+                "of the training images left after carving a 100/class validation split (4900 ... 49 per class, "
+                "12,156 images); balanced test subset of 500/class (5,000, the same for every run)"
+            ),
             "overrides": CPU_IMAGE_OVERRIDES,
             "methods": list(CLASSIC_METHODS),
             "grid": TUNING_GRID,
@@ -134,11 +193,21 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
             "config": "recipes/configs/banking77_frozen.yaml",
             "imbalance_factor": None,
             "prepare": None,
-            "schedule": ("CPU tier: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + "
-                         f"MLP head 384-256-77, AdamW lr 1e-3 cosine, batch 128, {BANKING_EPOCHS} epochs; natural imbalance "
-                         "(30..182 per class after carving 5/class for validation); full test set (3,080)"),
-            "overrides": ["--num_train_epochs", str(BANKING_EPOCHS), "--per_device_train_batch_size", "128", "--num_threads", "1",
-                          "--save_final_model", "false"],
+            "schedule": (
+                "CPU tier: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + "
+                f"MLP head 384-256-77, AdamW lr 1e-3 cosine, batch 128, {BANKING_EPOCHS} epochs; natural imbalance "
+                "(30..182 per class after carving 5/class for validation); full test set (3,080)"
+            ),
+            "overrides": [
+                "--num_train_epochs",
+                str(BANKING_EPOCHS),
+                "--per_device_train_batch_size",
+                "128",
+                "--num_threads",
+                "1",
+                "--save_final_model",
+                "false",
+            ],
             # LDAM's s=30 assumes a cosine head; the MLP head is linear, so the LDAM methods are left out here.
             "methods": [m for m in CLASSIC_METHODS if "ldam" not in m],
             "grid": TUNING_GRID,
@@ -154,12 +223,35 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "config": "recipes/configs/cifar10_lt.yaml",
                 "imbalance_factor": imf,
                 "prepare": {"data_dir": "cifar10", "imbalance_factor": imf, "validation_per_class": 100, "n_max": None},
-                "schedule": ("GPU tier (Cao et al. 2019): ResNet-32, 200 epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, batch 128, "
-                             "5 linear warm-up epochs, lr x0.01 at epochs 160 and 180; validation 100/class carved from train"),
-                "overrides": ["--depth", "32", "--num_train_epochs", str(GPU_EPOCHS), "--lr_schedule", "step", "--warmup_epochs", "5",
-                              "--lr_milestones", "160", "180", "--lr_decay", "0.01", "--learning_rate", "0.1",
-                              "--weight_decay", "0.0002", "--per_device_train_batch_size", "128", "--save_final_model", "false",
-                              "--dataloader_num_workers", "4"],
+                "schedule": (
+                    "GPU tier (Cao et al. 2019): ResNet-32, 200 epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, batch 128, "
+                    "5 linear warm-up epochs, lr x0.01 at epochs 160 and 180; validation 100/class carved from train"
+                ),
+                "overrides": [
+                    "--depth",
+                    "32",
+                    "--num_train_epochs",
+                    str(GPU_EPOCHS),
+                    "--lr_schedule",
+                    "step",
+                    "--warmup_epochs",
+                    "5",
+                    "--lr_milestones",
+                    "160",
+                    "180",
+                    "--lr_decay",
+                    "0.01",
+                    "--learning_rate",
+                    "0.1",
+                    "--weight_decay",
+                    "0.0002",
+                    "--per_device_train_batch_size",
+                    "128",
+                    "--save_final_model",
+                    "false",
+                    "--dataloader_num_workers",
+                    "4",
+                ],
                 "methods": list(CLASSIC_METHODS),
                 "grid": TUNING_GRID,
                 "method_grids": {"mix_dsb_cb_ce": drw_matched_grid(GPU_EPOCHS)},
@@ -180,8 +272,23 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "imbalance_factor": 4,
                 "prepare": {"data_dir": None, "imbalance_factor": 4, "validation_per_class": 2, "n_max": None},
                 "schedule": "tiny: ResNet-8 widths (4, 8, 16), 1 epoch",
-                "overrides": ["--depth", "8", "--widths", "4", "8", "16", "--num_train_epochs", "1", "--lr_schedule", "cosine",
-                              "--per_device_train_batch_size", "8", "--semscale_update_interval", "1", *CIFAR_COMMON],
+                "overrides": [
+                    "--depth",
+                    "8",
+                    "--widths",
+                    "4",
+                    "8",
+                    "16",
+                    "--num_train_epochs",
+                    "1",
+                    "--lr_schedule",
+                    "cosine",
+                    "--per_device_train_batch_size",
+                    "8",
+                    "--semscale_update_interval",
+                    "1",
+                    *CIFAR_COMMON,
+                ],
                 "methods": ["ce", "dsb_ce"],
                 "grid": {"semscale_gamma": [1.0, 2.0], "semscale_warmup_ratio": [0.3]},
             }
@@ -189,10 +296,18 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
     raise ValueError(f"unknown tier {tier!r}")
 
 
-def study_spec(epochs: int, constants: tuple[str, ...] = ("dsb_ce",), start_only: tuple[str, ...] = ()) -> dict[str, Any]:
+def study_spec(
+    epochs: int, constants: tuple[str, ...] = ("dsb_ce",), start_only: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The study's validation grid: ``start_only`` methods get the middle start (0.4) only."""
-    return {"epochs": epochs, "starts": STUDY_STARTS, "gammas": STUDY_GAMMAS, "powers": STUDY_POWERS,
-            "constants": constants, "start_only": start_only}
+    return {
+        "epochs": epochs,
+        "starts": STUDY_STARTS,
+        "gammas": STUDY_GAMMAS,
+        "powers": STUDY_POWERS,
+        "constants": constants,
+        "start_only": start_only,
+    }
 
 
 def text_settings() -> list[dict[str, Any]]:
@@ -200,28 +315,63 @@ def text_settings() -> list[dict[str, Any]]:
     grid), then finetune_top (the core methods on CLINC150-LT IF=50 and BANKING77-LT; ~2-3 min a run on one core,
     so every method starts re-weighting at 40 % of training and only gamma is tuned)."""
     threads = ["--num_threads", "1", "--save_final_model", "false", "--eval_train", "true"]
-    clinc = {"data": "clinc150", "prepare": None, "config_frozen": "recipes/configs/clinc150_frozen.yaml",
-             "config_finetune": "recipes/configs/clinc150_lt_finetune.yaml",
-             "split": "the official validation split (20/class) for tuning, test (30/class, 4,500) for the tables; the "
-                      "oos label (absent from train) is dropped from the label set"}
-    banking = {"data": "banking77", "prepare": None, "config_frozen": "recipes/configs/banking77_lt_frozen.yaml",
-               "config_finetune": "recipes/configs/banking77_lt_finetune.yaml",
-               "split": "validation 10/class carved from train before the long tail; the full test set (3,080)"}
-    frozen = (f"frozen_cached: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + MLP "
-              f"head 384-256-C (DSB reads the 256-d hidden layer), AdamW lr 1e-3 cosine, batch 32, {FROZEN_EPOCHS} epochs")
-    finetune = (f"finetune (top layer): all-MiniLM-L6-v2 with its TOP transformer layer + mean pooling + a linear head "
-                f"384-C trained (DSB reads the 384-d pooled feature), the frozen lower 5 layers' token states cached once "
-                f"per split; AdamW lr 3e-4 cosine, 5 % warm-up, batch 32, {FINETUNE_EPOCHS} epochs; full fine-tuning is the GPU setting")
+    clinc = {
+        "data": "clinc150",
+        "prepare": None,
+        "config_frozen": "recipes/configs/clinc150_frozen.yaml",
+        "config_finetune": "recipes/configs/clinc150_lt_finetune.yaml",
+        "split": "the official validation split (20/class) for tuning, test (30/class, 4,500) for the tables; the "
+        "oos label (absent from train) is dropped from the label set",
+    }
+    banking = {
+        "data": "banking77",
+        "prepare": None,
+        "config_frozen": "recipes/configs/banking77_lt_frozen.yaml",
+        "config_finetune": "recipes/configs/banking77_lt_finetune.yaml",
+        "split": "validation 10/class carved from train before the long tail; the full test set (3,080)",
+    }
+    frozen = (
+        f"frozen_cached: all-MiniLM-L6-v2 frozen (mean-pooled, L2-normalised sentence embeddings computed once) + MLP "
+        f"head 384-256-C (DSB reads the 256-d hidden layer), AdamW lr 1e-3 cosine, batch 32, {FROZEN_EPOCHS} epochs"
+    )
+    finetune = (
+        f"finetune (top layer): all-MiniLM-L6-v2 with its TOP transformer layer + mean pooling + a linear head "
+        f"384-C trained (DSB reads the 384-d pooled feature), the frozen lower 5 layers' token states cached once "
+        f"per split; AdamW lr 3e-4 cosine, 5 % warm-up, batch 32, {FINETUNE_EPOCHS} epochs; full fine-tuning is the GPU setting"
+    )
     profiles = [
-        ("clinc150_lt_if10", "clinc150_lt", 10, clinc, "Cao profile IF=10 over the 150 in-scope intents (100 ... 10 per class)",
-         ["--imbalance_factor", "10"]),
-        ("clinc150_lt_if50", "clinc150_lt", 50, clinc, "Cao profile IF=50 over the 150 in-scope intents (100 ... 2 per class)",
-         ["--imbalance_factor", "50"]),
-        ("banking77_lt", "banking77_lt", 20, banking,
-         "Cao profile n_max 100, IF=20 (100 ... 5 per class), classes ranked by available count so every class fills its quota",
-         []),
-        ("clinc150", "clinc150", None, clinc, "sample-balanced: the 150 in-scope intents as they are (100 per class)",
-         ["--imbalance_factor", "1"]),
+        (
+            "clinc150_lt_if10",
+            "clinc150_lt",
+            10,
+            clinc,
+            "Cao profile IF=10 over the 150 in-scope intents (100 ... 10 per class)",
+            ["--imbalance_factor", "10"],
+        ),
+        (
+            "clinc150_lt_if50",
+            "clinc150_lt",
+            50,
+            clinc,
+            "Cao profile IF=50 over the 150 in-scope intents (100 ... 2 per class)",
+            ["--imbalance_factor", "50"],
+        ),
+        (
+            "banking77_lt",
+            "banking77_lt",
+            20,
+            banking,
+            "Cao profile n_max 100, IF=20 (100 ... 5 per class), classes ranked by available count so every class fills its quota",
+            [],
+        ),
+        (
+            "clinc150",
+            "clinc150",
+            None,
+            clinc,
+            "sample-balanced: the 150 in-scope intents as they are (100 per class)",
+            ["--imbalance_factor", "1"],
+        ),
     ]
     settings = []
     for mode in ("frozen_cached", "finetune"):
@@ -231,21 +381,29 @@ def text_settings() -> list[dict[str, Any]]:
             balanced = imf is None
             epochs = FROZEN_EPOCHS if mode == "frozen_cached" else FINETUNE_EPOCHS
             methods = BALANCED_METHODS if balanced else (TEXT_METHODS if mode == "frozen_cached" else FINETUNE_METHODS)
-            settings.append({
-                "name": f"{name}_{'frozen' if mode == 'frozen_cached' else 'finetune'}",
-                "dataset": dataset,
-                "data_dir": src["data"],
-                "recipe": "train_text",
-                "config": src["config_frozen" if mode == "frozen_cached" else "config_finetune"],
-                "imbalance_factor": imf,
-                "prepare": None,
-                "schedule": f"{frozen if mode == 'frozen_cached' else finetune}; {profile}; {src['split']}",
-                "overrides": [*extra, "--num_train_epochs", str(epochs), *threads],
-                "methods": methods,
-                "grid_spec": study_spec(epochs, start_only=("dsb_focal", "reverse_dsb_ce")) if mode == "frozen_cached" else
-                             {**study_spec(epochs, constants=()), "starts": [0.4], "gammas": [1.0, 4.0], "powers": [0.5, 1.0, 1.5]},
-                "ablations": ABLATIONS if name == "clinc150_lt_if50" and mode == "frozen_cached" else None,
-            })
+            settings.append(
+                {
+                    "name": f"{name}_{'frozen' if mode == 'frozen_cached' else 'finetune'}",
+                    "dataset": dataset,
+                    "data_dir": src["data"],
+                    "recipe": "train_text",
+                    "config": src["config_frozen" if mode == "frozen_cached" else "config_finetune"],
+                    "imbalance_factor": imf,
+                    "prepare": None,
+                    "schedule": f"{frozen if mode == 'frozen_cached' else finetune}; {profile}; {src['split']}",
+                    "overrides": [*extra, "--num_train_epochs", str(epochs), *threads],
+                    "methods": methods,
+                    "grid_spec": study_spec(epochs, start_only=("dsb_focal", "reverse_dsb_ce"))
+                    if mode == "frozen_cached"
+                    else {
+                        **study_spec(epochs, constants=()),
+                        "starts": [0.4],
+                        "gammas": [1.0, 4.0],
+                        "powers": [0.5, 1.0, 1.5],
+                    },
+                    "ablations": ABLATIONS if name == "clinc150_lt_if50" and mode == "frozen_cached" else None,
+                }
+            )
     return settings
 
 
@@ -258,8 +416,10 @@ def cifar_balanced_setting() -> dict[str, Any]:
         "config": "recipes/configs/cifar10_lt.yaml",
         "imbalance_factor": None,
         "prepare": {"data_dir": "cifar10", "imbalance_factor": 1, "validation_per_class": 100, "n_max": 1000},
-        "schedule": (f"the CPU tier's image schedule: {CPU_IMAGE_SCHEDULE}; sample-balanced: 1,000 training "
-                     "images per class (after carving a 100/class validation split); balanced test subset of 500/class"),
+        "schedule": (
+            f"the CPU tier's image schedule: {CPU_IMAGE_SCHEDULE}; sample-balanced: 1,000 training "
+            "images per class (after carving a 100/class validation split); balanced test subset of 500/class"
+        ),
         "overrides": CPU_IMAGE_OVERRIDES,
         "methods": ["ce", "dsb_ce", "reverse_dsb_ce", "scalecount_cb_ce"],
         "grid_spec": {**study_spec(CPU_EPOCHS, constants=()), "starts": [0.4], "gammas": [1.0, 4.0]},
@@ -277,12 +437,14 @@ def gpu_time_estimate() -> str:
     images, minutes = (finals + tuning) * images_per_run, (finals + tuning) * minutes_per_run
     slice_runs = 3 + len(method_grid(setting, "dsb_ce"))  # seed 0 of ce, cb_ce, dsb_ce + dsb_ce's tuning
     subset = slice_runs * minutes_per_run
-    return (f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {GPU_EPOCHS} epochs "
-            f"over {GPU_TRAIN_IMAGES:,} images, {images / 1e6:.0f} M augmented images. The recipe's per-item transform costs about "
-            f"{TRANSFORM_SECONDS_PER_IMAGE * 1e6:.0f} µs per image per core (measured on the 2-core CPU-tier machine under load), so "
-            f"with {GPU_HOST_CORES} cores the data pipeline alone needs about {minutes:.0f} min: the full tier does NOT fit the ~10 "
-            f"minutes of one H100 we aimed for, and the GPU side (unmeasured) comes on top. A seed-0 slice whose pipeline needs about "
-            f"{subset:.0f} min: `python benchmarks/long_tail.py --tier gpu --workers 3 --seeds 0 --methods ce cb_ce dsb_ce`.")
+    return (
+        f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {GPU_EPOCHS} epochs "
+        f"over {GPU_TRAIN_IMAGES:,} images, {images / 1e6:.0f} M augmented images. The recipe's per-item transform costs about "
+        f"{TRANSFORM_SECONDS_PER_IMAGE * 1e6:.0f} µs per image per core (measured on the 2-core CPU-tier machine under load), so "
+        f"with {GPU_HOST_CORES} cores the data pipeline alone needs about {minutes:.0f} min: the full tier does NOT fit the ~10 "
+        f"minutes of one H100 we aimed for, and the GPU side (unmeasured) comes on top. A seed-0 slice whose pipeline needs about "
+        f"{subset:.0f} min: `python benchmarks/long_tail.py --tier gpu --workers 3 --seeds 0 --methods ce cb_ce dsb_ce`."
+    )
 
 
 # --------------------------------------------------------------------------- data preparation
@@ -304,9 +466,18 @@ def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Pat
     parts = train_validation_split(train, prep["validation_per_class"], seed=0)
     train = parts["train"]
     labels = train.with_format(None)["label"]
-    train = train.select(long_tail_indices(labels, prep["imbalance_factor"], seed=0, n_max=prep["n_max"],
-                                           num_classes=len(train.features["label"].names)))
-    dd = datasets.DatasetDict({"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test})
+    train = train.select(
+        long_tail_indices(
+            labels,
+            prep["imbalance_factor"],
+            seed=0,
+            n_max=prep["n_max"],
+            num_classes=len(train.features["label"].names),
+        )
+    )
+    dd = datasets.DatasetDict(
+        {"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test}
+    )
     tmp = target.with_name(target.name + ".tmp")
     dd.save_to_disk(str(tmp))
     os.replace(tmp, target)
@@ -321,9 +492,21 @@ def run_dir(work_dir: Path, tier: str, setting: dict[str, Any], method: str, see
     return work_dir / tier / setting["name"] / (method + tag) / f"seed{seed}"
 
 
-def build_argv(setting: dict[str, Any], method: str, seed: int, out: Path, data_args: list[str], extra: list[str]) -> list[str]:
-    return [str(REPO_ROOT / setting["config"]), *data_args, *setting["overrides"], "--method", method, "--seed", str(seed),
-            "--output_dir", str(out), *extra]
+def build_argv(
+    setting: dict[str, Any], method: str, seed: int, out: Path, data_args: list[str], extra: list[str]
+) -> list[str]:
+    return [
+        str(REPO_ROOT / setting["config"]),
+        *data_args,
+        *setting["overrides"],
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
 
 
 def _run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -408,23 +591,36 @@ def study_points(spec: dict[str, Any], method: str) -> list[dict[str, float | bo
 def drw_matched_grid(epochs: int) -> dict[str, list[float]]:
     """The mix's grid: DSB's stage 2 fills the pool for one epoch before any weight applies, so its warm-up
     ends one epoch before DRW_DEFERRAL and its weights start at the same step as cb_ce's."""
-    return {"semscale_gamma": TUNING_GRID["semscale_gamma"], "semscale_warmup_ratio": [round(DRW_DEFERRAL - 1.0 / epochs, 4)]}
+    return {
+        "semscale_gamma": TUNING_GRID["semscale_gamma"],
+        "semscale_warmup_ratio": [round(DRW_DEFERRAL - 1.0 / epochs, 4)],
+    }
 
 
 def knobs_match(result: dict[str, Any], knobs: dict[str, float] | None) -> bool:
     """Whether a finished run used ``knobs`` (``None``: no tuned knobs to check)."""
     used = result.get("semscale") or {}
-    return knobs is None or all(used.get(k) is not None and math.isclose(float(used[k]), float(v)) for k, v in knobs.items())
+    return knobs is None or all(
+        used.get(k) is not None and math.isclose(float(used[k]), float(v)) for k, v in knobs.items()
+    )
 
 
-def choose_knobs(work_dir: Path, tier: str, setting: dict[str, Any], method: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def choose_knobs(
+    work_dir: Path, tier: str, setting: dict[str, Any], method: str
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``method``'s grid point with the best VALIDATION balanced accuracy (ties: first in grid order), and the grid rows."""
     rows, best, best_score = [], None, -math.inf
     points = method_grid(setting, method)
     for point in points:
         result = load_result(run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point)) / RESULTS_FILENAME)
         score = result["validation"]["balanced_accuracy"] if result and result.get("validation") else None
-        rows.append({**point, "validation_balanced_accuracy": score, "validation_accuracy": result["validation"]["accuracy"] if score is not None else None})
+        rows.append(
+            {
+                **point,
+                "validation_balanced_accuracy": score,
+                "validation_accuracy": result["validation"]["accuracy"] if score is not None else None,
+            }
+        )
         if score is not None and score > best_score:
             best, best_score = point, score
     if best is None:
@@ -437,8 +633,15 @@ def chosen_knobs(work_dir: Path, tier: str, setting: dict[str, Any]) -> dict[str
     return {method: choose_knobs(work_dir, tier, setting, method)[0] for method in tuned_methods(setting)}
 
 
-def setting_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], seeds: list[int],
-                 knobs: dict[str, dict[str, float]], methods: list[str]) -> list[dict[str, Any]]:
+def setting_jobs(
+    work_dir: Path,
+    tier: str,
+    setting: dict[str, Any],
+    data_args: list[str],
+    seeds: list[int],
+    knobs: dict[str, dict[str, float]],
+    methods: list[str],
+) -> list[dict[str, Any]]:
     """The final (all-seed, test-evaluated) runs of ``methods``; ``knobs``: the chosen knobs of each dsb method."""
     jobs = []
     for method in methods:
@@ -446,36 +649,70 @@ def setting_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: 
         for seed in seeds:
             out = run_dir(work_dir, tier, setting, method, seed)
             extra = ["--eval_validation", "true", *(grid_cli(method_knobs) if method_knobs else [])]
-            jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": method_knobs,
-                         "argv": build_argv(setting, method, seed, out, data_args, extra)})
+            jobs.append(
+                {
+                    "recipe": setting["recipe"],
+                    "out": str(out),
+                    "knobs": method_knobs,
+                    "argv": build_argv(setting, method, seed, out, data_args, extra),
+                }
+            )
     return jobs
 
 
-def tuning_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], method: str) -> list[dict[str, Any]]:
+def tuning_jobs(
+    work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], method: str
+) -> list[dict[str, Any]]:
     """Seed-0 runs of ``method`` at every grid point, evaluated on the validation split only."""
     jobs = []
     for point in method_grid(setting, method):
         out = run_dir(work_dir, tier, setting, method, 0, "_tune" + grid_tag(point))
         extra = ["--eval_test", "false", *grid_cli(point)]
-        jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": point,
-                     "argv": build_argv(setting, method, 0, out, data_args, extra)})
+        jobs.append(
+            {
+                "recipe": setting["recipe"],
+                "out": str(out),
+                "knobs": point,
+                "argv": build_argv(setting, method, 0, out, data_args, extra),
+            }
+        )
     return jobs
 
 
 def data_args_for(setting: dict[str, Any], data_root: Path, cache_root: Path, source: str | None) -> list[str]:
     if setting["prepare"] is not None:
         folder = prepare_image_data(setting, data_root, cache_root, source)
-        return ["--data_dir", str(folder), "--imbalance_factor", "1", "--validation_split", "validation", "--validation_per_class", "0"]
+        return [
+            "--data_dir",
+            str(folder),
+            "--imbalance_factor",
+            "1",
+            "--validation_split",
+            "validation",
+            "--validation_per_class",
+            "0",
+        ]
     emb = cache_root / "embeddings"
-    return ["--data_dir", source or str(data_root / setting.get("data_dir", setting["name"])), "--embedding_cache_dir", str(emb)]
+    return [
+        "--data_dir",
+        source or str(data_root / setting.get("data_dir", setting["name"])),
+        "--embedding_cache_dir",
+        str(emb),
+    ]
 
 
 def ablation_tag(variant: dict[str, float]) -> str:
     return "_ablate" + grid_tag(variant)
 
 
-def ablation_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args: list[str], seeds: list[int],
-                  knobs: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def ablation_jobs(
+    work_dir: Path,
+    tier: str,
+    setting: dict[str, Any],
+    data_args: list[str],
+    seeds: list[int],
+    knobs: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
     """The setting's ablation runs: its ablated method at its chosen knobs with one setting changed, every seed."""
     spec = setting.get("ablations")
     if not spec or spec["method"] not in setting["methods"]:
@@ -485,13 +722,29 @@ def ablation_jobs(work_dir: Path, tier: str, setting: dict[str, Any], data_args:
         point = {**knobs.get(method, {}), **variant}
         for seed in seeds:
             out = run_dir(work_dir, tier, setting, method, seed, ablation_tag(variant))
-            jobs.append({"recipe": setting["recipe"], "out": str(out), "knobs": point,
-                         "argv": build_argv(setting, method, seed, out, data_args, ["--eval_validation", "true", *grid_cli(point)])})
+            jobs.append(
+                {
+                    "recipe": setting["recipe"],
+                    "out": str(out),
+                    "knobs": point,
+                    "argv": build_argv(
+                        setting, method, seed, out, data_args, ["--eval_validation", "true", *grid_cli(point)]
+                    ),
+                }
+            )
     return jobs
 
 
-def run_tier(tier: str, work_dir: Path, data_root: Path, seeds: list[int], workers: int, only: list[str] | None, source: str | None,
-             methods: list[str] | None = None) -> None:
+def run_tier(
+    tier: str,
+    work_dir: Path,
+    data_root: Path,
+    seeds: list[int],
+    workers: int,
+    only: list[str] | None,
+    source: str | None,
+    methods: list[str] | None = None,
+) -> None:
     """Run (or finish) a tier; ``only`` / ``methods`` restrict it to some settings / methods (the report lists them all).
 
     Order: per setting, its first untuned run (it fills the data and embedding caches the others then read); then every
@@ -507,21 +760,34 @@ def run_tier(tier: str, work_dir: Path, data_root: Path, seeds: list[int], worke
     os.environ["OMP_NUM_THREADS"] = "1"
     prepared = [(s, data_args_for(s, data_root, cache_root, source)) for s in settings]
     with ctx.Pool(workers) as pool:
-        untuned = {s["name"]: setting_jobs(work_dir, tier, s, a, seeds, {}, [m for m in s["methods"] if m not in tuned_methods(s)])
-                   for s, a in prepared}
+        untuned = {
+            s["name"]: setting_jobs(
+                work_dir, tier, s, a, seeds, {}, [m for m in s["methods"] if m not in tuned_methods(s)]
+            )
+            for s, a in prepared
+        }
         for handle in [pool.apply_async(_run_one, (jobs[0],)) for jobs in untuned.values() if jobs]:
             handle.wait()
-        tuning = [(s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
-                  for s, a in prepared for method in tuned_methods(s)]
+        tuning = [
+            (s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
+            for s, a in prepared
+            for method in tuned_methods(s)
+        ]
         finals = [pool.apply_async(_run_one, (job,)) for jobs in untuned.values() for job in jobs[1:]]
         for setting, data_args, method, handles in tuning:
             for h in handles:
                 h.wait()
             knobs = {method: choose_knobs(work_dir, tier, setting, method)[0]}
-            finals += [pool.apply_async(_run_one, (job,)) for job in setting_jobs(work_dir, tier, setting, data_args, seeds, knobs, [method])]
+            finals += [
+                pool.apply_async(_run_one, (job,))
+                for job in setting_jobs(work_dir, tier, setting, data_args, seeds, knobs, [method])
+            ]
         for setting, data_args in prepared:
             knobs = chosen_knobs(work_dir, tier, setting)
-            finals += [pool.apply_async(_run_one, (job,)) for job in ablation_jobs(work_dir, tier, setting, data_args, seeds, knobs)]
+            finals += [
+                pool.apply_async(_run_one, (job,))
+                for job in ablation_jobs(work_dir, tier, setting, data_args, seeds, knobs)
+            ]
         for handle in finals:
             handle.wait()
 
@@ -556,7 +822,9 @@ def collect(work_dir: Path, tier: str, seeds: list[int]) -> tuple[list[dict[str,
         for method in setting["methods"]:
             all_seeds = sorted(set(seeds) | set(seeds_on_disk(work_dir, tier, setting, method)))
             results = [load_result(run_dir(work_dir, tier, setting, method, s) / RESULTS_FILENAME) for s in all_seeds]
-            done = [(s, r) for s, r in zip(all_seeds, results) if r and r.get("test") and knobs_match(r, knobs.get(method))]
+            done = [
+                (s, r) for s, r in zip(all_seeds, results) if r and r.get("test") and knobs_match(r, knobs.get(method))
+            ]
             record: dict[str, Any] = {
                 "method": method,
                 "dataset": setting["dataset"],
@@ -605,7 +873,11 @@ def target_checks(records: list[dict[str, Any]], dataset: str = "CIFAR-10-LT") -
 
     def bal(name):
         r = by.get(name)
-        return (r["balanced_accuracy_mean"], r["balanced_accuracy_std"]) if r and r["balanced_accuracy_mean"] is not None else (None, None)
+        return (
+            (r["balanced_accuracy_mean"], r["balanced_accuracy_std"])
+            if r and r["balanced_accuracy_mean"] is not None
+            else (None, None)
+        )
 
     d_m, d_s = bal("dsb_ce")
     for base in ("ce", "cb_ce"):
@@ -616,8 +888,10 @@ def target_checks(records: list[dict[str, Any]], dataset: str = "CIFAR-10-LT") -
         margin = d_m - b_m
         needed = max(d_s, b_s)
         ok = margin > needed
-        lines.append(f"- dsb_ce vs {base} (balanced accuracy): {_pct(d_m, d_s)} vs {_pct(b_m, b_s)}, difference {100 * margin:+.2f} "
-                     f"points; target '> the larger seed std ({100 * needed:.2f})': **{'met' if ok else 'MISSED'}**")
+        lines.append(
+            f"- dsb_ce vs {base} (balanced accuracy): {_pct(d_m, d_s)} vs {_pct(b_m, b_s)}, difference {100 * margin:+.2f} "
+            f"points; target '> the larger seed std ({100 * needed:.2f})': **{'met' if ok else 'MISSED'}**"
+        )
     baselines = [(m, bal(m)) for m in BASELINES if bal(m)[0] is not None]
     if baselines:
         strongest, (s_m, s_s) = max(baselines, key=lambda x: x[1][0])
@@ -630,8 +904,10 @@ def target_checks(records: list[dict[str, Any]], dataset: str = "CIFAR-10-LT") -
                 lines.append(f"- {dsb_on} on the strongest baseline {strongest}: not measured")
             else:
                 ok = o_m >= s_m - max(o_s, s_s)
-                lines.append(f"- {dsb_on} vs the strongest baseline {strongest}: {_pct(o_m, o_s)} vs {_pct(s_m, s_s)} "
-                             f"({100 * (o_m - s_m):+.2f} points); target 'does not lose (within one seed std)': **{'met' if ok else 'MISSED'}**")
+                lines.append(
+                    f"- {dsb_on} vs the strongest baseline {strongest}: {_pct(o_m, o_s)} vs {_pct(s_m, s_s)} "
+                    f"({100 * (o_m - s_m):+.2f} points); target 'does not lose (within one seed std)': **{'met' if ok else 'MISSED'}**"
+                )
     return lines
 
 
@@ -642,30 +918,43 @@ def _warmup_of(method: str, knobs: dict[str, Any]) -> float:
 def tuning_table(tier: str, name: str, per_method: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown: one row per tuned method (and warm-up ratio), one column per gamma; the chosen cell in bold."""
     gammas = sorted({row["semscale_gamma"] for info in per_method.values() for row in info["grid"]})
-    lines = [f"### DSB tuning grid ({tier} tier, {name}; seed 0, validation balanced accuracy %, chosen in bold)", "",
-             "| method | warm-up ratio | " + " | ".join(f"gamma {g:g}" for g in gammas) + " |", "|---|---|" + "---|" * len(gammas)]
+    lines = [
+        f"### DSB tuning grid ({tier} tier, {name}; seed 0, validation balanced accuracy %, chosen in bold)",
+        "",
+        "| method | warm-up ratio | " + " | ".join(f"gamma {g:g}" for g in gammas) + " |",
+        "|---|---|" + "---|" * len(gammas),
+    ]
     for method, info in per_method.items():
         for w in sorted({_warmup_of(method, row) for row in info["grid"]}):
             cells = []
             for g in gammas:
                 row = next((r for r in info["grid"] if r["semscale_gamma"] == g and _warmup_of(method, r) == w), None)
                 cell = "—" if row is None else _pct(row["validation_balanced_accuracy"])
-                chosen = row is not None and row["validation_balanced_accuracy"] is not None and info["chosen"] == {
-                    k: row[k] for k in info["chosen"]}
+                chosen = (
+                    row is not None
+                    and row["validation_balanced_accuracy"] is not None
+                    and info["chosen"] == {k: row[k] for k in info["chosen"]}
+                )
                 cells.append(f"**{cell}**" if chosen else cell)
             lines.append(f"| {method} | {w:g} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], notes: list[str]) -> None:
+def write_report(
+    out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], notes: list[str]
+) -> None:
     all_records = [r for records, _ in tiers.values() for r in records]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "long_tail.json").write_text(json.dumps(all_records, indent=2) + "\n", encoding="utf-8")
-    lines = ["# Long-tail benchmark: DSB against the published baselines", "",
-             "Generated by `python benchmarks/long_tail.py` (tables: `--report-only`). Test sets are balanced and never "
-             "used for choices; each tuned method's gamma (DSB's knob) is chosen on a validation split carved from TRAIN data. "
-             "Accuracies in %, mean ± sample std over seeds. `balanced` = mean per-class accuracy; many / medium / few: "
-             "classes with > 100 / 20-100 / < 20 training samples (— = no class in that group).", ""]
+    lines = [
+        "# Long-tail benchmark: DSB against the published baselines",
+        "",
+        "Generated by `python benchmarks/long_tail.py` (tables: `--report-only`). Test sets are balanced and never "
+        "used for choices; each tuned method's gamma (DSB's knob) is chosen on a validation split carved from TRAIN data. "
+        "Accuracies in %, mean ± sample std over seeds. `balanced` = mean per-class accuracy; many / medium / few: "
+        "classes with > 100 / 20-100 / < 20 training samples (— = no class in that group).",
+        "",
+    ]
     lines += notes
     for tier, (records, tuning) in tiers.items():
         datasets = []
@@ -675,16 +964,27 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
         for dataset, schedule in datasets:
             rows = [r for r in records if r["dataset"] == dataset and r["schedule"] == schedule]
             imf = rows[0]["imbalance_factor"]
-            lines += [f"## {tier.upper()} tier — {dataset}" + (f" IF={imf}" if imf else ""), "", f"Schedule: {schedule}.", ""]
+            lines += [
+                f"## {tier.upper()} tier — {dataset}" + (f" IF={imf}" if imf else ""),
+                "",
+                f"Schedule: {schedule}.",
+                "",
+            ]
             if all(r["status"] == "not yet run" for r in rows):
                 if tier == "gpu":
-                    lines += ["**not yet run** (no GPU was lent to the sessions so far). Command: "
-                              f"`{GPU_COMMAND}`.", "", gpu_time_estimate(), ""]
+                    lines += [
+                        f"**not yet run** (no GPU was lent to the sessions so far). Command: `{GPU_COMMAND}`.",
+                        "",
+                        gpu_time_estimate(),
+                        "",
+                    ]
                 else:
                     lines += [f"**not yet run**. Command: `python benchmarks/long_tail.py --tier {tier}`.", ""]
                 continue
-            lines += ["| method | seeds | balanced | accuracy | many | medium | few | wall s/run | what |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "| method | seeds | balanced | accuracy | many | medium | few | wall s/run | what |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in rows:
                 lines.append(
                     f"| {r['method']} | {len(r['seeds'])} | {_pct(r['balanced_accuracy_mean'], r['balanced_accuracy_std'])} | "
@@ -698,18 +998,24 @@ def write_report(out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dic
                 lines += ["", f"Training class counts: {counts}."]
             dsb = next((r for r in rows if r["method"] == "dsb_ce" and r.get("final_semantic_scales_seed0")), None)
             if dsb:
-                lines += [f"dsb_ce seed 0, final semantic scales (bits): {[round(x, 2) for x in dsb['final_semantic_scales_seed0']]}; "
-                          f"final weights: {[round(x, 2) for x in dsb['final_class_weights_seed0']]}."]
+                lines += [
+                    f"dsb_ce seed 0, final semantic scales (bits): {[round(x, 2) for x in dsb['final_semantic_scales_seed0']]}; "
+                    f"final weights: {[round(x, 2) for x in dsb['final_class_weights_seed0']]}."
+                ]
             if dataset == "CIFAR-10-LT":
                 lines += ["", "Targets:"] + target_checks(rows, dataset)
             lines.append("")
         for name, per_method in tuning.items():
             lines += tuning_table(tier, name, per_method)
-    lines += ["## Published reference", "",
-              "CIFAR-10-LT IF=100, ResNet-32, 200 epochs (Cao et al. 2019, Table 2), top-1 %: "
-              + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())
-              + ". Our CIFAR-10 copy was decoded from JPEG (../shared/data/cifar10/SOURCE.md): compare methods inside this "
-              "harness, not absolute numbers against the paper.", ""]
+    lines += [
+        "## Published reference",
+        "",
+        "CIFAR-10-LT IF=100, ResNet-32, 200 epochs (Cao et al. 2019, Table 2), top-1 %: "
+        + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items())
+        + ". Our CIFAR-10 copy was decoded from JPEG (../shared/data/cifar10/SOURCE.md): compare methods inside this "
+        "harness, not absolute numbers against the paper.",
+        "",
+    ]
     (out_dir / "long_tail.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -729,29 +1035,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each on CPU)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("HF_SEMSCALE_DATA_DIR", DEFAULT_DATA_ROOT)))
-    parser.add_argument("--source", default=None, help="override the data source of every setting (tests: a tiny folder)")
-    parser.add_argument("--only", nargs="+", default=None, help="setting names to run (e.g. cifar10_lt_if100 banking77)")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="methods to run (default: all of each setting), e.g. a GPU-tier subset: --seeds 0 --methods ce cb_ce dsb_ce")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(os.environ.get("HF_SEMSCALE_DATA_DIR", DEFAULT_DATA_ROOT))
+    )
+    parser.add_argument(
+        "--source", default=None, help="override the data source of every setting (tests: a tiny folder)"
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="setting names to run (e.g. cifar10_lt_if100 banking77)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="methods to run (default: all of each setting), e.g. a GPU-tier subset: --seeds 0 --methods ce cb_ce dsb_ce",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--machine", default="a 2-core x86-64 CPU (no GPU), single-threaded runs",
-                        help="The machine, as stated in the report (name the GPU for --tier gpu)")
+    parser.add_argument(
+        "--machine",
+        default="a 2-core x86-64 CPU (no GPU), single-threaded runs",
+        help="The machine, as stated in the report (name the GPU for --tier gpu)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     start, load_at_start = time.time(), os.getloadavg()
     if not args.report_only:
-        run_tier(args.tier, args.work_dir, args.data_root, args.seeds, args.workers, args.only, args.source, args.methods)
+        run_tier(
+            args.tier, args.work_dir, args.data_root, args.seeds, args.workers, args.only, args.source, args.methods
+        )
     if not args.report_only:
-        append_run_info(args.work_dir / args.tier / "run_info.json",
-                        {"wall_time_s": time.time() - start, "workers": args.workers, "seeds": args.seeds, "only": args.only, "methods": args.methods,
-                         "load_average_1min": [load_at_start[0], os.getloadavg()[0]], "machine": args.machine})
+        append_run_info(
+            args.work_dir / args.tier / "run_info.json",
+            {
+                "wall_time_s": time.time() - start,
+                "workers": args.workers,
+                "seeds": args.seeds,
+                "only": args.only,
+                "methods": args.methods,
+                "load_average_1min": [load_at_start[0], os.getloadavg()[0]],
+                "machine": args.machine,
+            },
+        )
     # The CPU and GPU tiers share one report, whichever was run: running one never drops the other's tables.
     report_tiers = ["cpu", "gpu"] if args.tier in ("cpu", "gpu") else [args.tier]
-    tiers = {tier: collect(args.work_dir, tier, args.seeds if tier == args.tier else DEFAULT_SEEDS) for tier in report_tiers}
+    tiers = {
+        tier: collect(args.work_dir, tier, args.seeds if tier == args.tier else DEFAULT_SEEDS) for tier in report_tiers
+    }
     notes = invocation_notes(args.work_dir, report_tiers, args.machine)
     if args.tier in STUDY_TIERS:
         from benchmarks.study_report import write_study_report
@@ -760,12 +1092,22 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("wrote %s", args.out_dir / f"long_tail_{args.tier}.md")
         return
     if "cpu" in tiers:
-        ce = next((r for r in tiers["cpu"][0] if r["method"] == "ce" and r["dataset"] == "CIFAR-10-LT" and r["accuracy_mean"] is not None), None)
+        ce = next(
+            (
+                r
+                for r in tiers["cpu"][0]
+                if r["method"] == "ce" and r["dataset"] == "CIFAR-10-LT" and r["accuracy_mean"] is not None
+            ),
+            None,
+        )
         reached = f"plain CE reaches {100 * ce['accuracy_mean']:.1f} %" if ce else "plain CE is not yet measured"
-        notes += ["", f"The CPU tier is a short, small-model schedule far from convergence ({reached} on CIFAR-10-LT here "
-                  f"vs {PUBLISHED['ce']} % published for ResNet-32 / 200 epochs): it checks that every method runs in one "
-                  "harness and shows the trends of a short schedule; it is not evidence for or against the paper's numbers. "
-                  "Those need the GPU tier."]
+        notes += [
+            "",
+            f"The CPU tier is a short, small-model schedule far from convergence ({reached} on CIFAR-10-LT here "
+            f"vs {PUBLISHED['ce']} % published for ResNet-32 / 200 epochs): it checks that every method runs in one "
+            "harness and shows the trends of a short schedule; it is not evidence for or against the paper's numbers. "
+            "Those need the GPU tier.",
+        ]
     notes.append("")
     write_report(args.out_dir, tiers, notes)
     logger.info("wrote %s", args.out_dir / "long_tail.md")
@@ -777,13 +1119,20 @@ def invocation_notes(work_dir: Path, tiers: list[str], machine: str) -> list[str
     for tier in tiers:
         for info in read_run_info(work_dir / tier / "run_info.json"):
             load = info.get("load_average_1min")
-            notes.append(f"- `--tier {tier}` " + (f"`--only {' '.join(info['only'])}` " if info.get("only") else "")
-                         + (f"`--methods {' '.join(info['methods'])}`" if info.get("methods") else "(all methods)")
-                         + f" took {info['wall_time_s'] / 60:.1f} min wall ({info['workers']} runs in parallel, seeds {info['seeds']}) "
-                         f"on {info.get('machine', machine)}"
-                         + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end" if load else "")
-                         + (f" ({info['note']})." if info.get("note") else "."))
-    return ["Invocations that produced these runs (finished runs are skipped, so each timed only what it ran):", *notes] if notes else []
+            notes.append(
+                f"- `--tier {tier}` "
+                + (f"`--only {' '.join(info['only'])}` " if info.get("only") else "")
+                + (f"`--methods {' '.join(info['methods'])}`" if info.get("methods") else "(all methods)")
+                + f" took {info['wall_time_s'] / 60:.1f} min wall ({info['workers']} runs in parallel, seeds {info['seeds']}) "
+                f"on {info.get('machine', machine)}"
+                + (f"; 1-minute load average {load[0]:.1f} at its start, {load[1]:.1f} at its end" if load else "")
+                + (f" ({info['note']})." if info.get("note") else ".")
+            )
+    return (
+        ["Invocations that produced these runs (finished runs are skipped, so each timed only what it ran):", *notes]
+        if notes
+        else []
+    )
 
 
 if __name__ == "__main__":

@@ -61,14 +61,19 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 def cifar_pixel_curves(data_root: Path, per_class: int, sizes: list[int], draws: int) -> dict[str, Any]:
     import torch
 
-    from hf_semscale.data import limit_per_class, load_local_dataset
     from hf_semscale.core.scale import marginal_effect_curves
+    from hf_semscale.data import limit_per_class, load_local_dataset
 
     train = limit_per_class(load_local_dataset(data_root / "cifar10", "train"), per_class, seed=0)
     images = np.asarray(train.with_format("numpy")["image"], dtype=np.float32).reshape(len(train), -1) / 255.0
     labels = torch.as_tensor(np.asarray(train["label"]))
     curves = marginal_effect_curves(torch.from_numpy(images), labels, 10, sizes=sizes, draws=draws, seed=0)
-    return {"space": "pixels (sample volume)", "dataset": "CIFAR-10 train", "class_names": train.features["label"].names, **curves.to_dict()}
+    return {
+        "space": "pixels (sample volume)",
+        "dataset": "CIFAR-10 train",
+        "class_names": train.features["label"].names,
+        **curves.to_dict(),
+    }
 
 
 def banking_embeddings(work_dir: Path, data_root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[int]] | None:
@@ -86,7 +91,9 @@ def banking_embeddings(work_dir: Path, data_root: Path) -> tuple[np.ndarray, np.
     return np.load(path), labels, train.features["label"].names, np.bincount(labels, minlength=77).tolist()
 
 
-def banking_phenomena(work_dir: Path, data_root: Path, sizes: list[int], draws: int, seeds: list[int]) -> dict[str, Any] | None:
+def banking_phenomena(
+    work_dir: Path, data_root: Path, sizes: list[int], draws: int, seeds: list[int]
+) -> dict[str, Any] | None:
     import torch
 
     from hf_semscale.core.imbalance import imbalance_summary
@@ -104,8 +111,13 @@ def banking_phenomena(work_dir: Path, data_root: Path, sizes: list[int], draws: 
         result = _load_json(work_dir / "cpu" / "banking77" / "ce" / f"seed{seed}" / "results.json")
         if result and result.get("test"):
             accuracies.append(result["test"]["per_class_accuracy"])
-    out = {"space": "frozen all-MiniLM-L6-v2 sentence embeddings (feature volume, d=384)", "dataset": "BANKING77 train",
-           "curves": curves.to_dict(), "scales": scales.tolist(), "counts": counts}
+    out = {
+        "space": "frozen all-MiniLM-L6-v2 sentence embeddings (feature volume, d=384)",
+        "dataset": "BANKING77 train",
+        "curves": curves.to_dict(),
+        "scales": scales.tolist(),
+        "counts": counts,
+    }
     if accuracies:
         acc = np.mean(np.asarray(accuracies, dtype=np.float64), axis=0)
         out["summary"] = imbalance_summary(scales, torch.as_tensor(counts), torch.as_tensor(acc))
@@ -130,13 +142,34 @@ def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, An
             result = _load_json(method_dir / f"seed{seed}" / "results.json")
             if not result or not result.get("test") or not any(result["final_semantic_scales"]):
                 continue
-            summary = imbalance_summary(torch.as_tensor(result["final_semantic_scales"]), torch.as_tensor(result["train_class_counts"]),
-                                        torch.as_tensor(result["test"]["per_class_accuracy"]))
-            scale_count, _ = spearman(torch.as_tensor(result["final_semantic_scales"]), torch.as_tensor(result["train_class_counts"]))
-            rows.append({"method": method_dir.name, "seed": seed, "scales": result["final_semantic_scales"],
-                         "spearman_scale_count": scale_count, **{k: summary.get(k) for k in (
-                "pearson_scale_accuracy", "spearman_scale_accuracy", "pearson_count_accuracy", "spearman_count_accuracy",
-                "scale_min", "scale_max", "max_min_ratio")}})
+            summary = imbalance_summary(
+                torch.as_tensor(result["final_semantic_scales"]),
+                torch.as_tensor(result["train_class_counts"]),
+                torch.as_tensor(result["test"]["per_class_accuracy"]),
+            )
+            scale_count, _ = spearman(
+                torch.as_tensor(result["final_semantic_scales"]), torch.as_tensor(result["train_class_counts"])
+            )
+            rows.append(
+                {
+                    "method": method_dir.name,
+                    "seed": seed,
+                    "scales": result["final_semantic_scales"],
+                    "spearman_scale_count": scale_count,
+                    **{
+                        k: summary.get(k)
+                        for k in (
+                            "pearson_scale_accuracy",
+                            "spearman_scale_accuracy",
+                            "pearson_count_accuracy",
+                            "spearman_count_accuracy",
+                            "scale_min",
+                            "scale_max",
+                            "max_min_ratio",
+                        )
+                    },
+                }
+            )
     return rows
 
 
@@ -159,21 +192,54 @@ def _bc_run_dir(work_dir: Path, depth: int, per_class: int, seed: int) -> Path:
     return work_dir / "balanced_cifar" / f"resnet{depth}_n{per_class}_seed{seed}"
 
 
-def train_balanced_cifar(run_dir: Path, data_root: Path, depth: int, per_class: int, epochs: int, seed: int, threads: int) -> None:
+def train_balanced_cifar(
+    run_dir: Path, data_root: Path, depth: int, per_class: int, epochs: int, seed: int, threads: int
+) -> None:
     """Plain-CE CIFAR ResNet on a balanced subset, through the recipe (a subprocess, so its memory is freed)."""
     import subprocess
     import time
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO_ROOT / "recipes" / "train_image.py"), str(REPO_ROOT / "recipes" / "configs" / "cifar10.yaml"),
-           "--method", "ce", "--data_dir", str(data_root / "cifar10"), "--depth", str(depth),
-           "--max_train_samples_per_class", str(per_class), "--validation_per_class", "0", "--num_train_epochs", str(epochs),
-           "--lr_schedule", "cosine", "--warmup_epochs", "0", "--num_threads", str(threads), "--seed", str(seed),
-           "--output_dir", str(run_dir), "--logging_steps", "100"]
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "recipes" / "train_image.py"),
+        str(REPO_ROOT / "recipes" / "configs" / "cifar10.yaml"),
+        "--method",
+        "ce",
+        "--data_dir",
+        str(data_root / "cifar10"),
+        "--depth",
+        str(depth),
+        "--max_train_samples_per_class",
+        str(per_class),
+        "--validation_per_class",
+        "0",
+        "--num_train_epochs",
+        str(epochs),
+        "--lr_schedule",
+        "cosine",
+        "--warmup_epochs",
+        "0",
+        "--num_threads",
+        str(threads),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(run_dir),
+        "--logging_steps",
+        "100",
+    ]
     logger.info("training: %s", " ".join(cmd))
     start = time.time()
     with open(run_dir.with_suffix(".log"), "w", encoding="utf-8") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     logger.info("trained %s in %.0f s", run_dir.name, time.time() - start)
 
 
@@ -203,56 +269,86 @@ def _correlations(scales: np.ndarray, counts: list[int], accuracy: np.ndarray) -
     return summary
 
 
-def balanced_cifar_phenomena(run_dir: Path, data_root: Path, per_class: int, sizes: list[int], draws: int) -> dict[str, Any] | None:
+def balanced_cifar_phenomena(
+    run_dir: Path, data_root: Path, per_class: int, sizes: list[int], draws: int
+) -> dict[str, Any] | None:
     """Scales, curves and correlations of one trained balanced-CIFAR model (``run_dir``: the recipe's output_dir)."""
     import torch
 
-    from hf_semscale.features import extract_features, extract_sample_vectors, load_model_for_features
     from hf_semscale.core.scale import class_semantic_scales, marginal_effect_curves
+    from hf_semscale.features import extract_features, extract_sample_vectors, load_model_for_features
     from recipes.common import DataArguments, load_splits
 
     result = _load_json(run_dir / "results.json")
     if not result or not (run_dir / "config.json").is_file():
         logger.warning("no trained model / results.json in %s (train it with --train-balanced-cifar)", run_dir)
         return None
-    splits = load_splits(DataArguments(data_dir=str(data_root / "cifar10"), max_train_samples_per_class=per_class,
-                                       validation_per_class=0, subset_seed=result.get("subset_seed", 0)), "image")
+    splits = load_splits(
+        DataArguments(
+            data_dir=str(data_root / "cifar10"),
+            max_train_samples_per_class=per_class,
+            validation_per_class=0,
+            subset_seed=result.get("subset_seed", 0),
+        ),
+        "image",
+    )
     counts = splits["train_class_counts"]
     if counts != result["train_class_counts"]:
-        raise ValueError(f"{run_dir}: trained on class counts {result['train_class_counts']}, rebuilt subset has {counts}")
+        raise ValueError(
+            f"{run_dir}: trained on class counts {result['train_class_counts']}, rebuilt subset has {counts}"
+        )
     fm = load_model_for_features(str(run_dir))
     # Package gap, quantified: as loaded, the model gets raw [0, 1] pixels (no image processor saved).
     from hf_semscale.data import limit_per_class
 
     probe = limit_per_class(splits["test"], 200, seed=0)
-    _, probe_labels, probe_pred = extract_features(fm, probe, 500, device="cpu", with_predictions=True, show_progress=False)
+    _, probe_labels, probe_pred = extract_features(
+        fm, probe, 500, device="cpu", with_predictions=True, show_progress=False
+    )
     unnormalised_accuracy = float(np.mean(probe_pred == probe_labels))
     # The recipe normalises pixels with the training set's channel mean / std but saves no image
     # processor, so load_model_for_features would feed raw [0, 1] pixels: pass the recipe's statistics.
     fm.image_mean, fm.image_std = tuple(result["channel_mean"]), tuple(result["channel_std"])
     train_feats, train_labels, _ = extract_features(fm, splits["train"], 500, device="cpu", show_progress=False)
-    test_feats, test_labels, test_pred = extract_features(fm, splits["test"], 500, device="cpu", with_predictions=True, show_progress=False)
+    test_feats, test_labels, test_pred = extract_features(
+        fm, splits["test"], 500, device="cpu", with_predictions=True, show_progress=False
+    )
     num_classes = len(splits["class_names"])
     accuracy = np.array([float(np.mean(test_pred[test_labels == c] == c)) for c in range(num_classes)])
     recipe_acc = np.asarray(result["test"]["per_class_accuracy"], dtype=np.float64)
     feats, labels = torch.from_numpy(train_feats).double(), torch.from_numpy(train_labels)
     scales = class_semantic_scales(feats, labels, num_classes).numpy()
-    test_scales = class_semantic_scales(torch.from_numpy(test_feats).double(), torch.from_numpy(test_labels), num_classes).numpy()
-    curves = marginal_effect_curves(feats, labels, num_classes, sizes=[m for m in sizes if m <= min(counts)], draws=draws, seed=0)
+    test_scales = class_semantic_scales(
+        torch.from_numpy(test_feats).double(), torch.from_numpy(test_labels), num_classes
+    ).numpy()
+    curves = marginal_effect_curves(
+        feats, labels, num_classes, sizes=[m for m in sizes if m <= min(counts)], draws=draws, seed=0
+    )
     out: dict[str, Any] = {
         "run": str(run_dir.relative_to(REPO_ROOT)) if run_dir.is_relative_to(REPO_ROOT) else str(run_dir),
-        "seed": result["seed"], "depth": result.get("depth"), "epochs": result.get("epochs"), "num_train": result["num_train"],
-        "train_runtime_s": result.get("train_runtime_s"), "wall_time_s": result.get("wall_time_s"),
-        "test_accuracy": float(np.mean(test_pred == test_labels)), "recipe_test_accuracy": result["test"]["accuracy"],
+        "seed": result["seed"],
+        "depth": result.get("depth"),
+        "epochs": result.get("epochs"),
+        "num_train": result["num_train"],
+        "train_runtime_s": result.get("train_runtime_s"),
+        "wall_time_s": result.get("wall_time_s"),
+        "test_accuracy": float(np.mean(test_pred == test_labels)),
+        "recipe_test_accuracy": result["test"]["accuracy"],
         "test_accuracy_without_channel_normalisation_2000": unnormalised_accuracy,
         "max_abs_diff_vs_recipe_per_class_accuracy": float(np.max(np.abs(accuracy - recipe_acc))),
-        "feature_dim": int(train_feats.shape[1]), "class_names": splits["class_names"], "counts": counts,
-        "per_class_accuracy": accuracy.tolist(), "train_feature_scales": scales.tolist(), "test_feature_scales": test_scales.tolist(),
+        "feature_dim": int(train_feats.shape[1]),
+        "class_names": splits["class_names"],
+        "counts": counts,
+        "per_class_accuracy": accuracy.tolist(),
+        "train_feature_scales": scales.tolist(),
+        "test_feature_scales": test_scales.tolist(),
         "space": f"trained CIFAR ResNet-{result.get('depth')} features (classifier input, d={train_feats.shape[1]}), seed {result['seed']}",
         "dataset": f"CIFAR-10 train, balanced {per_class}/class",
         "curves": curves.to_dict(),
         "summary_train_features": _correlations(scales, counts, accuracy),
-        "summary_test_features": _correlations(test_scales, [int(np.sum(test_labels == c)) for c in range(num_classes)], accuracy),
+        "summary_test_features": _correlations(
+            test_scales, [int(np.sum(test_labels == c)) for c in range(num_classes)], accuracy
+        ),
     }
     pixels = torch.from_numpy(extract_sample_vectors(splits["train"], show_progress=False))
     pixel_scales = class_semantic_scales(pixels, labels, num_classes).numpy()
@@ -265,10 +361,14 @@ def balanced_cifar_across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-class accuracy and scales averaged over seeds, and their correlations."""
     acc = np.mean([r["per_class_accuracy"] for r in runs], axis=0)
     scales = np.mean([r["train_feature_scales"] for r in runs], axis=0)
-    out = {"seeds": [r["seed"] for r in runs], "per_class_accuracy": acc.tolist(), "train_feature_scales": scales.tolist(),
-           "summary_train_features": _correlations(scales, runs[0]["counts"], acc),
-           "test_feature_scales": np.mean([r["test_feature_scales"] for r in runs], axis=0).tolist(),
-           "summary_pixels": _correlations(np.asarray(runs[0]["train_pixel_scales"]), runs[0]["counts"], acc)}
+    out = {
+        "seeds": [r["seed"] for r in runs],
+        "per_class_accuracy": acc.tolist(),
+        "train_feature_scales": scales.tolist(),
+        "summary_train_features": _correlations(scales, runs[0]["counts"], acc),
+        "test_feature_scales": np.mean([r["test_feature_scales"] for r in runs], axis=0).tolist(),
+        "summary_pixels": _correlations(np.asarray(runs[0]["train_pixel_scales"]), runs[0]["counts"], acc),
+    }
     out["summary_test_features"] = _correlations(np.asarray(out["test_feature_scales"]), [1000] * len(acc), acc)
     if len(runs) > 1:
         out["accuracy_std_over_seeds"] = np.std([r["per_class_accuracy"] for r in runs], axis=0).tolist()
@@ -306,43 +406,65 @@ def write(out_dir: Path, report: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "phenomena.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     lines = ["# Phenomena of semantic scale on our data", "", "Generated by `python benchmarks/phenomena.py`.", ""]
-    lines += ["## Marginal effect", "", "Mean scale (bits) of random class subsets of size m (several draws), first classes shown; "
-              "plot: `phenomena.png`.", ""]
+    lines += [
+        "## Marginal effect",
+        "",
+        "Mean scale (bits) of random class subsets of size m (several draws), first classes shown; "
+        "plot: `phenomena.png`.",
+        "",
+    ]
     for key in ("cifar10_pixels", "banking77_features"):
         curves = report.get(key)
         if not curves:
             continue
         c = curves if "sizes" in curves else curves["curves"]
-        lines += [f"### {curves.get('dataset')} — {curves.get('space')}", "", "| class | " + " | ".join(f"m={m}" for m in c["sizes"]) + " |",
-                  "|---|" + "---|" * len(c["sizes"])]
+        lines += [
+            f"### {curves.get('dataset')} — {curves.get('space')}",
+            "",
+            "| class | " + " | ".join(f"m={m}" for m in c["sizes"]) + " |",
+            "|---|" + "---|" * len(c["sizes"]),
+        ]
         for cls, row in list(enumerate(c["mean"]))[:5]:
             lines.append(f"| {cls} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in row) + " |")
         lines.append("")
     bank = report.get("banking77_features")
     if bank and bank.get("summary"):
         s = bank["summary"]
-        lines += ["## BANKING77: does scale track accuracy better than count?", "",
-                  f"Accuracy: {bank.get('accuracy_source', 'not available')}. Scales: frozen MiniLM embeddings of all of each class's "
-                  "training rows (n_c = 30..182 < d = 384, where the marginal-effect curves above are still rising, so part of "
-                  "each scale is a count effect).", "",
-                  "| | Pearson | Spearman |", "|---|---|---|",
-                  f"| scale vs accuracy | {_fmt(s.get('pearson_scale_accuracy'))} | {_fmt(s.get('spearman_scale_accuracy'))} |",
-                  f"| count vs accuracy | {_fmt(s.get('pearson_count_accuracy'))} | {_fmt(s.get('spearman_count_accuracy'))} |", "",
-                  f"Scales {s['scale_min']:.2f}..{s['scale_max']:.2f} bits (max/min {_fmt(s.get('max_min_ratio'))}); counts "
-                  f"{s['count_min']}..{s['count_max']}.", ""]
+        lines += [
+            "## BANKING77: does scale track accuracy better than count?",
+            "",
+            f"Accuracy: {bank.get('accuracy_source', 'not available')}. Scales: frozen MiniLM embeddings of all of each class's "
+            "training rows (n_c = 30..182 < d = 384, where the marginal-effect curves above are still rising, so part of "
+            "each scale is a count effect).",
+            "",
+            "| | Pearson | Spearman |",
+            "|---|---|---|",
+            f"| scale vs accuracy | {_fmt(s.get('pearson_scale_accuracy'))} | {_fmt(s.get('spearman_scale_accuracy'))} |",
+            f"| count vs accuracy | {_fmt(s.get('pearson_count_accuracy'))} | {_fmt(s.get('spearman_count_accuracy'))} |",
+            "",
+            f"Scales {s['scale_min']:.2f}..{s['scale_max']:.2f} bits (max/min {_fmt(s.get('max_min_ratio'))}); counts "
+            f"{s['count_min']}..{s['count_max']}.",
+            "",
+        ]
     rows = report.get("cifar10_lt_correlations") or []
     if rows:
-        lines += ["## CIFAR-10-LT (CPU tier): final pool scales of the dsb_* runs vs per-class test accuracy", "",
-                  "Pearson / Spearman: correlation with per-class test accuracy. `scale vs count`: Spearman correlation of the "
-                  "final scales with the classes' training counts; `scale vs balanced`: with the train-feature scales of the "
-                  "ResNet-8 trained on BALANCED CIFAR-10 (section below; — when it was not run).", "",
-                  "| method | seed | Pearson scale | Spearman scale | Pearson count | Spearman count | scale vs count | scale vs balanced | scale range (bits) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## CIFAR-10-LT (CPU tier): final pool scales of the dsb_* runs vs per-class test accuracy",
+            "",
+            "Pearson / Spearman: correlation with per-class test accuracy. `scale vs count`: Spearman correlation of the "
+            "final scales with the classes' training counts; `scale vs balanced`: with the train-feature scales of the "
+            "ResNet-8 trained on BALANCED CIFAR-10 (section below; — when it was not run).",
+            "",
+            "| method | seed | Pearson scale | Spearman scale | Pearson count | Spearman count | scale vs count | scale vs balanced | scale range (bits) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['method']} | {r['seed']} | {_fmt(r['pearson_scale_accuracy'])} | {_fmt(r['spearman_scale_accuracy'])} | "
-                         f"{_fmt(r['pearson_count_accuracy'])} | {_fmt(r['spearman_count_accuracy'])} | {_fmt(r.get('spearman_scale_count'))} | "
-                         f"{_fmt(r.get('spearman_scale_vs_balanced_scale'))} | "
-                         f"{r['scale_min']:.2f}..{r['scale_max']:.2f} |")
+            lines.append(
+                f"| {r['method']} | {r['seed']} | {_fmt(r['pearson_scale_accuracy'])} | {_fmt(r['spearman_scale_accuracy'])} | "
+                f"{_fmt(r['pearson_count_accuracy'])} | {_fmt(r['spearman_count_accuracy'])} | {_fmt(r.get('spearman_scale_count'))} | "
+                f"{_fmt(r.get('spearman_scale_vs_balanced_scale'))} | "
+                f"{r['scale_min']:.2f}..{r['scale_max']:.2f} |"
+            )
         lines.append("")
     lines += balanced_cifar_lines(report)
     (out_dir / "phenomena.md").write_text("\n".join(lines), encoding="utf-8")
@@ -354,8 +476,10 @@ def _fmt_p(value: Any, p: Any) -> str:
 
 def _corr_row(name: str, s: dict[str, Any], what: str) -> str:
     p_key = "p_pearson_scale_accuracy" if what == "scale" else None
-    return (f"| {name} | {_fmt_p(s.get(f'pearson_{what}_accuracy'), s.get(p_key) if p_key else None)} | "
-            f"{_fmt_p(s.get(f'spearman_{what}_accuracy'), s.get('p_spearman_scale_accuracy') if what == 'scale' else None)} |")
+    return (
+        f"| {name} | {_fmt_p(s.get(f'pearson_{what}_accuracy'), s.get(p_key) if p_key else None)} | "
+        f"{_fmt_p(s.get(f'spearman_{what}_accuracy'), s.get('p_spearman_scale_accuracy') if what == 'scale' else None)} |"
+    )
 
 
 def _reading(name: str, s: dict[str, Any]) -> str:
@@ -374,72 +498,116 @@ def balanced_cifar_lines(report: dict[str, Any]) -> list[str]:
     setup, runs, agg = bc["setup"], bc["runs"], bc["across_seeds"]
     first = runs[0]
     names = first["class_names"]
-    lines = ["## Balanced CIFAR-10, trained model: does semantic scale track per-class accuracy?", "",
-             f"Setup: {setup['description']}", "",
-             "Per-class test accuracy comes from `hf_semscale.features.extract_features(..., with_predictions=True)` on the "
-             "full balanced test set (1000 images per class); it matches the recipe's own evaluation "
-             f"(largest per-class difference {max(r['max_abs_diff_vs_recipe_per_class_accuracy'] for r in runs):.4f}). "
-             "Scales: `class_semantic_scales` (rows L2-normalised, alpha = d) of the classifier-input features of each "
-             "class's training images (no augmentation), of its test images, and of its raw training pixels (d = 3072).", ""]
-    lines += ["| seed | epochs | train time (s) | test top-1 | train-feature scale range (bits) | Spearman train-feature scale vs acc (p) "
-              "| Pearson (p) | Spearman test-feature scale vs acc (p) | Spearman pixel scale vs acc (p) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Balanced CIFAR-10, trained model: does semantic scale track per-class accuracy?",
+        "",
+        f"Setup: {setup['description']}",
+        "",
+        "Per-class test accuracy comes from `hf_semscale.features.extract_features(..., with_predictions=True)` on the "
+        "full balanced test set (1000 images per class); it matches the recipe's own evaluation "
+        f"(largest per-class difference {max(r['max_abs_diff_vs_recipe_per_class_accuracy'] for r in runs):.4f}). "
+        "Scales: `class_semantic_scales` (rows L2-normalised, alpha = d) of the classifier-input features of each "
+        "class's training images (no augmentation), of its test images, and of its raw training pixels (d = 3072).",
+        "",
+    ]
+    lines += [
+        "| seed | epochs | train time (s) | test top-1 | train-feature scale range (bits) | Spearman train-feature scale vs acc (p) "
+        "| Pearson (p) | Spearman test-feature scale vs acc (p) | Spearman pixel scale vs acc (p) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         s = r["summary_train_features"]
-        lines.append(f"| {r['seed']} | {r['epochs']:g} | {r['train_runtime_s']:.0f} | {100 * r['test_accuracy']:.2f} % | "
-                     f"{s['scale_min']:.2f}..{s['scale_max']:.2f} | {_fmt_p(s['spearman_scale_accuracy'], s['p_spearman_scale_accuracy'])} | "
-                     f"{_fmt_p(s['pearson_scale_accuracy'], s['p_pearson_scale_accuracy'])} | "
-                     f"{_fmt_p(r['summary_test_features']['spearman_scale_accuracy'], r['summary_test_features']['p_spearman_scale_accuracy'])} | "
-                     f"{_fmt_p(r['summary_pixels']['spearman_scale_accuracy'], r['summary_pixels']['p_spearman_scale_accuracy'])} |")
+        lines.append(
+            f"| {r['seed']} | {r['epochs']:g} | {r['train_runtime_s']:.0f} | {100 * r['test_accuracy']:.2f} % | "
+            f"{s['scale_min']:.2f}..{s['scale_max']:.2f} | {_fmt_p(s['spearman_scale_accuracy'], s['p_spearman_scale_accuracy'])} | "
+            f"{_fmt_p(s['pearson_scale_accuracy'], s['p_pearson_scale_accuracy'])} | "
+            f"{_fmt_p(r['summary_test_features']['spearman_scale_accuracy'], r['summary_test_features']['p_spearman_scale_accuracy'])} | "
+            f"{_fmt_p(r['summary_pixels']['spearman_scale_accuracy'], r['summary_pixels']['p_spearman_scale_accuracy'])} |"
+        )
     lines.append("")
     multi = len(runs) > 1
-    lines += [f"Per class ({'mean over seeds ' + str(agg['seeds']) if multi else 'seed ' + str(first['seed'])}; pixel scale and count "
-              "do not depend on the seed):", "",
-              "| class | count | test accuracy | scale, train features | scale, test features | scale, pixels |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"Per class ({'mean over seeds ' + str(agg['seeds']) if multi else 'seed ' + str(first['seed'])}; pixel scale and count "
+        "do not depend on the seed):",
+        "",
+        "| class | count | test accuracy | scale, train features | scale, test features | scale, pixels |",
+        "|---|---|---|---|---|---|",
+    ]
     test_scales = agg["test_feature_scales"]
     for c, name in enumerate(names):
-        acc = f"{100 * agg['per_class_accuracy'][c]:.1f} %" + (f" ± {100 * agg['accuracy_std_over_seeds'][c]:.1f}" if multi else "")
+        acc = f"{100 * agg['per_class_accuracy'][c]:.1f} %" + (
+            f" ± {100 * agg['accuracy_std_over_seeds'][c]:.1f}" if multi else ""
+        )
         sc = f"{agg['train_feature_scales'][c]:.2f}" + (f" ± {agg['scale_std_over_seeds'][c]:.2f}" if multi else "")
-        lines.append(f"| {name} | {first['counts'][c]} | {acc} | {sc} | {test_scales[c]:.2f} | {first['train_pixel_scales'][c]:.1f} |")
+        lines.append(
+            f"| {name} | {first['counts'][c]} | {acc} | {sc} | {test_scales[c]:.2f} | {first['train_pixel_scales'][c]:.1f} |"
+        )
     s_feat, s_pix = agg["summary_train_features"], agg["summary_pixels"]
     s_test = agg["summary_test_features"]
-    lines += ["", f"Correlation with per-class test accuracy ({'per-seed means' if multi else 'one seed'}; two-sided permutation "
-              "p-values, 20,000 permutations, 10 classes):", "",
-              "| per-class quantity | Pearson (p) | Spearman (p) |", "|---|---|---|",
-              _corr_row("semantic scale, trained features of the training images", s_feat, "scale")]
+    lines += [
+        "",
+        f"Correlation with per-class test accuracy ({'per-seed means' if multi else 'one seed'}; two-sided permutation "
+        "p-values, 20,000 permutations, 10 classes):",
+        "",
+        "| per-class quantity | Pearson (p) | Spearman (p) |",
+        "|---|---|---|",
+        _corr_row("semantic scale, trained features of the training images", s_feat, "scale"),
+    ]
     lines.append(_corr_row("semantic scale, trained features of the test images", s_test, "scale"))
-    lines += [_corr_row("semantic scale, raw pixels of the training images (sample volume)", s_pix, "scale"),
-              _corr_row("training count", s_feat, "count"), "",
-              f"Count: every class has {first['counts'][0]} training images, so its correlation with accuracy is undefined "
-              f"(`imbalance_summary` note: \"{s_feat['notes'].get('pearson_count_accuracy', '')}\"): on sample-balanced data "
-              "the count cannot explain any of the spread in accuracy "
-              f"({100 * min(agg['per_class_accuracy']):.1f} %..{100 * max(agg['per_class_accuracy']):.1f} %).", "",
-              "Reading (generated from the numbers above):", "",
-              "- " + _reading("Trained features of the training images", s_feat),
-              "- " + _reading("Trained features of the test images", s_test),
-              "- " + _reading("Raw pixels", s_pix),
-              "- The paper's claim for sample-balanced data is that classes of larger semantic scale are recognised better. "
-              + ("Here the trained-feature scale of the training images supports it (positive and significant)."
-                 if (s_feat.get("spearman_scale_accuracy") or 0) > 0 and (s_feat.get("p_spearman_scale_accuracy") or 1) < 0.05
-                 else "Here the trained-feature scale of the training images does NOT support it (not a positive, significant "
-                      "correlation)."), "",
-              "Package gap met on the way: the recipe normalises pixels with the training set's channel mean / std but saves no "
-              "image processor, so `load_model_for_features` (and `hf-semscale measure --with-accuracy`) on its output feeds raw "
-              "[0, 1] pixels; this script passes the recipe's `channel_mean` / `channel_std` (from `results.json`). As loaded, "
-              "without them, the same model scores "
-              + ", ".join(f"{100 * r['test_accuracy_without_channel_normalisation_2000']:.1f} %" for r in runs)
-              + " on 2,000 test images (seeds " + ", ".join(str(r["seed"]) for r in runs) + ").", ""]
+    lines += [
+        _corr_row("semantic scale, raw pixels of the training images (sample volume)", s_pix, "scale"),
+        _corr_row("training count", s_feat, "count"),
+        "",
+        f"Count: every class has {first['counts'][0]} training images, so its correlation with accuracy is undefined "
+        f'(`imbalance_summary` note: "{s_feat["notes"].get("pearson_count_accuracy", "")}"): on sample-balanced data '
+        "the count cannot explain any of the spread in accuracy "
+        f"({100 * min(agg['per_class_accuracy']):.1f} %..{100 * max(agg['per_class_accuracy']):.1f} %).",
+        "",
+        "Reading (generated from the numbers above):",
+        "",
+        "- " + _reading("Trained features of the training images", s_feat),
+        "- " + _reading("Trained features of the test images", s_test),
+        "- " + _reading("Raw pixels", s_pix),
+        "- The paper's claim for sample-balanced data is that classes of larger semantic scale are recognised better. "
+        + (
+            "Here the trained-feature scale of the training images supports it (positive and significant)."
+            if (s_feat.get("spearman_scale_accuracy") or 0) > 0
+            and (s_feat.get("p_spearman_scale_accuracy") or 1) < 0.05
+            else "Here the trained-feature scale of the training images does NOT support it (not a positive, significant "
+            "correlation)."
+        ),
+        "",
+        "Package gap met on the way: the recipe normalises pixels with the training set's channel mean / std but saves no "
+        "image processor, so `load_model_for_features` (and `hf-semscale measure --with-accuracy`) on its output feeds raw "
+        "[0, 1] pixels; this script passes the recipe's `channel_mean` / `channel_std` (from `results.json`). As loaded, "
+        "without them, the same model scores "
+        + ", ".join(f"{100 * r['test_accuracy_without_channel_normalisation_2000']:.1f} %" for r in runs)
+        + " on 2,000 test images (seeds "
+        + ", ".join(str(r["seed"]) for r in runs)
+        + ").",
+        "",
+    ]
     # marginal effect, trained features next to pixels
     curves, pix = first["curves"], report.get("cifar10_pixels")
-    lines += [f"### Marginal effect in the trained feature space (seed {first['seed']}, d = {first['feature_dim']}) next to pixel space", "",
-              "Mean scale (bits) of random class subsets of size m (3 draws); plots: `phenomena_cifar10_trained_marginal.png` "
-              "(this model) and the middle panel of `phenomena.png`.", "",
-              "| class | " + " | ".join(f"m={m}" for m in curves["sizes"]) + " |", "|---|" + "---|" * len(curves["sizes"])]
+    lines += [
+        f"### Marginal effect in the trained feature space (seed {first['seed']}, d = {first['feature_dim']}) next to pixel space",
+        "",
+        "Mean scale (bits) of random class subsets of size m (3 draws); plots: `phenomena_cifar10_trained_marginal.png` "
+        "(this model) and the middle panel of `phenomena.png`.",
+        "",
+        "| class | " + " | ".join(f"m={m}" for m in curves["sizes"]) + " |",
+        "|---|" + "---|" * len(curves["sizes"]),
+    ]
     for c, row in enumerate(curves["mean"]):
         lines.append(f"| {names[c]} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in row) + " |")
     if pix and pix.get("sizes") == curves["sizes"]:
-        lines += ["", "Share of the scale at the largest m already reached at size m (mean over classes):", "",
-                  "| space | " + " | ".join(f"m={m}" for m in curves["sizes"]) + " |", "|---|" + "---|" * len(curves["sizes"])]
+        lines += [
+            "",
+            "Share of the scale at the largest m already reached at size m (mean over classes):",
+            "",
+            "| space | " + " | ".join(f"m={m}" for m in curves["sizes"]) + " |",
+            "|---|" + "---|" * len(curves["sizes"]),
+        ]
         for label, c in (("pixels (d = 3072)", pix), (f"trained features (d = {first['feature_dim']})", curves)):
             mean = np.asarray(c["mean"], dtype=np.float64)
             share = np.mean(mean / mean[:, -1:], axis=0)
@@ -455,7 +623,9 @@ def balanced_cifar(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]
     for seed in args.bc_seeds:
         run_dir = _bc_run_dir(args.work_dir, args.bc_depth, args.cifar_per_class, seed)
         if args.train_balanced_cifar and not (run_dir / "results.json").is_file():
-            train_balanced_cifar(run_dir, args.data_root, args.bc_depth, args.cifar_per_class, args.bc_epochs, seed, args.bc_threads)
+            train_balanced_cifar(
+                run_dir, args.data_root, args.bc_depth, args.cifar_per_class, args.bc_epochs, seed, args.bc_threads
+            )
         result = balanced_cifar_phenomena(run_dir, args.data_root, args.cifar_per_class, sizes, args.draws)
         if result is not None:
             runs.append(result)
@@ -463,7 +633,10 @@ def balanced_cifar(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]
         return None
     epochs = sorted({r["epochs"] for r in runs})
     setup = {
-        "machine": args.machine, "depth": args.bc_depth, "per_class": args.cifar_per_class, "seeds": [r["seed"] for r in runs],
+        "machine": args.machine,
+        "depth": args.bc_depth,
+        "per_class": args.cifar_per_class,
+        "seeds": [r["seed"] for r in runs],
         "description": (
             f"CIFAR ResNet-{args.bc_depth} (widths 16/32/64, linear head, d = {runs[0]['feature_dim']}), plain cross-entropy, trained "
             f"with `recipes/train_image.py recipes/configs/cifar10.yaml --method ce --depth {args.bc_depth} "
@@ -474,36 +647,60 @@ def balanced_cifar(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]
             f"(4-pixel padding) + horizontal flip. Seeds {[r['seed'] for r in runs]} "
             f"({'one seed only' if len(runs) == 1 else f'{len(runs)} seeds; per-class numbers below are means over them'}). "
             f"Machine: {args.machine}. This is a short schedule (the paper trains for hundreds of epochs): the models are "
-            "far from converged, so this measures the phenomenon on an under-trained network."),
+            "far from converged, so this measures the phenomenon on an under-trained network."
+        ),
     }
     out = {"setup": setup, "runs": runs, "across_seeds": balanced_cifar_across_seeds(runs)}
     first = runs[0]
-    plot_marginal_effect(first["curves"], args.out_dir / "phenomena_cifar10_trained_marginal.png", class_names=first["class_names"],
-                         title=f"Marginal effect, balanced CIFAR-10, trained ResNet-{first['depth']} features (seed {first['seed']})")
+    plot_marginal_effect(
+        first["curves"],
+        args.out_dir / "phenomena_cifar10_trained_marginal.png",
+        class_names=first["class_names"],
+        title=f"Marginal effect, balanced CIFAR-10, trained ResNet-{first['depth']} features (seed {first['seed']})",
+    )
     agg = out["across_seeds"]
-    rows = [{"count": n, "scale": s, "accuracy": a} for n, s, a in zip(first["counts"], agg["train_feature_scales"], agg["per_class_accuracy"])]
-    plot_scale_count_accuracy(rows, args.out_dir / "phenomena_cifar10_balanced.png",
-                              title=f"Balanced CIFAR-10, ResNet-{first['depth']} training features, seeds {agg['seeds']}")
+    rows = [
+        {"count": n, "scale": s, "accuracy": a}
+        for n, s, a in zip(first["counts"], agg["train_feature_scales"], agg["per_class_accuracy"])
+    ]
+    plot_scale_count_accuracy(
+        rows,
+        args.out_dir / "phenomena_cifar10_balanced.png",
+        title=f"Balanced CIFAR-10, ResNet-{first['depth']} training features, seeds {agg['seeds']}",
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("HF_SEMSCALE_DATA_DIR", DEFAULT_DATA_ROOT)))
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(os.environ.get("HF_SEMSCALE_DATA_DIR", DEFAULT_DATA_ROOT))
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--cifar-per-class", type=int, default=1000, help="CIFAR-10 images per class for the pixel curves")
+    parser.add_argument(
+        "--cifar-per-class", type=int, default=1000, help="CIFAR-10 images per class for the pixel curves"
+    )
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-cifar", action="store_true")
-    parser.add_argument("--balanced-cifar", action="store_true",
-                        help="Add the trained-model section: balanced CIFAR-10 runs under <work-dir>/balanced_cifar/")
-    parser.add_argument("--train-balanced-cifar", action="store_true", help="Train the missing --bc-seeds first (implies --balanced-cifar)")
+    parser.add_argument(
+        "--balanced-cifar",
+        action="store_true",
+        help="Add the trained-model section: balanced CIFAR-10 runs under <work-dir>/balanced_cifar/",
+    )
+    parser.add_argument(
+        "--train-balanced-cifar",
+        action="store_true",
+        help="Train the missing --bc-seeds first (implies --balanced-cifar)",
+    )
     parser.add_argument("--bc-depth", type=int, default=8, help="CIFAR ResNet depth (widths 16/32/64)")
     parser.add_argument("--bc-epochs", type=int, default=8)
     parser.add_argument("--bc-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--bc-threads", type=int, default=2)
-    parser.add_argument("--machine", default="a 2-core CPU shared with other jobs (no GPU)", help="Stated in the report")
+    parser.add_argument(
+        "--machine", default="a 2-core CPU shared with other jobs (no GPU)", help="Stated in the report"
+    )
     args = parser.parse_args(argv)
     args.balanced_cifar = args.balanced_cifar or args.train_balanced_cifar
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -512,7 +709,9 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [2, 5, 10, 20, 50, 100, 200, 500, 1000]
     curve_sets = []
     if not args.skip_cifar:
-        report["cifar10_pixels"] = cifar_pixel_curves(args.data_root, args.cifar_per_class, [m for m in sizes if m <= args.cifar_per_class], args.draws)
+        report["cifar10_pixels"] = cifar_pixel_curves(
+            args.data_root, args.cifar_per_class, [m for m in sizes if m <= args.cifar_per_class], args.draws
+        )
         curve_sets.append({**report["cifar10_pixels"], "title": "CIFAR-10 train, pixels (sample volume)"})
     bank = banking_phenomena(args.work_dir, args.data_root, sizes, args.draws, args.seeds)
     if bank is not None:
@@ -525,8 +724,14 @@ def main(argv: list[str] | None = None) -> None:
             report["cifar10_balanced"] = bc
             rank_against_balanced(report["cifar10_lt_correlations"], bc)
             first = bc["runs"][0]
-            curve_sets.insert(1, {**first["curves"], "title": f"CIFAR-10 train, trained ResNet-{first['depth']} features "
-                                  f"(d={first['feature_dim']}, seed {first['seed']})"})
+            curve_sets.insert(
+                1,
+                {
+                    **first["curves"],
+                    "title": f"CIFAR-10 train, trained ResNet-{first['depth']} features "
+                    f"(d={first['feature_dim']}, seed {first['seed']})",
+                },
+            )
     if curve_sets:
         plot(curve_sets, args.out_dir / "phenomena.png")
     write(args.out_dir, report)

@@ -207,7 +207,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS (default: as found)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for torch and numpy's BLAS (default: as found)"
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the stored .json")
     args = parser.parse_args()
@@ -233,8 +235,13 @@ def main() -> None:
         rows[-1]["load_average_1min_before_after"] = [load, os.getloadavg()[0]]
         print(table(rows[-1:]), flush=True)
     load_after = os.getloadavg()
-    run = {"settings": settings, "command": command_line(), "load_average_before": load_before,
-           "load_average_after": load_after, "cases": rows}
+    run = {
+        "settings": settings,
+        "command": command_line(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "cases": rows,
+    }
     print()
     print(f"{settings}")
     print(table(rows))
@@ -270,7 +277,7 @@ def markdown(report: dict) -> str:
         "Ours: `class_semantic_scales` on the whole case, best of the repeats, features in float32, "
         "computed in float64. Reference: numpy float64 `0.5*log2(det(I + d/m Zc^T Zc))`, one class at "
         "a time; its inf/NaN classes are the ones where det overflows. Errors: max |ours - ref| / |ref| "
-        "over the classes where the reference is finite. Times are wall-clock; \"CPU s\" is the process "
+        'over the classes where the reference is finite. Times are wall-clock; "CPU s" is the process '
         "CPU time (all threads), which other jobs on the machine disturb less.\n\n"
         "When the machine runs more threads than it has cores, a multi-threaded library spends its time "
         "waiting for its own threads to be scheduled (OpenMP and OpenBLAS threads spin at every "

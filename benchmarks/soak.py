@@ -34,8 +34,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-import torch  # noqa: E402
-
+import torch
 
 HARNESS_FILTERS = [tracemalloc.Filter(False, f) for f in {__file__, os.path.abspath(__file__), tracemalloc.__file__}]
 
@@ -70,7 +69,7 @@ def live_tensors() -> tuple[int, int]:
     for obj in objects:
         try:
             storage = obj.untyped_storage()
-        except Exception:  # noqa: BLE001  (tensors without storage, e.g. meta)
+        except Exception:
             continue
         count += 1
         if storage.data_ptr() not in seen:  # views share their storage: count its bytes once
@@ -107,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window", type=int, default=300, help="steps per start / end window")
     parser.add_argument("--sample-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-tracemalloc", action="store_true", help="tracemalloc slows Python code; off: faster steps")
+    parser.add_argument(
+        "--no-tracemalloc", action="store_true", help="tracemalloc slows Python code; off: faster steps"
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
     parser.add_argument("--workdir", default=None, help="output_dir of the run (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -180,12 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
             if step % args.sample_every == 0 or step == args.steps:
                 gc.collect()  # retained memory only: cyclic garbage (closures, frames) is not a leak
                 rss, _ = rss_bytes()
-                recent = step_cpu[-args.sample_every:]
+                recent = step_cpu[-args.sample_every :]
                 sample = {
                     "step": step,
                     "stage": trainer.stage,
                     "step_cpu_ms_median_since_last_sample": 1000 * statistics.median(recent),
-                    "step_wall_ms_median_since_last_sample": 1000 * statistics.median(step_wall[-args.sample_every:]),
+                    "step_wall_ms_median_since_last_sample": 1000 * statistics.median(step_wall[-args.sample_every :]),
                     "loadavg_1min": os.getloadavg()[0],
                     "rss_mib": rss / 2**20,
                     "pool_bytes": trainer.pool.nbytes if trainer.pool is not None else 0,
@@ -226,7 +227,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"run too short: re-weighting began at step {reweight_from + 1}; use more --steps")
     start_sample = next(s for s in samples if s["step"] >= first.stop)
     end_sample = samples[-1]
-    memory_keys = ["rss_mib", "tracemalloc_kib", "tracemalloc_excl_harness_kib", "pool_bytes", "live_tensors", "live_tensor_bytes"]
+    memory_keys = [
+        "rss_mib",
+        "tracemalloc_kib",
+        "tracemalloc_excl_harness_kib",
+        "pool_bytes",
+        "live_tensors",
+        "live_tensor_bytes",
+    ]
     result = {
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
@@ -240,9 +248,16 @@ def main(argv: list[str] | None = None) -> dict:
             "note": "shared machine: other jobs ran at the same time; CPU time per step is the steadier number",
         },
         "config": {
-            "steps": args.steps, "classes": args.classes, "class_counts": counts, "feature_dim": args.feature_dim,
-            "batch_size": args.batch_size, "update_interval": args.update_interval, "save_steps": args.save_steps,
-            "pool_dtype": args.pool_dtype, "pool_rows": int(sum(counts)), "tracemalloc": not args.no_tracemalloc,
+            "steps": args.steps,
+            "classes": args.classes,
+            "class_counts": counts,
+            "feature_dim": args.feature_dim,
+            "batch_size": args.batch_size,
+            "update_interval": args.update_interval,
+            "save_steps": args.save_steps,
+            "pool_dtype": args.pool_dtype,
+            "pool_rows": int(sum(counts)),
+            "tracemalloc": not args.no_tracemalloc,
         },
         "reweight_started_at_step": reweight_from + 1,
         "updates": trainer._num_updates,
@@ -265,7 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
             "start": {"step": start_sample["step"], **{k: start_sample.get(k) for k in memory_keys}},
             "end": {"step": end_sample["step"], **{k: end_sample.get(k) for k in memory_keys}},
         },
-        "files": {"history_lines": history_lines, "history_bytes": history_bytes, "log_history_len": len(trainer.state.log_history)},
+        "files": {
+            "history_lines": history_lines,
+            "history_bytes": history_bytes,
+            "log_history_len": len(trainer.state.log_history),
+        },
         "samples": samples,
     }
     if "start" in snapshots and "end" in snapshots:
@@ -274,8 +293,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["heap_growth_sites"] = {
             "between_steps": [s0, s1],
             "top": [
-                {"site": f"{st.traceback[0].filename}:{st.traceback[0].lineno}", "size_diff_kib": st.size_diff / 1024,
-                 "count_diff": st.count_diff}
+                {
+                    "site": f"{st.traceback[0].filename}:{st.traceback[0].lineno}",
+                    "size_diff_kib": st.size_diff / 1024,
+                    "count_diff": st.count_diff,
+                }
                 for st in sorted(diff, key=lambda st: -st.size_diff)[:8]
             ],
         }
@@ -284,9 +306,14 @@ def main(argv: list[str] | None = None) -> dict:
         "step_cpu_median": st["end"]["cpu"]["median"] / st["start"]["cpu"]["median"],
         "step_wall_median": st["end"]["wall"]["median"] / st["start"]["wall"]["median"],
         "rss": mem["end"]["rss_mib"] / mem["start"]["rss_mib"],
-        "tracemalloc": (mem["end"]["tracemalloc_kib"] / mem["start"]["tracemalloc_kib"]) if mem["start"].get("tracemalloc_kib") else None,
-        "tracemalloc_excl_harness": (mem["end"]["tracemalloc_excl_harness_kib"] / mem["start"]["tracemalloc_excl_harness_kib"])
-        if mem["start"].get("tracemalloc_excl_harness_kib") else None,
+        "tracemalloc": (mem["end"]["tracemalloc_kib"] / mem["start"]["tracemalloc_kib"])
+        if mem["start"].get("tracemalloc_kib")
+        else None,
+        "tracemalloc_excl_harness": (
+            mem["end"]["tracemalloc_excl_harness_kib"] / mem["start"]["tracemalloc_excl_harness_kib"]
+        )
+        if mem["start"].get("tracemalloc_excl_harness_kib")
+        else None,
         "live_tensor_bytes": mem["end"]["live_tensor_bytes"] / mem["start"]["live_tensor_bytes"],
     }
     out = Path(args.out)
@@ -302,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
 def render_markdown(r: dict) -> str:
     st, mem, ratio = r["step_time_ms"], r["memory"], r["end_over_start"]
     c, m = r["config"], r["machine"]
-    tm = lambda v: "n/a" if v is None else f"{v:.0f} KiB"  # noqa: E731
+    tm = lambda v: "n/a" if v is None else f"{v:.0f} KiB"
     lines = [
         "# Soak test: DSB re-weighting at every step",
         "",

@@ -45,7 +45,9 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
     return spearman(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))[0]
 
 
-def _finished(work_dir: Path, tier: str, setting: dict[str, Any], method: str, seeds: list[int], tag: str = "") -> list[dict[str, Any]]:
+def _finished(
+    work_dir: Path, tier: str, setting: dict[str, Any], method: str, seeds: list[int], tag: str = ""
+) -> list[dict[str, Any]]:
     results = [load_result(run_dir(work_dir, tier, setting, method, s, tag) / RESULTS_FILENAME) for s in seeds]
     return [r for r in results if r and r.get("test")]
 
@@ -63,7 +65,9 @@ def _weight_ratios(run: Path) -> list[float]:
     return ratios
 
 
-def regime_analysis(work_dir: Path, tier: str, setting: dict[str, Any], seeds: list[int], method: str = "dsb_ce") -> dict[str, Any] | None:
+def regime_analysis(
+    work_dir: Path, tier: str, setting: dict[str, Any], seeds: list[int], method: str = "dsb_ce"
+) -> dict[str, Any] | None:
     """The regime statistics of ``method``'s final runs (see the module docstring), or None before any finished."""
     rows = []
     for seed in seeds:
@@ -77,43 +81,72 @@ def regime_analysis(work_dir: Path, tier: str, setting: dict[str, Any], seeds: l
         accuracy = r["test"]["per_class_accuracy"]
         keep = [c for c, a in enumerate(accuracy) if a is not None]
         ratios = _weight_ratios(run)
-        rows.append({
-            "seed": seed,
-            "feature_dim": d,
-            "fraction_m_below_d": sum(m < d for m in rows_per_class) / len(rows_per_class),
-            "spearman_scale_count": _spearman(scales, counts) if len(set(counts)) > 1 else None,
-            "weight_ratio_final": max(r["final_class_weights"]) / min(r["final_class_weights"]),
-            "weight_ratio_max": max(ratios) if ratios else None,
-            "count_ratio": max(counts) / max(min(counts), 1),
-            "spearman_accuracy_scale": _spearman([accuracy[c] for c in keep], [scales[c] for c in keep]),
-            "spearman_accuracy_count": _spearman([accuracy[c] for c in keep], [counts[c] for c in keep]) if len(set(counts)) > 1 else None,
-            "scale_range_bits": [min(scales), max(scales)],
-            "scales": scales,
-            "counts": counts,
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "feature_dim": d,
+                "fraction_m_below_d": sum(m < d for m in rows_per_class) / len(rows_per_class),
+                "spearman_scale_count": _spearman(scales, counts) if len(set(counts)) > 1 else None,
+                "weight_ratio_final": max(r["final_class_weights"]) / min(r["final_class_weights"]),
+                "weight_ratio_max": max(ratios) if ratios else None,
+                "count_ratio": max(counts) / max(min(counts), 1),
+                "spearman_accuracy_scale": _spearman([accuracy[c] for c in keep], [scales[c] for c in keep]),
+                "spearman_accuracy_count": _spearman([accuracy[c] for c in keep], [counts[c] for c in keep])
+                if len(set(counts)) > 1
+                else None,
+                "scale_range_bits": [min(scales), max(scales)],
+                "scales": scales,
+                "counts": counts,
+            }
+        )
     if not rows:
         return None
-    summary = {"method": method, "seeds": [r["seed"] for r in rows], "feature_dim": rows[0]["feature_dim"],
-               "fraction_m_below_d": rows[0]["fraction_m_below_d"], "count_ratio": rows[0]["count_ratio"], "per_seed": rows}
-    for key in ("spearman_scale_count", "weight_ratio_final", "weight_ratio_max", "spearman_accuracy_scale", "spearman_accuracy_count"):
+    summary = {
+        "method": method,
+        "seeds": [r["seed"] for r in rows],
+        "feature_dim": rows[0]["feature_dim"],
+        "fraction_m_below_d": rows[0]["fraction_m_below_d"],
+        "count_ratio": rows[0]["count_ratio"],
+        "per_seed": rows,
+    }
+    for key in (
+        "spearman_scale_count",
+        "weight_ratio_final",
+        "weight_ratio_max",
+        "spearman_accuracy_scale",
+        "spearman_accuracy_count",
+    ):
         summary[f"{key}_mean"], summary[f"{key}_std"] = _mean_std([r[key] for r in rows])
     return summary
 
 
-def ablation_rows(work_dir: Path, tier: str, setting: dict[str, Any], seeds: list[int], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ablation_rows(
+    work_dir: Path, tier: str, setting: dict[str, Any], seeds: list[int], records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Test balanced accuracy of the ablated method at its chosen knobs (default pool / interval) and each variant."""
     spec = setting.get("ablations")
     if not spec:
         return []
     base = next((r for r in records if r["method"] == spec["method"] and r["schedule"] == setting["schedule"]), None)
-    rows = [{"variant": "chosen knobs (pool: every sample's latest feature, update every 20 steps)", "seeds": base["seeds"] if base else [],
-             "balanced_accuracy_mean": base["balanced_accuracy_mean"] if base else None,
-             "balanced_accuracy_std": base["balanced_accuracy_std"] if base else None}]
+    rows = [
+        {
+            "variant": "chosen knobs (pool: every sample's latest feature, update every 20 steps)",
+            "seeds": base["seeds"] if base else [],
+            "balanced_accuracy_mean": base["balanced_accuracy_mean"] if base else None,
+            "balanced_accuracy_std": base["balanced_accuracy_std"] if base else None,
+        }
+    ]
     for variant in spec["variants"]:
         done = _finished(work_dir, tier, setting, spec["method"], seeds, ablation_tag(variant))
         mean, std = _mean_std([r["test"]["balanced_accuracy"] for r in done])
-        rows.append({"variant": ", ".join(f"{k} = {v:g}" for k, v in variant.items()), "seeds": [r["seed"] for r in done],
-                     "balanced_accuracy_mean": mean, "balanced_accuracy_std": std})
+        rows.append(
+            {
+                "variant": ", ".join(f"{k} = {v:g}" for k, v in variant.items()),
+                "seeds": [r["seed"] for r in done],
+                "balanced_accuracy_mean": mean,
+                "balanced_accuracy_std": std,
+            }
+        )
     return rows
 
 
@@ -122,7 +155,11 @@ def ablation_rows(work_dir: Path, tier: str, setting: dict[str, Any], seeds: lis
 
 def _bal(by: dict[str, dict[str, Any]], method: str) -> tuple[float | None, float | None]:
     r = by.get(method)
-    return (r["balanced_accuracy_mean"], r["balanced_accuracy_std"]) if r and r["balanced_accuracy_mean"] is not None else (None, None)
+    return (
+        (r["balanced_accuracy_mean"], r["balanced_accuracy_std"])
+        if r and r["balanced_accuracy_mean"] is not None
+        else (None, None)
+    )
 
 
 def _versus(by: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
@@ -131,13 +168,25 @@ def _versus(by: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, Any] | N
     if am is None or bm is None:
         return None
     margin, needed = am - bm, max(asd, bsd)
-    return {"a": a, "b": b, "a_mean": am, "a_std": asd, "b_mean": bm, "b_std": bsd, "difference": margin, "needed": needed,
-            "beats": margin > needed, "level": margin >= -needed}
+    return {
+        "a": a,
+        "b": b,
+        "a_mean": am,
+        "a_std": asd,
+        "b_mean": bm,
+        "b_std": bsd,
+        "difference": margin,
+        "needed": needed,
+        "beats": margin > needed,
+        "level": margin >= -needed,
+    }
 
 
 def _line(v: dict[str, Any]) -> str:
-    return (f"{v['a']} {_pct(v['a_mean'], v['a_std'])} vs {v['b']} {_pct(v['b_mean'], v['b_std'])}: "
-            f"{100 * v['difference']:+.2f} points (seed std {100 * v['needed']:.2f})")
+    return (
+        f"{v['a']} {_pct(v['a_mean'], v['a_std'])} vs {v['b']} {_pct(v['b_mean'], v['b_std'])}: "
+        f"{100 * v['difference']:+.2f} points (seed std {100 * v['needed']:.2f})"
+    )
 
 
 def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,7 +220,12 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
         beats.append(v["beats"])
     out["scale_vs_best_tuned_count"] = {
         "status": "not measured" if not level else ("met" if any(level) and any(beats) else "missed"),
-        "lines": lines + ([f"level on {sum(level)} of {len(level)} settings, ahead by more than the seed std on {sum(beats)}"] if level else []),
+        "lines": lines
+        + (
+            [f"level on {sum(level)} of {len(level)} settings, ahead by more than the seed std on {sum(beats)}"]
+            if level
+            else []
+        ),
     }
 
     # 3. DSB on top of the strongest base loss (ce / focal / balanced softmax) of each long-tailed setting
@@ -198,10 +252,16 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
         for m in ("dsb_ce", "dsb_focal", "scalecount_cb_ce", "reverse_dsb_ce"):
             v = _versus(by, m, "ce")
             if v:
-                lines.append(f"{name}: {_line(v)}" + (" (a control: weights grow with the scale)" if m == "reverse_dsb_ce" else ""))
+                lines.append(
+                    f"{name}: {_line(v)}"
+                    + (" (a control: weights grow with the scale)" if m == "reverse_dsb_ce" else "")
+                )
                 if m != "reverse_dsb_ce":
                     oks.append(v["beats"])
-    out["balanced_scale_beats_ce"] = {"status": "not measured" if not oks else ("yes" if any(oks) else "no"), "lines": lines}
+    out["balanced_scale_beats_ce"] = {
+        "status": "not measured" if not oks else ("yes" if any(oks) else "no"),
+        "lines": lines,
+    }
     return out
 
 
@@ -239,8 +299,17 @@ def plot_scale_vs_count(panels: list[tuple[str, list[int], list[float]]], path: 
 def _cifar_lt_dsb_record(results_dir: Path) -> dict[str, Any] | None:
     """The CPU tier's CIFAR-10-LT dsb_ce record of the committed ``long_tail.json`` (seed 0's scales), or None."""
     records = load_result(results_dir / "long_tail.json") or []
-    return next((r for r in records if r.get("tier") == "cpu" and r["dataset"] == "CIFAR-10-LT" and r["method"] == "dsb_ce"
-                 and r.get("final_semantic_scales_seed0")), None)
+    return next(
+        (
+            r
+            for r in records
+            if r.get("tier") == "cpu"
+            and r["dataset"] == "CIFAR-10-LT"
+            and r["method"] == "dsb_ce"
+            and r.get("final_semantic_scales_seed0")
+        ),
+        None,
+    )
 
 
 def cifar_lt_regime(results_dir: Path) -> dict[str, Any] | None:
@@ -250,18 +319,31 @@ def cifar_lt_regime(results_dir: Path) -> dict[str, Any] | None:
         return None
     counts, scales, weights = r["train_class_counts"], r["final_semantic_scales_seed0"], r["final_class_weights_seed0"]
     d = 32  # ResNet-8 at half width (8, 16, 32): the classifier reads 32 features
-    return {"feature_dim": d, "fraction_m_below_d": sum(n < d for n in counts) / len(counts), "count_ratio": max(counts) / min(counts),
-            "spearman_scale_count_mean": _spearman(scales, counts), "weight_ratio_final_mean": max(weights) / min(weights),
-            "weight_ratio_max_mean": None, "spearman_accuracy_scale_mean": None, "spearman_accuracy_count_mean": None, "seeds": [0]}
+    return {
+        "feature_dim": d,
+        "fraction_m_below_d": sum(n < d for n in counts) / len(counts),
+        "count_ratio": max(counts) / min(counts),
+        "spearman_scale_count_mean": _spearman(scales, counts),
+        "weight_ratio_final_mean": max(weights) / min(weights),
+        "weight_ratio_max_mean": None,
+        "spearman_accuracy_scale_mean": None,
+        "spearman_accuracy_count_mean": None,
+        "seeds": [0],
+    }
 
 
 def regime_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    lines = ["| setting | d | classes with m < d | count ratio | Spearman(scale, count) | widest weight ratio applied (final) | "
-             "Spearman(accuracy, scale) | Spearman(accuracy, count) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | d | classes with m < d | count ratio | Spearman(scale, count) | widest weight ratio applied (final) | "
+        "Spearman(accuracy, scale) | Spearman(accuracy, count) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, a in rows:
-        lines.append(f"| {name} | {a['feature_dim']} | {100 * a['fraction_m_below_d']:.0f} % | {a['count_ratio']:.0f}x | "
-                     f"{_num(a['spearman_scale_count_mean'])} | {_times(a['weight_ratio_max_mean'])} ({_times(a['weight_ratio_final_mean'])}) | "
-                     f"{_num(a['spearman_accuracy_scale_mean'])} | {_num(a['spearman_accuracy_count_mean'])} |")
+        lines.append(
+            f"| {name} | {a['feature_dim']} | {100 * a['fraction_m_below_d']:.0f} % | {a['count_ratio']:.0f}x | "
+            f"{_num(a['spearman_scale_count_mean'])} | {_times(a['weight_ratio_max_mean'])} ({_times(a['weight_ratio_final_mean'])}) | "
+            f"{_num(a['spearman_accuracy_scale_mean'])} | {_num(a['spearman_accuracy_count_mean'])} |"
+        )
     return lines
 
 
@@ -290,13 +372,28 @@ def _knobs(knobs: dict[str, Any] | None, method: str, epochs: int) -> str:
         return ""
     shown = dict(knobs)
     if "semscale_warmup_ratio" in shown:
-        shown["start"] = round(shown.pop("semscale_warmup_ratio") + (1.0 / epochs if method in SCALE_METHODS else 0.0), 3)
-    names = {"semscale_gamma": "gamma", "semscale_count_power": "p", "semscale_alpha": "alpha", "semscale_normalize_features": "L2-norm"}
-    return ", ".join(f"{names.get(k, k)} {str(v).lower() if isinstance(v, bool) else f'{v:g}'}" for k, v in sorted(shown.items()))
+        shown["start"] = round(
+            shown.pop("semscale_warmup_ratio") + (1.0 / epochs if method in SCALE_METHODS else 0.0), 3
+        )
+    names = {
+        "semscale_gamma": "gamma",
+        "semscale_count_power": "p",
+        "semscale_alpha": "alpha",
+        "semscale_normalize_features": "L2-norm",
+    }
+    return ", ".join(
+        f"{names.get(k, k)} {str(v).lower() if isinstance(v, bool) else f'{v:g}'}" for k, v in sorted(shown.items())
+    )
 
 
-def write_study_report(out_dir: Path, tier: str, collected: tuple[list[dict[str, Any]], dict[str, Any]], notes: list[str],
-                       work_dir: Path, seeds: list[int]) -> dict[str, Any]:
+def write_study_report(
+    out_dir: Path,
+    tier: str,
+    collected: tuple[list[dict[str, Any]], dict[str, Any]],
+    notes: list[str],
+    work_dir: Path,
+    seeds: list[int],
+) -> dict[str, Any]:
     records, _ = collected
     settings = tier_settings(tier)
     by_schedule = {s["schedule"]: s for s in settings}
@@ -308,28 +405,50 @@ def write_study_report(out_dir: Path, tier: str, collected: tuple[list[dict[str,
         rows = [r for r in records if r["setting"] == name]
         analyses[name] = regime_analysis(work_dir, tier, setting, seeds)
         ablations[name] = ablation_rows(work_dir, tier, setting, seeds, records)
-        tuning[name] = {m: dict(zip(("chosen", "grid"), choose_knobs(work_dir, tier, setting, m))) for m in tuned_methods(setting)}
+        tuning[name] = {
+            m: dict(zip(("chosen", "grid"), choose_knobs(work_dir, tier, setting, m))) for m in tuned_methods(setting)
+        }
         sections.append((setting, rows))
     checks = targets(records)
-    payload = {"tier": tier, "records": records, "targets": checks, "regimes": analyses, "ablations": ablations, "tuning": tuning}
+    payload = {
+        "tier": tier,
+        "records": records,
+        "targets": checks,
+        "regimes": analyses,
+        "ablations": ablations,
+        "tuning": tuning,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"long_tail_{tier}.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
-    lines = [f"# Regime study (`--tier {tier}`): where does the semantic scale help?", "",
-             f"Generated by `python benchmarks/long_tail.py --tier {tier}` (tables: add `--report-only`). Balanced accuracy "
-             "(mean per-class test accuracy, %), mean ± sample std over seeds; `train` = final accuracy on the training split "
-             "(how converged a run is). Every knob was chosen on a validation split (tuning: seed 0), never on test. The start "
-             "of re-weighting is tuned on the same grid for every re-weighting method (a pool method's warm-up ends one epoch, "
-             "its fill stage, earlier); `if_ce` / `cb_ce` keep the literature's deferral at 80 %.", "", *notes, ""]
+    lines = [
+        f"# Regime study (`--tier {tier}`): where does the semantic scale help?",
+        "",
+        f"Generated by `python benchmarks/long_tail.py --tier {tier}` (tables: add `--report-only`). Balanced accuracy "
+        "(mean per-class test accuracy, %), mean ± sample std over seeds; `train` = final accuracy on the training split "
+        "(how converged a run is). Every knob was chosen on a validation split (tuning: seed 0), never on test. The start "
+        "of re-weighting is tuned on the same grid for every re-weighting method (a pool method's warm-up ends one epoch, "
+        "its fill stage, earlier); `if_ce` / `cb_ce` keep the literature's deferral at 80 %.",
+        "",
+        *notes,
+        "",
+    ]
     regime_rows = [(name, a) for name, a in analyses.items() if a]
     cifar = cifar_lt_regime(RESULTS_DIR) if tier == "text" else None
     if cifar:
         regime_rows.insert(0, ("CIFAR-10-LT IF=100, CPU tier (seed 0, long_tail.json)", cifar))
     if regime_rows:
-        lines += ["## Regimes", "", "From the final dsb_ce runs (mean over seeds): the feature dimension d DSB measures in, the share "
-                  "of classes whose pool holds fewer rows m than d (there the scale still grows with m), how closely the final "
-                  "scales follow the counts, the widest max/min class-weight ratio over all updates (and at the end), and how "
-                  "per-class test accuracy follows the scale and the count.", "", *regime_table(regime_rows), ""]
+        lines += [
+            "## Regimes",
+            "",
+            "From the final dsb_ce runs (mean over seeds): the feature dimension d DSB measures in, the share "
+            "of classes whose pool holds fewer rows m than d (there the scale still grows with m), how closely the final "
+            "scales follow the counts, the widest max/min class-weight ratio over all updates (and at the end), and how "
+            "per-class test accuracy follows the scale and the count.",
+            "",
+            *regime_table(regime_rows),
+            "",
+        ]
     lines += ["## Targets", ""]
     for key, check in checks.items():
         lines.append(f"- **{key}: {check['status']}**")
@@ -337,50 +456,85 @@ def write_study_report(out_dir: Path, tier: str, collected: tuple[list[dict[str,
     lines.append("")
     for setting, rows in sections:
         name = setting["name"]
-        lines += [f"## {name} ({setting['dataset']}" + (f", IF={setting['imbalance_factor']}" if setting["imbalance_factor"] else "") + ")",
-                  "", f"Schedule: {setting['schedule']}.", ""]
+        lines += [
+            f"## {name} ({setting['dataset']}"
+            + (f", IF={setting['imbalance_factor']}" if setting["imbalance_factor"] else "")
+            + ")",
+            "",
+            f"Schedule: {setting['schedule']}.",
+            "",
+        ]
         if all(r["status"] == "not yet run" for r in rows):
             lines += ["**not yet run**.", ""]
             continue
         epochs = setting["grid_spec"]["epochs"]
-        lines += ["| method | seeds | balanced | few | medium | train | knobs (validation; start = of re-weighting) | what |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| method | seeds | balanced | few | medium | train | knobs (validation; start = of re-weighting) | what |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['method']} | {len(r['seeds'])} | {_pct(r['balanced_accuracy_mean'], r['balanced_accuracy_std'])} | "
-                         f"{_pct(r['few_shot_accuracy_mean'], r['few_shot_accuracy_std'])} | "
-                         f"{_pct(r['medium_shot_accuracy_mean'], r['medium_shot_accuracy_std'])} | {_pct(r['train_accuracy_mean'])} | "
-                         f"{_knobs(r.get('knobs') if r['status'] != 'not yet run' else None, r['method'], epochs)} | {r['description']} |")
+            lines.append(
+                f"| {r['method']} | {len(r['seeds'])} | {_pct(r['balanced_accuracy_mean'], r['balanced_accuracy_std'])} | "
+                f"{_pct(r['few_shot_accuracy_mean'], r['few_shot_accuracy_std'])} | "
+                f"{_pct(r['medium_shot_accuracy_mean'], r['medium_shot_accuracy_std'])} | {_pct(r['train_accuracy_mean'])} | "
+                f"{_knobs(r.get('knobs') if r['status'] != 'not yet run' else None, r['method'], epochs)} | {r['description']} |"
+            )
         a = analyses[name]
         if a:
-            lines += ["", f"Regime (dsb_ce, seeds {a['seeds']}): d = {a['feature_dim']}; {100 * a['fraction_m_below_d']:.0f} % of classes "
-                      f"have fewer pool rows than d; count ratio {a['count_ratio']:.0f}x; Spearman(final scale, count) "
-                      f"{_num(a['spearman_scale_count_mean'])} ± {_num(a['spearman_scale_count_std'])}; widest weight ratio applied "
-                      f"{_times(a['weight_ratio_max_mean'])} (final {_times(a['weight_ratio_final_mean'])}); per-class test accuracy "
-                      f"vs scale {_num(a['spearman_accuracy_scale_mean'])}, vs count {_num(a['spearman_accuracy_count_mean'])} (Spearman)."]
+            lines += [
+                "",
+                f"Regime (dsb_ce, seeds {a['seeds']}): d = {a['feature_dim']}; {100 * a['fraction_m_below_d']:.0f} % of classes "
+                f"have fewer pool rows than d; count ratio {a['count_ratio']:.0f}x; Spearman(final scale, count) "
+                f"{_num(a['spearman_scale_count_mean'])} ± {_num(a['spearman_scale_count_std'])}; widest weight ratio applied "
+                f"{_times(a['weight_ratio_max_mean'])} (final {_times(a['weight_ratio_final_mean'])}); per-class test accuracy "
+                f"vs scale {_num(a['spearman_accuracy_scale_mean'])}, vs count {_num(a['spearman_accuracy_count_mean'])} (Spearman).",
+            ]
         if ablations[name]:
-            lines += ["", "Ablation of the pool size K (rows per class: min(n_c, K)) and the update interval, dsb_ce at its chosen knobs:", "",
-                      "| variant | seeds | balanced |", "|---|---|---|"]
-            lines += [f"| {row['variant']} | {len(row['seeds'])} | {_pct(row['balanced_accuracy_mean'], row['balanced_accuracy_std'])} |"
-                      for row in ablations[name]]
-        lines += ["", f"<details><summary>Validation grid ({name}, seed 0)</summary>", "", "| method | knobs (start = of re-weighting) | validation balanced |",
-                  "|---|---|---|"]
+            lines += [
+                "",
+                "Ablation of the pool size K (rows per class: min(n_c, K)) and the update interval, dsb_ce at its chosen knobs:",
+                "",
+                "| variant | seeds | balanced |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {row['variant']} | {len(row['seeds'])} | {_pct(row['balanced_accuracy_mean'], row['balanced_accuracy_std'])} |"
+                for row in ablations[name]
+            ]
+        lines += [
+            "",
+            f"<details><summary>Validation grid ({name}, seed 0)</summary>",
+            "",
+            "| method | knobs (start = of re-weighting) | validation balanced |",
+            "|---|---|---|",
+        ]
         for method, info in tuning[name].items():
             for point in info["grid"]:
                 knobs = {k: v for k, v in point.items() if k.startswith("semscale_")}
                 cell = _pct(point["validation_balanced_accuracy"])
-                lines.append(f"| {method} | {_knobs(knobs, method, epochs)} | {'**' + cell + '**' if knobs == info['chosen'] else cell} |")
+                lines.append(
+                    f"| {method} | {_knobs(knobs, method, epochs)} | {'**' + cell + '**' if knobs == info['chosen'] else cell} |"
+                )
         lines += ["", "</details>", ""]
     if tier == "text":
         panels = [p for p in [cifar_lt_panel(RESULTS_DIR)] if p]
-        for name, title in (("clinc150_lt_if50_frozen", "CLINC150-LT IF=50, frozen MiniLM + MLP (d = 256)"),
-                            ("clinc150_lt_if50_finetune", "CLINC150-LT IF=50, MiniLM top layer (d = 384)"),
-                            ("banking77_lt_finetune", "BANKING77-LT IF=20, MiniLM top layer (d = 384)")):
+        for name, title in (
+            ("clinc150_lt_if50_frozen", "CLINC150-LT IF=50, frozen MiniLM + MLP (d = 256)"),
+            ("clinc150_lt_if50_finetune", "CLINC150-LT IF=50, MiniLM top layer (d = 384)"),
+            ("banking77_lt_finetune", "BANKING77-LT IF=20, MiniLM top layer (d = 384)"),
+        ):
             a = analyses.get(name)
             if a:
                 panels.append((title, a["per_seed"][0]["counts"], a["per_seed"][0]["scales"]))
         if panels:
             plot_scale_vs_count(panels, out_dir / "regimes_scale_vs_count.png")
-            lines += ["## Scale against count", "", "![final dsb_ce scales against class counts](regimes_scale_vs_count.png)", "",
-                      "Final dsb_ce semantic scales (seed 0) against the class's training count, CPU-tier CIFAR-10-LT beside the text tiers.", ""]
+            lines += [
+                "## Scale against count",
+                "",
+                "![final dsb_ce scales against class counts](regimes_scale_vs_count.png)",
+                "",
+                "Final dsb_ce semantic scales (seed 0) against the class's training count, CPU-tier CIFAR-10-LT beside the text tiers.",
+                "",
+            ]
     (out_dir / f"long_tail_{tier}.md").write_text("\n".join(lines), encoding="utf-8")
     return payload

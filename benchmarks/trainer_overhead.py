@@ -50,19 +50,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import transformers  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_semscale import SemScaleConfig, SemScaleTrainer  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
-from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool, pool_capacities  # noqa: E402
+from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification  # noqa: E402
 
 DEFAULT_INTERVAL = SemScaleConfig.__dataclass_fields__["semscale_update_interval"].default
 TRAINERS = ("plain", "semscale_every_step", "semscale_default")
@@ -144,9 +144,15 @@ def text_data(text_dir: Path | None, seq_len: int, vocab_size: int) -> tuple[Tok
     if text_dir is not None and (text_dir / "train.jsonl").is_file() and path is not None:
         from transformers import AutoTokenizer
 
-        rows = [json.loads(line) for line in (text_dir / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in (text_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoded = tokenizer([r["text"] for r in rows], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        encoded = tokenizer(
+            [r["text"] for r in rows], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"
+        )
         labels = torch.tensor([r["label"] for r in rows])
         num_classes = int(labels.max()) + 1
         source = f"BANKING77 train ({len(rows)} texts, {num_classes} classes) from {text_dir}, MiniLM tokenizer, {seq_len} tokens"
@@ -157,7 +163,9 @@ def text_data(text_dir: Path | None, seq_len: int, vocab_size: int) -> tuple[Tok
         generator = torch.Generator().manual_seed(0)
         labels = torch.repeat_interleave(torch.arange(num_classes), torch.tensor(counts))
         input_ids = torch.randint(1000, vocab_size, (len(labels), seq_len), generator=generator)
-        source = f"random token ids, {num_classes} classes (long-tailed, IF 10), {seq_len} tokens (no BANKING77 / tokenizer)"
+        source = (
+            f"random token ids, {num_classes} classes (long-tailed, IF 10), {seq_len} tokens (no BANKING77 / tokenizer)"
+        )
         data = TokenSet(input_ids, torch.ones_like(input_ids), labels)
     return data, torch.bincount(data.labels, minlength=num_classes).tolist(), source
 
@@ -179,8 +187,13 @@ def bert(kind: str, num_labels: int) -> torch.nn.Module:
         transformers.logging.set_verbosity_error()  # "classifier newly initialised" is expected
         return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=30522,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=128,
+        num_labels=num_labels,
     )
     return transformers.BertForSequenceClassification(config)
 
@@ -263,9 +276,17 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
     num_labels = len(counts)
     steps = args.blocks * args.block_steps
     common = dict(
-        use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", logging_strategy="no", seed=0,
-        per_device_train_batch_size=args.batch_size[label], max_steps=steps, learning_rate=args.lr[label],
-        optim="sgd" if label == "resnet32" else "adamw_torch", dataloader_num_workers=0,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        per_device_train_batch_size=args.batch_size[label],
+        max_steps=steps,
+        learning_rate=args.lr[label],
+        optim="sgd" if label == "resnet32" else "adamw_torch",
+        dataloader_num_workers=0,
     )
     baton = Baton()
     trainers, timers, pool_bytes = {}, {}, None
@@ -273,13 +294,24 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
         timer = StepTimer(name, baton, args.block_steps)
         model = make_model(num_labels)
         if name == "plain":
-            trainer = Trainer(model=model, args=TrainingArguments(str(out_root / label / name), **common),
-                              train_dataset=dataset, callbacks=[timer])
+            trainer = Trainer(
+                model=model,
+                args=TrainingArguments(str(out_root / label / name), **common),
+                train_dataset=dataset,
+                callbacks=[timer],
+            )
         else:
             interval = 1 if name == "semscale_every_step" else DEFAULT_INTERVAL
-            config = SemScaleConfig(str(out_root / label / name), **common, semscale_warmup_steps=0,
-                                    semscale_fill_max_steps=0, semscale_update_interval=interval)
-            trainer = SemScaleTrainer(model=model, args=config, train_dataset=dataset, class_counts=counts, callbacks=[timer])
+            config = SemScaleConfig(
+                str(out_root / label / name),
+                **common,
+                semscale_warmup_steps=0,
+                semscale_fill_max_steps=0,
+                semscale_update_interval=interval,
+            )
+            trainer = SemScaleTrainer(
+                model=model, args=config, train_dataset=dataset, class_counts=counts, callbacks=[timer]
+            )
             pool_bytes = prefill_pool(trainer, head_in_features(model, num_labels))
         timer.trainer = trainer
         trainers[name], timers[name] = trainer, timer
@@ -298,10 +330,13 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
     load_before = os.getloadavg()
     started = time.time()
     for block in range(args.blocks):
-        for name in order[block % 3:] + order[: block % 3]:  # rotate who goes first
+        for name in order[block % 3 :] + order[: block % 3]:  # rotate who goes first
             baton.give(name)
-        print(f"  {label}: block {block + 1}/{args.blocks} done, "
-              + ", ".join(f"{n} {statistics.median(timers[n].times[-args.block_steps:]):.3f}s" for n in TRAINERS), flush=True)
+        print(
+            f"  {label}: block {block + 1}/{args.blocks} done, "
+            + ", ".join(f"{n} {statistics.median(timers[n].times[-args.block_steps :]):.3f}s" for n in TRAINERS),
+            flush=True,
+        )
     wall = time.time() - started
     load_after = os.getloadavg()
     for name in TRAINERS:  # release each thread to finish train() alone
@@ -313,9 +348,18 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
         raise RuntimeError("a trainer thread failed") from baton.error
 
     skip = args.warmup_blocks * args.block_steps
-    result = {"model": label, "data": source, "batch_size": args.batch_size[label], "num_classes": num_labels,
-              "train_samples": sum(counts), "timed_steps_per_trainer": steps - skip, "wall_s": round(wall, 1),
-              "loadavg_before": load_before, "loadavg_after": load_after, "trainers": {}}
+    result = {
+        "model": label,
+        "data": source,
+        "batch_size": args.batch_size[label],
+        "num_classes": num_labels,
+        "train_samples": sum(counts),
+        "timed_steps_per_trainer": steps - skip,
+        "wall_s": round(wall, 1),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "trainers": {},
+    }
     plain = timers["plain"].times[skip:]
     for name in TRAINERS:
         times = timers[name].times[skip:]
@@ -323,17 +367,24 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
             stages = set(timers[name].stages[skip:])
             assert stages == {"reweight"}, f"{name} left stage 3: {stages}"
         entry = {
-            "median_s": statistics.median(times), "mean_s": statistics.fmean(times),
-            "min_s": min(times), "max_s": max(times),
+            "median_s": statistics.median(times),
+            "mean_s": statistics.fmean(times),
+            "min_s": min(times),
+            "max_s": max(times),
             "median_ratio": statistics.median(times) / statistics.median(plain),
             "mean_ratio": statistics.fmean(times) / statistics.fmean(plain),
             "median_paired_ratio": statistics.median(t / p for t, p in zip(times, plain)),
         }
         if name != "plain":
             trainer = trainers[name]
-            entry.update(updates=trainer._num_updates, update_interval=trainer.args.semscale_update_interval,
-                         pool_rows=int(trainer.pool.capacities.sum()), feature_dim=trainer.pool.feature_dim,
-                         pool_dtype=trainer.args.semscale_pool_dtype, pool_mib=trainer.pool.nbytes / 2**20)
+            entry.update(
+                updates=trainer._num_updates,
+                update_interval=trainer.args.semscale_update_interval,
+                pool_rows=int(trainer.pool.capacities.sum()),
+                feature_dim=trainer.pool.feature_dim,
+                pool_dtype=trainer.args.semscale_pool_dtype,
+                pool_mib=trainer.pool.nbytes / 2**20,
+            )
         result["trainers"][name] = entry
     every = result["trainers"]["semscale_every_step"]["median_s"]
     default = result["trainers"]["semscale_default"]["median_s"]
@@ -379,7 +430,8 @@ def component_costs(trainer: SemScaleTrainer, dataset, batch_size: int, plain_st
     update = _median_time(lambda: trainer._update_weights(trainer.state.global_step), 5)
     per_step = max(store_and_loss - plain_loss, 0.0)
     return {
-        "per_step_ms": per_step * 1e3, "update_ms": update * 1e3,
+        "per_step_ms": per_step * 1e3,
+        "update_ms": update * 1e3,
         "per_step_fraction": per_step / plain_step_s,
         "update_fraction": update / plain_step_s,
         "estimated_ratio_every_step": 1 + (per_step + update) / plain_step_s,
@@ -462,12 +514,24 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet32,bert", help="comma list of resnet32, bert")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "cifar10",
-                        help="folder with cifar10 train*.npz (random tensors when absent)")
-    parser.add_argument("--text-data-dir", type=Path, default=REPO.parent / "shared" / "data" / "banking77",
-                        help="folder with BANKING77 train.jsonl (random tokens when absent)")
-    parser.add_argument("--text-model", choices=["small", "minilm"], default="small",
-                        help="small: BERT from a config (4 layers, 256 hidden); minilm: the pretrained MiniLM-L6 encoder")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "cifar10",
+        help="folder with cifar10 train*.npz (random tensors when absent)",
+    )
+    parser.add_argument(
+        "--text-data-dir",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "banking77",
+        help="folder with BANKING77 train.jsonl (random tokens when absent)",
+    )
+    parser.add_argument(
+        "--text-model",
+        choices=["small", "minilm"],
+        default="small",
+        help="small: BERT from a config (4 layers, 256 hidden); minilm: the pretrained MiniLM-L6 encoder",
+    )
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--block-steps", type=int, default=4)
     parser.add_argument("--warmup-blocks", type=int, default=1)
@@ -488,9 +552,14 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python benchmarks/trainer_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.platform()})",
-        "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        "block_steps": args.block_steps, "blocks": args.blocks, "warmup_blocks": args.warmup_blocks,
-        "uptime_before": uptime(), "results": [],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "block_steps": args.block_steps,
+        "blocks": args.blocks,
+        "warmup_blocks": args.warmup_blocks,
+        "uptime_before": uptime(),
+        "results": [],
     }
     print(f"load: {report['uptime_before']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -500,24 +569,34 @@ def main(argv: list[str] | None = None) -> dict:
                 make = resnet32
             elif label == "bert":
                 dataset, counts, source = text_data(args.text_data_dir, args.seq_len, 30522)
-                make = lambda n: bert(args.text_model, n)  # noqa: E731
+                make = lambda n: bert(args.text_model, n)
             else:
                 parser.error(f"unknown model {label!r}")
             print(f"{label}: {source}", flush=True)
             result = run_model(label, make, dataset, counts, source, args, Path(tmp))
             if label == "bert":
-                result["model"] = "MiniLM-L6 (pretrained)" if args.text_model == "minilm" else "small BERT (config: 4 layers, 256 hidden)"
+                result["model"] = (
+                    "MiniLM-L6 (pretrained)"
+                    if args.text_model == "minilm"
+                    else "small BERT (config: 4 layers, 256 hidden)"
+                )
             else:
                 result["model"] = "ResNet-32"
             report["results"].append(result)
             for name, t in result["trainers"].items():
-                print(f"  {name:22s} median {t['median_s']:.4f}s  ratio {t['median_ratio']:.3f}x  "
-                      f"paired {t['median_paired_ratio']:.3f}x  mean ratio {t['mean_ratio']:.3f}x", flush=True)
+                print(
+                    f"  {name:22s} median {t['median_s']:.4f}s  ratio {t['median_ratio']:.3f}x  "
+                    f"paired {t['median_paired_ratio']:.3f}x  mean ratio {t['mean_ratio']:.3f}x",
+                    flush=True,
+                )
             c = result["components"]
-            print(f"  amortised ratio at interval {DEFAULT_INTERVAL}: {result['amortized_ratio_default_interval']:.3f}x; "
-                  f"pool {result['pool_mib']:.2f} MiB; DSB work alone: {c['per_step_ms']:.2f} ms/step + "
-                  f"{c['update_ms']:.1f} ms/update -> estimated {c['estimated_ratio_default_interval']:.3f}x "
-                  f"(default interval), {c['estimated_ratio_every_step']:.3f}x (every step)", flush=True)
+            print(
+                f"  amortised ratio at interval {DEFAULT_INTERVAL}: {result['amortized_ratio_default_interval']:.3f}x; "
+                f"pool {result['pool_mib']:.2f} MiB; DSB work alone: {c['per_step_ms']:.2f} ms/step + "
+                f"{c['update_ms']:.1f} ms/update -> estimated {c['estimated_ratio_default_interval']:.3f}x "
+                f"(default interval), {c['estimated_ratio_every_step']:.3f}x (every step)",
+                flush=True,
+            )
     report["uptime_after"] = uptime()
     report["notes"] = NOTES
     print(f"load: {report['uptime_after']}", flush=True)

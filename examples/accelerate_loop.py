@@ -48,9 +48,20 @@ def make_model(num_labels: int = len(CLASS_COUNTS), seed: int = 1234) -> MLPForC
     return MLPForClassification(MLPClassifierConfig(input_dim=INPUT_DIM, hidden_dims=(24, 16), num_labels=num_labels))
 
 
-def train(model, dataset, settings: BalancerSettings, *, max_steps: int, batch_size: int = 8, learning_rate: float = 5e-3,
-          max_grad_norm: float = 1.0, output_dir: str | Path | None = None, save_every: int = 0, resume: bool = False,
-          accelerator: Accelerator | None = None) -> SemanticScaleBalancer:
+def train(
+    model,
+    dataset,
+    settings: BalancerSettings,
+    *,
+    max_steps: int,
+    batch_size: int = 8,
+    learning_rate: float = 5e-3,
+    max_grad_norm: float = 1.0,
+    output_dir: str | Path | None = None,
+    save_every: int = 0,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+) -> SemanticScaleBalancer:
     """Train ``model`` for ``max_steps`` optimizer steps (data in order, AdamW, constant learning rate) with DSB.
 
     ``save_every`` > 0 saves the whole state (model, optimizer, RNG, balancer) to ``output_dir/step_N`` every
@@ -113,13 +124,27 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     settings = BalancerSettings(warmup_steps=10, update_interval=5, pool_capacity=16)
     per_epoch = math.ceil(sum(CLASS_COUNTS) / (args.batch_size * accelerator.num_processes))
-    accelerator.print(f"{sum(CLASS_COUNTS)} samples, {per_epoch} steps per epoch, {accelerator.num_processes} process(es)")
-    balancer = train(make_model(), make_dataset(), settings, max_steps=args.max_steps, batch_size=args.batch_size,
-                     output_dir=args.output_dir, save_every=args.save_every, resume=args.resume, accelerator=accelerator)
+    accelerator.print(
+        f"{sum(CLASS_COUNTS)} samples, {per_epoch} steps per epoch, {accelerator.num_processes} process(es)"
+    )
+    balancer = train(
+        make_model(),
+        make_dataset(),
+        settings,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        output_dir=args.output_dir,
+        save_every=args.save_every,
+        resume=args.resume,
+        accelerator=accelerator,
+    )
     if accelerator.is_main_process:
-        summary = {"stage": balancer.stage, "updates": balancer.num_updates,
-                   "scales": [round(s, 3) for s in balancer.semantic_scales.tolist()],
-                   "weights": [round(w, 3) for w in balancer.class_weights.tolist()]}
+        summary = {
+            "stage": balancer.stage,
+            "updates": balancer.num_updates,
+            "scales": [round(s, 3) for s in balancer.semantic_scales.tolist()],
+            "weights": [round(w, 3) for w in balancer.class_weights.tolist()],
+        }
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "balancer_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary))

@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import datasets
 import numpy as np
@@ -116,7 +116,9 @@ def long_tail_indices(
     present = np.flatnonzero(available > 0)
     empty = np.flatnonzero(available == 0).tolist()
     if empty:
-        logger.warning("classes %s have no samples: left out of the long-tail profile (%d classes ranked)", empty, present.size)
+        logger.warning(
+            "classes %s have no samples: left out of the long-tail profile (%d classes ranked)", empty, present.size
+        )
     if class_order == "count":
         present = present[np.argsort(-available[present], kind="stable")]
     n_max = int(available[present].min()) if n_max is None else n_max
@@ -159,11 +161,15 @@ def make_long_tailed(
 ) -> datasets.Dataset:
     """The long-tailed subset of ``dataset`` (see :func:`long_tail_indices`); row order is kept."""
     labels = _labels_array(dataset, label_column)
-    indices = long_tail_indices(labels, imbalance_factor, seed, n_max, _num_classes(dataset, label_column, labels), class_order)
+    indices = long_tail_indices(
+        labels, imbalance_factor, seed, n_max, _num_classes(dataset, label_column, labels), class_order
+    )
     return dataset.select(indices)
 
 
-def keep_classes(dataset: datasets.Dataset, keep: Sequence[int], label_column: str = "label") -> tuple[datasets.Dataset, int]:
+def keep_classes(
+    dataset: datasets.Dataset, keep: Sequence[int], label_column: str = "label"
+) -> tuple[datasets.Dataset, int]:
     """Rows of the classes ``keep`` (old ids, ascending), relabelled ``0..len(keep)-1`` with their names.
 
     Returns ``(dataset, rows dropped)``. Used to drop classes a training split does not have (CLINC150's ``oos``).
@@ -289,11 +295,15 @@ def _load_npz_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
     images = np.concatenate([a["images"] for a in arrays])
     labels = np.concatenate([a["labels"] for a in arrays]).astype(np.int64)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DatasetLoadError(f"{data_dir}: images must be uint8 [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}")
+        raise DatasetLoadError(
+            f"{data_dir}: images must be uint8 [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}"
+        )
     if images.ndim == 3:
         images = images[..., None]
     if images.size >= 2**31:
-        raise DatasetLoadError(f"{data_dir}: {images.size} pixel values exceed an Arrow list column (2**31); split the files")
+        raise DatasetLoadError(
+            f"{data_dir}: {images.size} pixel values exceed an Arrow list column (2**31); split the files"
+        )
     if "classes" in arrays[0].files:
         names = [str(c) for c in arrays[0]["classes"]]
     else:
@@ -351,7 +361,9 @@ def load_local_dataset(data_dir: str | os.PathLike, split: str) -> datasets.Data
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DatasetLoadError(f"{data_dir}: no such folder. Fix: pass the dataset folder (e.g. ../shared/data/cifar10).")
+        raise DatasetLoadError(
+            f"{data_dir}: no such folder. Fix: pass the dataset folder (e.g. ../shared/data/cifar10)."
+        )
     kind, splits = _split_files(data_dir)
     if split not in splits:
         raise DatasetLoadError(f"{data_dir}: no split {split!r}; available splits: {sorted(splits)}")
@@ -402,7 +414,9 @@ def _load_with_datasets(name: str, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _pick_column(dataset: datasets.Dataset, given: str | None, candidates: Sequence[str], role: str, option: str) -> str | None:
+def _pick_column(
+    dataset: datasets.Dataset, given: str | None, candidates: Sequence[str], role: str, option: str
+) -> str | None:
     if given is not None:
         if given not in dataset.column_names:
             raise DatasetLoadError(f"no {role} column {given!r}; columns are {dataset.column_names}. Fix: {option}.")

@@ -13,9 +13,10 @@ PIL images) or ``text`` column, and an integer ``label`` column.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -169,7 +170,9 @@ def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
         ) from err
     modality = _modality(config)
     auto = AutoModelForImageClassification if modality == "image" else AutoModelForSequenceClassification
-    resize = {} if num_labels in (None, config.num_labels) else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+    resize = (
+        {} if num_labels in (None, config.num_labels) else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+    )
     model, info = auto.from_pretrained(name, output_loading_info=True, **resize)
     head_name = _head_name(model, model.config.num_labels)
     not_loaded = set(info["missing_keys"]) | {entry[0] for entry in info["mismatched_keys"]}
@@ -289,7 +292,9 @@ def _image_inputs(fm: FeatureModel, images: Any) -> dict[str, Tensor]:
 def _model_inputs(fm: FeatureModel, batch: dict[str, Any], max_length: int) -> dict[str, Tensor]:
     if fm.modality == "image":
         return _image_inputs(fm, batch["image"])
-    encoded = fm.processor(list(batch["text"]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    encoded = fm.processor(
+        list(batch["text"]), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     return dict(encoded)
 
 
@@ -330,7 +335,10 @@ def extract_features(
     features, labels, predictions = [], [], []
     capture = HeadInputCapture(model, module=fm.head_name)
     try:
-        with torch.no_grad(), tqdm(total=len(dataset), desc="features", unit="sample", disable=not show_progress) as bar:
+        with (
+            torch.no_grad(),
+            tqdm(total=len(dataset), desc="features", unit="sample", disable=not show_progress) as bar,
+        ):
             for batch in _batches(dataset, [column, "label"], batch_size):
                 inputs = {k: v.to(device) for k, v in _model_inputs(fm, batch, max_length).items()}
                 capture.arm()
@@ -383,7 +391,9 @@ def extract_sample_vectors(
     vectors = []
     with torch.no_grad():
         for batch in tqdm(_batches(dataset, [column], batch_size), desc="samples", disable=not show_progress):
-            encoded = fm.processor(list(batch[column]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            encoded = fm.processor(
+                list(batch[column]), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             mask = encoded["attention_mask"].to(device).unsqueeze(-1).float()
             tokens = embedding(encoded["input_ids"].to(device)).float()
             vectors.append(((tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)).cpu().numpy())

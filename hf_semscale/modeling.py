@@ -41,7 +41,14 @@ class NormedLinear(nn.Module):
 class CifarResNetConfig(PretrainedConfig):
     model_type = "semscale_cifar_resnet"
 
-    def __init__(self, depth: int = 32, num_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64), normed_head: bool = False, **kwargs):
+    def __init__(
+        self,
+        depth: int = 32,
+        num_channels: int = 3,
+        widths: tuple[int, ...] = (16, 32, 64),
+        normed_head: bool = False,
+        **kwargs,
+    ):
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         self.depth = depth
@@ -68,7 +75,9 @@ class _BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         shortcut = x
         if self.stride != 1 or self.pad:  # option A: subsample and zero-pad the channels
-            shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            shortcut = F.pad(
+                x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)
+            )
         return F.relu(out + shortcut)
 
 
@@ -91,7 +100,9 @@ class CifarResNetForImageClassification(PreTrainedModel):
                 blocks.append(_BasicBlock(in_planes, planes, 2 if (stage > 0 and i == 0) else 1))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
-        self.classifier = NormedLinear(w[-1], config.num_labels) if config.normed_head else nn.Linear(w[-1], config.num_labels)
+        self.classifier = (
+            NormedLinear(w[-1], config.num_labels) if config.normed_head else nn.Linear(w[-1], config.num_labels)
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -15,9 +15,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -45,37 +46,59 @@ class DataArguments:
 
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local dataset folder (shared-style, e.g. ../shared/data/cifar10, or a datasets.save_to_disk folder)."},
+        metadata={
+            "help": "Local dataset folder (shared-style, e.g. ../shared/data/cifar10, or a datasets.save_to_disk folder)."
+        },
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A datasets Hub id (used when data_dir is not set)."})
-    train_split: str = field(default="train", metadata={"help": "Split the training (and carved validation) data come from."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A datasets Hub id (used when data_dir is not set)."}
+    )
+    train_split: str = field(
+        default="train", metadata={"help": "Split the training (and carved validation) data come from."}
+    )
     test_split: str = field(default="test", metadata={"help": "Held-out split; stays balanced / untouched."})
     validation_split: str | None = field(
         default=None,
-        metadata={"help": "An existing split of TRAINING-side data to use for validation; None: carve from train_split."},
+        metadata={
+            "help": "An existing split of TRAINING-side data to use for validation; None: carve from train_split."
+        },
     )
     validation_per_class: int = field(
-        default=0, metadata={"help": "Rows per class carved from the training data for validation (before the long tail); 0: none."}
+        default=0,
+        metadata={
+            "help": "Rows per class carved from the training data for validation (before the long tail); 0: none."
+        },
     )
     imbalance_factor: float | None = field(
-        default=None, metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."}
+        default=None,
+        metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."},
     )
     long_tail_n_max: int | None = field(
         default=None, metadata={"help": "Head-class size of the long-tailed subset; None: the smallest class's size."}
     )
     long_tail_order: str = field(
         default="index",
-        metadata={"help": "Rank of each class in the long-tail profile: 'index' (class id order, CIFAR-LT) or 'count' "
-                  "(most available samples first, so every class can fill its quota).", "choices": ["index", "count"]},
+        metadata={
+            "help": "Rank of each class in the long-tail profile: 'index' (class id order, CIFAR-LT) or 'count' "
+            "(most available samples first, so every class can fill its quota).",
+            "choices": ["index", "count"],
+        },
     )
-    subset_seed: int = field(default=0, metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."})
+    subset_seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."},
+    )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: image / img)."})
-    text_column: str | None = field(default=None, metadata={"help": "Text column (default: text / sentence / content)."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column (default: text / sentence / content)."}
+    )
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: label / labels)."})
     max_train_samples_per_class: int | None = field(
         default=None, metadata={"help": "Cap rows per class of the training split before anything else (quick runs)."}
     )
-    max_eval_samples_per_class: int | None = field(default=None, metadata={"help": "Cap rows per class of validation / test (quick runs)."})
+    max_eval_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Cap rows per class of validation / test (quick runs)."}
+    )
 
     @property
     def source(self) -> str:
@@ -90,25 +113,42 @@ class RunArguments:
     """Method, optimisation schedule and outputs shared by the recipes."""
 
     method: str | None = field(
-        default=None, metadata={"help": "A method of recipes/methods.py (sets semscale_weighting / semscale_loss / ...)."}
+        default=None,
+        metadata={"help": "A method of recipes/methods.py (sets semscale_weighting / semscale_loss / ...)."},
     )
     optimizer: str = field(
         default="sgd",
-        metadata={"help": "'sgd' (momentum, weight decay on all parameters, as Cao et al.) or 'trainer' (TrainingArguments.optim).", "choices": ["sgd", "trainer"]},
+        metadata={
+            "help": "'sgd' (momentum, weight decay on all parameters, as Cao et al.) or 'trainer' (TrainingArguments.optim).",
+            "choices": ["sgd", "trainer"],
+        },
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
     lr_schedule: str = field(
         default="cosine",
-        metadata={"help": "'cosine', 'step' (x lr_decay at each of lr_milestones epochs) or 'trainer' (TrainingArguments' scheduler).", "choices": ["cosine", "step", "trainer"]},
+        metadata={
+            "help": "'cosine', 'step' (x lr_decay at each of lr_milestones epochs) or 'trainer' (TrainingArguments' scheduler).",
+            "choices": ["cosine", "step", "trainer"],
+        },
     )
-    warmup_epochs: float = field(default=0.0, metadata={"help": "Linear learning-rate warm-up, in epochs (recipe schedules)."})
-    lr_milestones: list[float] = field(default_factory=lambda: [160.0, 180.0], metadata={"help": "Epochs of the step decays."})
+    warmup_epochs: float = field(
+        default=0.0, metadata={"help": "Linear learning-rate warm-up, in epochs (recipe schedules)."}
+    )
+    lr_milestones: list[float] = field(
+        default_factory=lambda: [160.0, 180.0], metadata={"help": "Epochs of the step decays."}
+    )
     lr_decay: float = field(default=0.01, metadata={"help": "Factor of each step decay."})
     eval_validation: bool = field(default=True, metadata={"help": "Evaluate on the validation split after training."})
-    eval_test: bool = field(default=True, metadata={"help": "Evaluate on the test split after training (off for tuning runs)."})
-    eval_train: bool = field(default=False, metadata={"help": "Evaluate on the training split after training (how converged a run is)."})
+    eval_test: bool = field(
+        default=True, metadata={"help": "Evaluate on the test split after training (off for tuning runs)."}
+    )
+    eval_train: bool = field(
+        default=False, metadata={"help": "Evaluate on the training split after training (how converged a run is)."}
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (CPU runs)."})
-    save_final_model: bool = field(default=True, metadata={"help": "Save the trained model (and semantic_scales.json) to output_dir."})
+    save_final_model: bool = field(
+        default=True, metadata={"help": "Save the trained model (and semantic_scales.json) to output_dir."}
+    )
 
 
 def split_yaml_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -118,7 +158,7 @@ def split_yaml_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
-def parse_yaml_then_cli(parser: "HfArgumentParser", argv: Sequence[str] | None = None) -> tuple:  # noqa: F821
+def parse_yaml_then_cli(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> tuple:  # noqa: F821
     """``[config.yaml] [--key value ...]`` -> the parser's dataclasses.
 
     The YAML's keys (and a method's overrides) become argparse defaults; the command line overrides them.
@@ -140,7 +180,9 @@ def parse_yaml_then_cli(parser: "HfArgumentParser", argv: Sequence[str] | None =
     dests = {action.dest for action in parser._actions}
     unknown = sorted(set(defaults) - dests)
     if unknown:
-        raise ValueError(f"{yaml_file}: unknown keys {unknown}; every key must be a field of {[d.__name__ for d in parser.dataclass_types]}")
+        raise ValueError(
+            f"{yaml_file}: unknown keys {unknown}; every key must be a field of {[d.__name__ for d in parser.dataclass_types]}"
+        )
     for action in parser._actions:
         if action.dest in defaults:
             action.default = defaults[action.dest]
@@ -171,7 +213,9 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
     )
 
     columns = {"label_column": data.label_column}
-    columns["image_column" if kind == "image" else "text_column"] = data.image_column if kind == "image" else data.text_column
+    columns["image_column" if kind == "image" else "text_column"] = (
+        data.image_column if kind == "image" else data.text_column
+    )
     train = load_dataset_any(data.source, data.train_split, **columns)
     test = load_dataset_any(data.source, data.test_split, **columns)
     if data.max_train_samples_per_class:
@@ -189,14 +233,27 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
         val_rows = 0
         if validation is not None:
             validation, val_rows = keep_classes(validation, present)
-        logger.warning("classes %s have no row in the training split %r: dropped from the label set (and %d test / %d "
-                       "validation rows of them); %d classes remain", dropped, data.train_split, test_rows, val_rows, len(present))
+        logger.warning(
+            "classes %s have no row in the training split %r: dropped from the label set (and %d test / %d "
+            "validation rows of them); %d classes remain",
+            dropped,
+            data.train_split,
+            test_rows,
+            val_rows,
+            len(present),
+        )
     elif data.validation_per_class > 0:
         parts = train_validation_split(train, data.validation_per_class, seed=data.subset_seed)
         train, validation = parts["train"], parts["validation"]
     if data.imbalance_factor is not None and data.imbalance_factor > 1:
-        train = make_long_tailed(train, data.imbalance_factor, label_column="label", seed=data.subset_seed,
-                                 n_max=data.long_tail_n_max, class_order=data.long_tail_order)
+        train = make_long_tailed(
+            train,
+            data.imbalance_factor,
+            label_column="label",
+            seed=data.subset_seed,
+            n_max=data.long_tail_n_max,
+            class_order=data.long_tail_order,
+        )
     if data.max_eval_samples_per_class:
         test = limit_per_class(test, data.max_eval_samples_per_class, seed=data.subset_seed)
         if validation is not None:
@@ -212,8 +269,15 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
     }
 
 
-def text_cache_file(cache_dir: str | None, model_path: str, texts: Sequence[str], max_length: int, prefix: str = "",
-                    suffix: str = ".npy", extra: Sequence[Any] = ()) -> Path | None:
+def text_cache_file(
+    cache_dir: str | None,
+    model_path: str,
+    texts: Sequence[str],
+    max_length: int,
+    prefix: str = "",
+    suffix: str = ".npy",
+    extra: Sequence[Any] = (),
+) -> Path | None:
     """Where a split's cached encoder outputs live, keyed by the model, the texts, ``max_length`` and ``extra``;
     None without a ``cache_dir``."""
     if not cache_dir:
@@ -285,7 +349,9 @@ def build_optimizers(model: Any, args: Any, run: RunArguments, num_train: int) -
     if run.optimizer == "trainer" and run.lr_schedule == "trainer":
         return None, None
     if run.optimizer == "trainer" or run.lr_schedule == "trainer":
-        raise ValueError("optimizer and lr_schedule must both be 'trainer' or both be recipe-built ('sgd' with 'cosine'/'step').")
+        raise ValueError(
+            "optimizer and lr_schedule must both be 'trainer' or both be recipe-built ('sgd' with 'cosine'/'step')."
+        )
     spe = steps_per_epoch(num_train, args)
     total = args.max_steps if args.max_steps and args.max_steps > 0 else int(math.ceil(args.num_train_epochs * spe))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -322,9 +388,20 @@ def evaluate_split(trainer: Any, dataset: Any, prefix: str, store: dict[str, Any
     return full
 
 
-def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArguments, splits: dict[str, Any], evaluations: dict[str, Any], wall_start: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_results(
+    trainer: Any,
+    args: Any,
+    data: DataArguments,
+    run: RunArguments,
+    splits: dict[str, Any],
+    evaluations: dict[str, Any],
+    wall_start: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``results.json`` (the record the benchmark reads) to ``output_dir``; returns it."""
-    train_runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
+    train_runtime = next(
+        (h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None
+    )
     record = {
         "method": run.method,
         "dataset": data.source,
@@ -352,8 +429,16 @@ def write_results(trainer: Any, args: Any, data: DataArguments, run: RunArgument
     return record
 
 
-def train_evaluate_and_record(trainer: Any, args: Any, data: DataArguments, run: RunArguments, splits: dict[str, Any],
-                              store: dict[str, Any], wall_start: float, extra: dict[str, Any]) -> dict[str, Any]:
+def train_evaluate_and_record(
+    trainer: Any,
+    args: Any,
+    data: DataArguments,
+    run: RunArguments,
+    splits: dict[str, Any],
+    store: dict[str, Any],
+    wall_start: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """Train, save the model (``run.save_final_model``), evaluate validation / test as ``run`` asks and write
     ``results.json``; returns the record. ``store`` is the one given to ``make_compute_metrics``."""
     trainer.train()

@@ -26,7 +26,13 @@ from recipes.common import save_cache_atomic, text_cache_file
 
 logger = logging.getLogger("recipes.encoder_top")
 
-__all__ = ["LowerLayerStates", "EncoderTopForSequenceClassification", "lower_layer_states", "collate_states", "build_top_model"]
+__all__ = [
+    "LowerLayerStates",
+    "EncoderTopForSequenceClassification",
+    "lower_layer_states",
+    "collate_states",
+    "build_top_model",
+]
 
 
 class LowerLayerStates(torch.utils.data.Dataset):
@@ -55,14 +61,17 @@ def collate_states(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
     return {"hidden_states": states, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
 
 
-def lower_layer_states(model_path: str, texts: list[str], max_length: int, lower: int, batch_size: int = 128,
-                       cache_dir: str | None = None) -> list[np.ndarray]:
+def lower_layer_states(
+    model_path: str, texts: list[str], max_length: int, lower: int, batch_size: int = 128, cache_dir: str | None = None
+) -> list[np.ndarray]:
     """Token states after embeddings + the first ``lower`` layers, one ``[len_i, d]`` float32 array per text."""
-    cache = text_cache_file(cache_dir, model_path, texts, max_length, prefix=f"lower{lower}_", suffix=".npz", extra=(lower,))
+    cache = text_cache_file(
+        cache_dir, model_path, texts, max_length, prefix=f"lower{lower}_", suffix=".npz", extra=(lower,)
+    )
     if cache is not None and cache.is_file():
         with np.load(cache) as npz:
             flat, offsets = npz["states"], npz["offsets"]
-        return [flat[offsets[i]: offsets[i + 1]] for i in range(len(texts))]
+        return [flat[offsets[i] : offsets[i + 1]] for i in range(len(texts))]
     start = time.time()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     encoder = AutoModel.from_pretrained(model_path).eval()
@@ -70,10 +79,14 @@ def lower_layer_states(model_path: str, texts: list[str], max_length: int, lower
     order = np.argsort([len(t) for t in texts])
     with torch.inference_mode():
         for first in range(0, len(texts), batch_size):
-            idx = order[first: first + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            idx = order[first : first + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             hidden = encoder.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-            mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"])
+            mask = create_bidirectional_mask(
+                config=encoder.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"]
+            )
             for layer in encoder.encoder.layer[:lower]:
                 hidden = layer(hidden, attention_mask=mask)
             lengths = batch["attention_mask"].sum(1).tolist()
@@ -117,14 +130,15 @@ class EncoderTopForSequenceClassification(PreTrainedModel):
 
 def build_top_model(model_path: str, top_layers: int, num_labels: int, id2label: dict[int, str]) -> nn.Module:
     """The top ``top_layers`` layers of the pretrained encoder at ``model_path`` (weights copied) + a new head."""
-    config = AutoConfig.from_pretrained(model_path, num_labels=num_labels, id2label=id2label,
-                                        label2id={v: k for k, v in id2label.items()})
+    config = AutoConfig.from_pretrained(
+        model_path, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
     total = config.num_hidden_layers
     if not 1 <= top_layers <= total:
         raise ValueError(f"top_layers must be in [1, {total}] for {model_path}, got {top_layers}")
     config.top_layers = top_layers
     model = EncoderTopForSequenceClassification(config)
     encoder = AutoModel.from_pretrained(model_path)
-    for mine, theirs in zip(model.layers, encoder.encoder.layer[total - top_layers:]):
+    for mine, theirs in zip(model.layers, encoder.encoder.layer[total - top_layers :]):
         mine.load_state_dict(theirs.state_dict())
     return model

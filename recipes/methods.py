@@ -21,8 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["METHODS", "BASELINES", "DSB_METHODS", "MIXED_METHODS", "SCALE_METHODS", "COUNT_TUNED_METHODS", "TUNED_METHODS",
-           "DRW_DEFERRAL", "method_overrides", "uses_normed_head", "describe"]
+__all__ = [
+    "METHODS",
+    "BASELINES",
+    "DSB_METHODS",
+    "MIXED_METHODS",
+    "SCALE_METHODS",
+    "COUNT_TUNED_METHODS",
+    "TUNED_METHODS",
+    "DRW_DEFERRAL",
+    "method_overrides",
+    "uses_normed_head",
+    "describe",
+]
 
 DRW_DEFERRAL = 0.8  # Cao et al. 2019: re-weighting starts at epoch 160 of 200
 
@@ -45,12 +56,20 @@ METHODS: dict[str, dict[str, Any]] = {
         "semscale_warmup_ratio": DRW_DEFERRAL,
         **_LDAM,
     },
-    "balanced_softmax": {"semscale_weighting": "none", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+    "balanced_softmax": {
+        "semscale_weighting": "none",
+        "semscale_loss": "balanced_softmax",
+        "semscale_logit_adjust_tau": 1.0,
+    },
     # --- DSB on top of each base loss (weights from semantic scales alone)
     "dsb_ce": {"semscale_weighting": "dsb", "semscale_loss": "ce"},
     "dsb_focal": {"semscale_weighting": "dsb", "semscale_loss": "focal", "semscale_focal_gamma": 2.0},
     "dsb_ldam": {"semscale_weighting": "dsb", **_LDAM},
-    "dsb_balanced_softmax": {"semscale_weighting": "dsb", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+    "dsb_balanced_softmax": {
+        "semscale_weighting": "dsb",
+        "semscale_loss": "balanced_softmax",
+        "semscale_logit_adjust_tau": 1.0,
+    },
     # --- a mix (not DSB alone): cb_ce's effective-number weights times the DSB weights, deferred like cb_ce (the
     # pool's fill stage adds up to an epoch; benchmarks/long_tail.py moves the warm-up so the weights start together)
     "mix_dsb_cb_ce": {
@@ -63,10 +82,18 @@ METHODS: dict[str, dict[str, Any]] = {
     "if_ce_tuned": {"semscale_weighting": "inverse_frequency", "semscale_loss": "ce"},
     "cb_ce_tuned": {"semscale_weighting": "effective_number", "semscale_cb_beta": 0.9999, "semscale_loss": "ce"},
     "pow_ce_tuned": {"semscale_weighting": "count_power", "semscale_loss": "ce"},
-    "pow_bs_tuned": {"semscale_weighting": "count_power", "semscale_loss": "balanced_softmax", "semscale_logit_adjust_tau": 1.0},
+    "pow_bs_tuned": {
+        "semscale_weighting": "count_power",
+        "semscale_loss": "balanced_softmax",
+        "semscale_logit_adjust_tau": 1.0,
+    },
     # --- controls / hypotheses derived from the scale (not dsb_<base>)
     "reverse_dsb_ce": {"semscale_weighting": "reverse_scale", "semscale_loss": "ce"},
-    "scalecount_cb_ce": {"semscale_weighting": "scale_equivalent_count", "semscale_cb_beta": 0.9999, "semscale_loss": "ce"},
+    "scalecount_cb_ce": {
+        "semscale_weighting": "scale_equivalent_count",
+        "semscale_cb_beta": 0.9999,
+        "semscale_loss": "ce",
+    },
 }
 
 BASELINES = ("ce", "if_ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax")
@@ -78,8 +105,15 @@ SCALE_METHODS = DSB_METHODS + MIXED_METHODS + ("reverse_dsb_ce", "scalecount_cb_
 TUNED_METHODS = SCALE_METHODS + COUNT_TUNED_METHODS  # knobs chosen on a validation split
 
 # The baseline each DSB variant is compared with (same base loss; LDAM's counterpart is LDAM-DRW).
-DSB_COUNTERPART = {"dsb_ce": "ce", "dsb_focal": "focal", "dsb_ldam": "ldam_drw", "dsb_balanced_softmax": "balanced_softmax",
-                   "mix_dsb_cb_ce": "cb_ce", "reverse_dsb_ce": "ce", "scalecount_cb_ce": "cb_ce_tuned"}
+DSB_COUNTERPART = {
+    "dsb_ce": "ce",
+    "dsb_focal": "focal",
+    "dsb_ldam": "ldam_drw",
+    "dsb_balanced_softmax": "balanced_softmax",
+    "mix_dsb_cb_ce": "cb_ce",
+    "reverse_dsb_ce": "ce",
+    "scalecount_cb_ce": "cb_ce_tuned",
+}
 
 _DESCRIPTIONS = {
     "ce": "cross-entropy, no weights",

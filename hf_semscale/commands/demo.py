@@ -40,10 +40,10 @@ def _train_once(method: str, seed: int, args: argparse.Namespace, train, test, o
     import numpy as np
     import torch
 
-    from ..trainer.config import SemScaleConfig
     from ..data import class_counts
     from ..metrics import long_tail_metrics
     from ..modeling import MLPClassifierConfig, MLPForClassification
+    from ..trainer.config import SemScaleConfig
     from ..trainer.trainer import SemScaleTrainer
 
     torch.manual_seed(seed)
@@ -51,8 +51,11 @@ def _train_once(method: str, seed: int, args: argparse.Namespace, train, test, o
     names = train.features["labels"].names
     model = MLPForClassification(
         MLPClassifierConfig(
-            input_dim=64, hidden_dims=(128, 64), num_labels=num_labels,
-            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            input_dim=64,
+            hidden_dims=(128, 64),
+            num_labels=num_labels,
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
         )
     )
     config = SemScaleConfig(
@@ -80,8 +83,11 @@ def _train_once(method: str, seed: int, args: argparse.Namespace, train, test, o
     logits = trainer.predict(test).predictions
     predictions = np.asarray(logits).argmax(-1)
     metrics = long_tail_metrics(
-        predictions, test.with_format("numpy", columns=["labels"])[:]["labels"], counts,
-        many_threshold=args.many_threshold, few_threshold=args.few_threshold,
+        predictions,
+        test.with_format("numpy", columns=["labels"])[:]["labels"],
+        counts,
+        many_threshold=args.many_threshold,
+        few_threshold=args.few_threshold,
     )
     return trainer, metrics
 
@@ -99,11 +105,13 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from ..data import load_builtin_digits
-    from ..plotting import plot_scale_count_accuracy
     from ..hub.report import SCALES_FILENAME, read_scale_report, write_json_atomic
+    from ..plotting import plot_scale_count_accuracy
 
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(1)  # a 64-128-64-10 MLP: extra intra-op threads only add synchronisation (and spin on busy CPUs)
+    torch.set_num_threads(
+        1
+    )  # a 64-128-64-10 MLP: extra intra-op threads only add synchronisation (and spin on busy CPUs)
     output_dir = Path(args.output_dir)
     results: dict[str, list[dict]] = {method: [] for method in DEMO_METHODS}
     final_trainer = None
@@ -112,18 +120,26 @@ def run(args: argparse.Namespace) -> int:
         for method in DEMO_METHODS:
             run_dir = output_dir if method == "dsb_ce" else output_dir / "baselines" / method
             trainer, metrics = _train_once(method, seed, args, train, test, run_dir)
-            results[method].append({"seed": seed, **{k: metrics[k] for k in METRICS}, "per_class_accuracy": metrics["per_class_accuracy"]})
-            print(f"seed {seed} {method:>16}: accuracy {100 * metrics['accuracy']:.2f}  balanced {100 * metrics['balanced_accuracy']:.2f}")
+            results[method].append(
+                {"seed": seed, **{k: metrics[k] for k in METRICS}, "per_class_accuracy": metrics["per_class_accuracy"]}
+            )
+            print(
+                f"seed {seed} {method:>16}: accuracy {100 * metrics['accuracy']:.2f}  balanced {100 * metrics['balanced_accuracy']:.2f}"
+            )
             if method == "dsb_ce":
                 final_trainer = trainer
 
-    print(f"\nLong-tailed digits (train IF={args.imbalance_factor:g}, balanced test), MLP, {args.epochs:g} epochs, seeds {args.seeds}")
+    print(
+        f"\nLong-tailed digits (train IF={args.imbalance_factor:g}, balanced test), MLP, {args.epochs:g} epochs, seeds {args.seeds}"
+    )
     print(f"{'method':<17}" + "".join(f"{m.replace('_accuracy', ''):>16}" for m in METRICS))
     for method, rows in results.items():
         print(f"{method:<17}" + "".join(f"{_fmt([r[m] for r in rows]):>16}" for m in METRICS))
     best = max(results, key=lambda m: statistics.mean(r["balanced_accuracy"] for r in results[m]))
-    print(f"Highest mean balanced accuracy here: {best}. The README's 'Which method should I use?' says what the "
-          "library measured on larger data.")
+    print(
+        f"Highest mean balanced accuracy here: {best}. The README's 'Which method should I use?' says what the "
+        "library measured on larger data."
+    )
 
     final_trainer.save_model(str(output_dir))  # model + semantic_scales.json
     report = read_scale_report(output_dir / SCALES_FILENAME)
@@ -133,11 +149,15 @@ def run(args: argparse.Namespace) -> int:
     report["metrics"] = {m: results["dsb_ce"][-1][m] for m in METRICS}
     write_json_atomic(output_dir / SCALES_FILENAME, report)
     plot_scale_count_accuracy(report["classes"], output_dir / "scale_count_accuracy.png")
-    write_json_atomic(output_dir / "demo_results.json", {"settings": vars(args), "methods": DEMO_METHODS, "results": results})
+    write_json_atomic(
+        output_dir / "demo_results.json", {"settings": vars(args), "methods": DEMO_METHODS, "results": results}
+    )
 
     print(f"\nFinal DSB state (seed {args.seeds[-1]}, step {report['step']}, stage {report['stage']}):")
     print(f"{'class':>6}{'train n':>9}{'scale (bits)':>14}{'weight':>9}{'test acc':>10}")
     for row in report["classes"]:
-        print(f"{row['name']:>6}{row['train_count']:>9}{row['scale']:>14.3f}{row['weight']:>9.3f}{100 * row['accuracy']:>9.1f}%")
+        print(
+            f"{row['name']:>6}{row['train_count']:>9}{row['scale']:>14.3f}{row['weight']:>9.3f}{100 * row['accuracy']:>9.1f}%"
+        )
     print(f"\nWrote {output_dir}/ (model, {SCALES_FILENAME}, scale_count_accuracy.png, demo_results.json)")
     return 0

@@ -31,14 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_push_arguments(parser, repo_option="--push", required=False)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, help="Folder (e.g. ../shared/data/cifar10), save_to_disk folder, or Hub id.")
+    data.add_argument(
+        "--dataset", required=True, help="Folder (e.g. ../shared/data/cifar10), save_to_disk folder, or Hub id."
+    )
     data.add_argument("--split", default="train", help="Split to measure (default: train).")
     data.add_argument("--text-column", default=None, help="Text column (default: text / sentence / content).")
     data.add_argument("--image-column", default=None, help="Image column (default: image / img).")
     data.add_argument("--label-column", default=None, help="Label column (default: label / labels).")
     data.add_argument("--max-samples-per-class", type=int, default=None, help="Seeded random cap per class.")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True, help="Model folder, Hub id, or timm architecture name (random weights).")
+    model.add_argument(
+        "--model", required=True, help="Model folder, Hub id, or timm architecture name (random weights)."
+    )
     model.add_argument("--batch-size", type=int, default=32, help="Samples per forward pass.")
     model.add_argument("--max-length", type=int, default=128, help="Tokenizer truncation for text, in tokens.")
     model.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -50,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("semantic scale")
     scale.add_argument("--alpha", type=float, default=None, help="Distortion alpha (default: the feature dimension d).")
     scale.add_argument("--no-normalize", action="store_true", help="Do not L2-normalise feature rows.")
-    scale.add_argument("--sample-space", action="store_true", help="Also measure flattened inputs: pixels / mean token embeddings.")
+    scale.add_argument(
+        "--sample-space", action="store_true", help="Also measure flattened inputs: pixels / mean token embeddings."
+    )
     scale.add_argument("--marginal-effect", action="store_true", help="Also draw scale vs subset size per class.")
     scale.add_argument("--draws", type=int, default=5, help="Random subsets per class and size for --marginal-effect.")
     scale.add_argument("--seed", type=int, default=0, help="Seed of the per-class cap and the marginal-effect draws.")
@@ -86,12 +92,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Load, extract, measure; returns the ``semantic_scales.json`` report (nothing written)."""
     import torch
 
+    from ..core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
+    from ..core.scale import class_semantic_scales, marginal_effect_curves
     from ..data import class_counts, class_names, limit_per_class, load_dataset_any
     from ..features import extract_features, extract_sample_vectors, load_model_for_features
-    from ..core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
-    from ..metrics import long_tail_metrics
     from ..hub.report import build_scale_report
-    from ..core.scale import class_semantic_scales, marginal_effect_curves
+    from ..metrics import long_tail_metrics
 
     dataset = load_dataset_any(args.dataset, args.split, args.text_column, args.image_column, args.label_column)
     if args.max_samples_per_class is not None:
@@ -107,8 +113,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         notes += _check_accuracy_possible(fm, names)
     show = not args.quiet
     features, labels, predictions = extract_features(
-        fm, dataset, args.batch_size, device=args.device, with_predictions=args.with_accuracy,
-        max_length=args.max_length, show_progress=show,
+        fm,
+        dataset,
+        args.batch_size,
+        device=args.device,
+        with_predictions=args.with_accuracy,
+        max_length=args.max_length,
+        show_progress=show,
     )
     normalize = not args.no_normalize
     feats, labs = torch.from_numpy(features), torch.from_numpy(labels)
@@ -132,7 +143,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     sample_space = None
     if args.sample_space:
-        samples = torch.from_numpy(extract_sample_vectors(dataset, fm=fm, device=args.device, max_length=args.max_length, show_progress=show))
+        samples = torch.from_numpy(
+            extract_sample_vectors(dataset, fm=fm, device=args.device, max_length=args.max_length, show_progress=show)
+        )
         sample_scales = class_semantic_scales(samples, labs, len(names), normalize=normalize, alpha=args.alpha)
         per_class["sample_scale"] = sample_scales.tolist()
         sample_space = {
@@ -176,13 +189,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def _plot_title(report: dict[str, Any]) -> str:
     s = report["settings"]
-    return f"{s['model']} on {Path(s['dataset']).name} ({s['split']}), {len(report['classes'])} classes"
+    from ..plotting import short_model_name
+
+    return (
+        f"{short_model_name(s['model'])} on {Path(s['dataset']).name} ({s['split']}), {len(report['classes'])} classes"
+    )
 
 
 def write_outputs(report: dict[str, Any], output_dir: Path) -> list[Path]:
     """``semantic_scales.json`` and the PNG plots; returns the written paths."""
-    from ..plotting import plot_marginal_effect, plot_scale_count_accuracy
     from ..hub.report import SCALES_FILENAME, write_json_atomic
+    from ..plotting import plot_marginal_effect, plot_scale_count_accuracy
 
     names = [row["name"] for row in report["classes"]]
     paths = [write_json_atomic(output_dir / SCALES_FILENAME, report)]
@@ -244,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
         from .push import push_kwargs
 
         try:
-            url = push_analysis(args.output_dir, args.repo_id, model_id=args.model, dataset_name=args.dataset, **push_kwargs(args))
+            url = push_analysis(
+                args.output_dir, args.repo_id, model_id=args.model, dataset_name=args.dataset, **push_kwargs(args)
+            )
         except (PushError, ValueError) as err:
             print(f"hf-semscale measure: error: {err}", file=sys.stderr)
             return 1

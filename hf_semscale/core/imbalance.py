@@ -28,7 +28,9 @@ def _vector(values: Tensor | Sequence[float], name: str, non_negative: bool = Tr
         raise ValueError(f"{name} must be a non-empty 1-D vector [C], got shape {tuple(t.shape)}")
     bad = torch.nonzero(~torch.isfinite(t)).flatten().tolist()
     if bad:
-        raise ValueError(f"{name} holds NaN or inf at classes {bad[:20]}. Fix: measure them again or drop those classes.")
+        raise ValueError(
+            f"{name} holds NaN or inf at classes {bad[:20]}. Fix: measure them again or drop those classes."
+        )
     if non_negative and bool((t < 0).any()):
         raise ValueError(f"{name} must be >= 0; negative at classes {torch.nonzero(t < 0).flatten().tolist()[:20]}")
     return t
@@ -150,31 +152,41 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
     m = s[measured]
     summary: dict = {"num_classes": int(s.numel()), "num_classes_with_volume": int(measured.sum())}
     if m.numel():
-        summary.update({
-            "scale_min": float(m.min()),
-            "scale_max": float(m.max()),
-            "scale_mean": float(m.mean()),
-            "scale_std": float(m.std(correction=0)),
-            "max_min_ratio": keep("max_min_ratio", _ratio(m, "scale")),
-            "coefficient_of_variation": keep("coefficient_of_variation", _coefficient_of_variation(m, "scale")),
-        })
+        summary.update(
+            {
+                "scale_min": float(m.min()),
+                "scale_max": float(m.max()),
+                "scale_mean": float(m.mean()),
+                "scale_std": float(m.std(correction=0)),
+                "max_min_ratio": keep("max_min_ratio", _ratio(m, "scale")),
+                "coefficient_of_variation": keep("coefficient_of_variation", _coefficient_of_variation(m, "scale")),
+            }
+        )
     else:
         for key in ("scale_min", "scale_max", "scale_mean", "scale_std", "max_min_ratio", "coefficient_of_variation"):
             summary[key] = keep(key, (None, "no class has a measured volume (>= 2 samples and a non-zero scale)"))
-    summary.update({
-        "classes_without_volume": no_volume,
-        "count_min": _as_number(n.min()),
-        "count_max": _as_number(n.max()),
-        "count_max_min_ratio": keep("count_max_min_ratio", _ratio(n, "count")),
-        "count_coefficient_of_variation": keep("count_coefficient_of_variation", _coefficient_of_variation(n, "count")),
-    })
+    summary.update(
+        {
+            "classes_without_volume": no_volume,
+            "count_min": _as_number(n.min()),
+            "count_max": _as_number(n.max()),
+            "count_max_min_ratio": keep("count_max_min_ratio", _ratio(n, "count")),
+            "count_coefficient_of_variation": keep(
+                "count_coefficient_of_variation", _coefficient_of_variation(n, "count")
+            ),
+        }
+    )
     if per_class_accuracy is not None:
         acc = _vector(per_class_accuracy, "per_class_accuracy", non_negative=False)
         if acc.shape != s.shape:
             raise ValueError(f"per_class_accuracy has {acc.numel()} classes, scales {s.numel()}")
         for name, values, accuracy in (("scale", m, acc[measured]), ("count", n, acc)):
-            summary[f"pearson_{name}_accuracy"] = keep(f"pearson_{name}_accuracy", _named(pearson(values, accuracy), name))
-            summary[f"spearman_{name}_accuracy"] = keep(f"spearman_{name}_accuracy", _named(spearman(values, accuracy), name))
+            summary[f"pearson_{name}_accuracy"] = keep(
+                f"pearson_{name}_accuracy", _named(pearson(values, accuracy), name)
+            )
+            summary[f"spearman_{name}_accuracy"] = keep(
+                f"spearman_{name}_accuracy", _named(spearman(values, accuracy), name)
+            )
     summary["notes"] = notes
     return summary
 

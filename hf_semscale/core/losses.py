@@ -131,7 +131,12 @@ def build_base_loss(
         if class_counts is None:
             raise ValueError(f"base loss {name!r} needs the training class counts: pass class_counts=[n_0, ..., n_C-1]")
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
-        if counts.ndim != 1 or counts.numel() == 0 or not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        if (
+            counts.ndim != 1
+            or counts.numel() == 0
+            or not bool(torch.isfinite(counts).all())
+            or bool((counts < 0).any())
+        ):
             raise ValueError(f"class_counts must be a non-empty [C] vector of counts >= 0; got {class_counts!r}")
         if name == "ldam" and (ldam_max_margin <= 0 or ldam_scale <= 0):
             raise ValueError(f"ldam_max_margin and ldam_scale must be > 0; got {ldam_max_margin} and {ldam_scale}")
@@ -162,7 +167,9 @@ def weighted_reduce(
             number of labelled samples in this batch. Clamped to at least 1.
     """
     if per_sample.shape != labels.shape or per_sample.ndim != 1:
-        raise ValueError(f"expected per_sample [B] and labels [B]; got {tuple(per_sample.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected per_sample [B] and labels [B]; got {tuple(per_sample.shape)} and {tuple(labels.shape)}"
+        )
     valid = labels != IGNORE_INDEX
     per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))  # not a product: NaN * 0 is NaN
     if class_weights is not None:

@@ -98,7 +98,9 @@ def check_finite_features(features: Tensor, labels: Tensor | None = None) -> Non
         return
     total = int(bad_rows.sum())
     if labels is None:
-        where = f"{total} of {features.shape[0]} feature rows (rows {_listed(torch.nonzero(bad_rows).flatten().tolist())})"
+        where = (
+            f"{total} of {features.shape[0]} feature rows (rows {_listed(torch.nonzero(bad_rows).flatten().tolist())})"
+        )
     else:
         bad_labels = labels.reshape(-1).cpu()[bad_rows.cpu()]
         ids, per_class = torch.unique(bad_labels, return_counts=True)
@@ -121,9 +123,7 @@ def _chunk_elements(device: torch.device) -> int:
     return _CHUNK_ELEMENTS_CPU if device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
 
 
-def _scales_of_row_sets(
-    features: Tensor, rows: Tensor, lengths: Tensor, normalize: bool, alpha: float
-) -> Tensor:
+def _scales_of_row_sets(features: Tensor, rows: Tensor, lengths: Tensor, normalize: bool, alpha: float) -> Tensor:
     """Semantic scales of ``B`` row sets of ``features``, in bits.
 
     Args:

@@ -43,7 +43,9 @@ def _as_float64(values: Tensor | list[float], name: str) -> Tensor:
     return t
 
 
-def normalize_weights(weights: Tensor, class_counts: Tensor | None = None, normalization: Normalization = "mean") -> Tensor:
+def normalize_weights(
+    weights: Tensor, class_counts: Tensor | None = None, normalization: Normalization = "mean"
+) -> Tensor:
     """Rescale non-negative ``weights`` ``[C]`` float64.
 
     ``"mean"``: ``sum_c n_c w_c / sum_c n_c = 1`` with ``class_counts`` ``[C]`` (uniform if None);
@@ -127,7 +129,9 @@ def inverse_frequency_weights(class_counts: Tensor, normalization: Normalization
     return normalize_weights(raw, counts, normalization)
 
 
-def effective_number_weights(class_counts: Tensor, beta: float = 0.9999, normalization: Normalization = "mean") -> Tensor:
+def effective_number_weights(
+    class_counts: Tensor, beta: float = 0.9999, normalization: Normalization = "mean"
+) -> Tensor:
     """Class-balanced weights ``w_c ∝ (1 - beta) / (1 - beta ** n_c)`` (Cui et al., CVPR 2019).
 
     ``beta = 0`` gives uniform weights; ``beta -> 1`` approaches inverse frequency. A class with no
@@ -181,7 +185,9 @@ def scale_equivalent_counts(scales: Tensor, curve_sizes: Tensor | list[int], cur
             extra = (s - top) / slope if slope > 0 else 0.0
             out[c] = math.exp(min(last_log + extra, last_log + math.log(10.0)))
             continue
-        k = int(torch.searchsorted(curve, torch.tensor(s, dtype=torch.float64), right=True))  # curve[k-1] <= s < curve[k]
+        k = int(
+            torch.searchsorted(curve, torch.tensor(s, dtype=torch.float64), right=True)
+        )  # curve[k-1] <= s < curve[k]
         lo, hi = float(curve[k - 1]), float(curve[k])
         frac = (s - lo) / (hi - lo) if hi > lo else 0.0
         out[c] = math.exp(float(log_m[k - 1]) + frac * float(log_m[k] - log_m[k - 1]))

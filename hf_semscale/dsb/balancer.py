@@ -31,11 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .comm import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
 from ..core.losses import build_base_loss, check_class_labels, weighted_reduce
-from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
 from ..core.scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
-from .settings import BalancerSettings
 from ..core.weighting import (
     count_power_weights,
     effective_number_weights,
@@ -44,6 +41,9 @@ from ..core.weighting import (
     scale_equivalent_counts,
     semantic_scale_weights,
 )
+from .comm import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
+from .settings import BalancerSettings
 
 __all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "classes_with_volume"]
 
@@ -80,8 +80,13 @@ class UpdateRecord:
 
     def history_line(self) -> dict[str, Any]:
         """The JSON line of ``semscale_history.jsonl`` for this update."""
-        return {"step": self.step, "stage": self.stage, "scales": self.scales, "weights": self.weights,
-                "pool_counts": self.pool_counts}
+        return {
+            "step": self.step,
+            "stage": self.stage,
+            "scales": self.scales,
+            "weights": self.weights,
+            "pool_counts": self.pool_counts,
+        }
 
 
 class SemanticScaleBalancer:
@@ -137,8 +142,13 @@ class SemanticScaleBalancer:
         self.knob_prefix = knob_prefix
         self.device = torch.device(device if device is not None else getattr(comm, "device", "cpu"))
         self.base_loss = build_base_loss(
-            s.loss, class_counts=self.class_counts, label_smoothing=s.label_smoothing, focal_gamma=s.focal_gamma,
-            ldam_max_margin=s.ldam_max_margin, ldam_scale=s.ldam_scale, logit_adjust_tau=s.logit_adjust_tau,
+            s.loss,
+            class_counts=self.class_counts,
+            label_smoothing=s.label_smoothing,
+            focal_gamma=s.focal_gamma,
+            ldam_max_margin=s.ldam_max_margin,
+            ldam_scale=s.ldam_scale,
+            logit_adjust_tau=s.logit_adjust_tau,
         )
         self.capacities = pool_capacities(self.class_counts, s.pool_capacity)
         self._budget_checked_dim: int | None = None
@@ -189,8 +199,13 @@ class SemanticScaleBalancer:
         self._step = -1
         self._loss_weights: Tensor | None = None
 
-    def start(self, max_steps: int, steps_per_epoch: int | None = None, global_batch_size: int | None = None,
-              reset: bool = True) -> None:
+    def start(
+        self,
+        max_steps: int,
+        steps_per_epoch: int | None = None,
+        global_batch_size: int | None = None,
+        reset: bool = True,
+    ) -> None:
         """Fix the stage lengths of a run of ``max_steps`` optimizer steps and (``reset``) start from warm-up.
 
         The fill stage lasts at most ``settings.fill_max_steps``, else one epoch: ``steps_per_epoch`` optimizer
@@ -233,17 +248,26 @@ class SemanticScaleBalancer:
         if self.stage == "fill" and self._pool_ready(step, fill_max_steps):
             self._enter_stage("reweight", step, logs)
             stage_changed = True
-        if (self.stage == "reweight" and self.uses_pool and self.pool is not None
-                and (step - self._reweight_start_step) % self.settings.update_interval == 0
-                and step != self._last_update_step):
+        if (
+            self.stage == "reweight"
+            and self.uses_pool
+            and self.pool is not None
+            and (step - self._reweight_start_step) % self.settings.update_interval == 0
+            and step != self._last_update_step
+        ):
             self._update_weights(step, logs)
             measured = True
         if not (stage_changed or measured):
             return None
         return UpdateRecord(
-            step=step, stage=self.stage, stage_changed=stage_changed, measured=measured,
-            scales=self.semantic_scales.tolist(), weights=self.class_weights.tolist(),
-            pool_counts=self.pool.filled.tolist() if self.pool is not None else None, logs=logs,
+            step=step,
+            stage=self.stage,
+            stage_changed=stage_changed,
+            measured=measured,
+            scales=self.semantic_scales.tolist(),
+            weights=self.class_weights.tolist(),
+            pool_counts=self.pool.filled.tolist() if self.pool is not None else None,
+            logs=logs,
         )
 
     def _pool_ready(self, step: int, fill_max_steps: int) -> bool:
@@ -267,15 +291,22 @@ class SemanticScaleBalancer:
                 self._warn_if_underfilled(step)
 
     def _warn_if_underfilled(self, step: int) -> None:
-        short = [(c, have, want) for c, (have, want) in enumerate(zip(self.pool.filled.tolist(), self.capacities.tolist()))
-                 if have < want]
+        short = [
+            (c, have, want)
+            for c, (have, want) in enumerate(zip(self.pool.filled.tolist(), self.capacities.tolist()))
+            if have < want
+        ]
         if short:
             listed = ", ".join(f"{self.class_names[c]} {have}/{want}" for c, have, want in short[:10])
             logger.warning(
                 "SemanticScaleBalancer: re-weighting starts at step %d with %d classes under-filled (pool rows / "
                 "capacity: %s%s): their first scales come from fewer features than they will have. Fix: a longer "
-                "fill stage (%sfill_max_steps) if this is not intended.", step, len(short), listed,
-                ", ..." if len(short) > 10 else "", self.knob_prefix,
+                "fill stage (%sfill_max_steps) if this is not intended.",
+                step,
+                len(short),
+                listed,
+                ", ..." if len(short) > 10 else "",
+                self.knob_prefix,
             )
 
     def _static_weights(self) -> Tensor:
@@ -287,7 +318,9 @@ class SemanticScaleBalancer:
         if s.weighting == "count_power":
             return count_power_weights(self.class_counts, s.count_power, s.normalization)
         if s.weighting == "static":
-            return normalize_weights(torch.tensor(s.class_weights, dtype=torch.float64), self.class_counts, s.normalization)
+            return normalize_weights(
+                torch.tensor(s.class_weights, dtype=torch.float64), self.class_counts, s.normalization
+            )
         return torch.ones(self.num_classes, dtype=torch.float64)
 
     def _set_weights(self, weights: Tensor, logs: dict[str, float]) -> None:
@@ -307,8 +340,14 @@ class SemanticScaleBalancer:
             weights = effective_number_weights(self.equivalent_counts, s.cb_beta, "none")
             weights = normalize_weights(weights, self.class_counts, s.normalization)
         else:
-            weights = semantic_scale_weights(scales, s.gamma, self.class_counts, s.normalization, s.weight_floor,
-                                             reverse=s.weighting == "reverse_scale")
+            weights = semantic_scale_weights(
+                scales,
+                s.gamma,
+                self.class_counts,
+                s.normalization,
+                s.weight_floor,
+                reverse=s.weighting == "reverse_scale",
+            )
         if s.weighting == "dsb_effective_number":  # the mix: scale weights x count weights, renormalised
             count_weights = effective_number_weights(self.class_counts, s.cb_beta, s.normalization)
             weights = normalize_weights(weights * count_weights, self.class_counts, s.normalization)
@@ -319,9 +358,13 @@ class SemanticScaleBalancer:
         if self.num_updates == 1:
             self._warn_about_classes_without_volume(measured)
         if bool(measured.any()):
-            logs.update({"semscale/scale_min": float(scales[measured].min()),
-                         "semscale/scale_mean": float(scales[measured].mean()),
-                         "semscale/scale_max": float(scales[measured].max())})
+            logs.update(
+                {
+                    "semscale/scale_min": float(scales[measured].min()),
+                    "semscale/scale_mean": float(scales[measured].mean()),
+                    "semscale/scale_max": float(scales[measured].max()),
+                }
+            )
         logs["semscale/updates"] = float(self.num_updates)
 
     def _warn_about_classes_without_volume(self, measured: Tensor) -> None:
@@ -332,8 +375,11 @@ class SemanticScaleBalancer:
             logger.warning(
                 "SemanticScaleBalancer: %d classes have no measurable volume (fewer than %d pool rows, or identical "
                 "features): %s%s. Their scale is 0, so they get the largest weight, as a class at the scale floor "
-                "(weight_floor); they are listed as classes_without_volume in the report.", len(unmeasured),
-                MIN_SAMPLES_FOR_SCALE, names, ", ..." if len(unmeasured) > 10 else "",
+                "(weight_floor); they are listed as classes_without_volume in the report.",
+                len(unmeasured),
+                MIN_SAMPLES_FOR_SCALE,
+                names,
+                ", ..." if len(unmeasured) > 10 else "",
             )
 
     def _scale_equivalent_counts(self, features: Tensor, labels: Tensor, scales: Tensor) -> Tensor:
@@ -346,8 +392,16 @@ class SemanticScaleBalancer:
         top = int(filled[head].min())
         sizes = sorted({max(2, round(top ** (k / 8))) for k in range(1, 9)})
         keep = torch.isin(labels.cpu(), head)
-        curves = marginal_effect_curves(features[keep.to(features.device)], labels[keep.to(labels.device)], self.num_classes,
-                                        sizes=sizes, draws=2, seed=0, normalize=s.normalize_features, alpha=s.alpha)
+        curves = marginal_effect_curves(
+            features[keep.to(features.device)],
+            labels[keep.to(labels.device)],
+            self.num_classes,
+            sizes=sizes,
+            draws=2,
+            seed=0,
+            normalize=s.normalize_features,
+            alpha=s.alpha,
+        )
         reference = curves.mean[head].mean(dim=0)
         return scale_equivalent_counts(scales, sizes, reference)
 
@@ -377,13 +431,15 @@ class SemanticScaleBalancer:
             raise ValueError(f"At step {self._step}: {err}") from None
 
     def _create_pool(self, feature_dim: int) -> None:
-        assert_same_on_all_processes(self.comm, "SemanticScaleBalancer", step=self._step, num_labels=self.num_classes,
-                                     feature_dim=feature_dim)
+        assert_same_on_all_processes(
+            self.comm, "SemanticScaleBalancer", step=self._step, num_labels=self.num_classes, feature_dim=feature_dim
+        )
         self.check_pool_budget(feature_dim)
         self.pool = FeaturePool(self.capacities, feature_dim, self.settings.pool_dtype, device=self.device)
 
-    def loss(self, logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None,
-             weighted: bool = True) -> Tensor:
+    def loss(
+        self, logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None, weighted: bool = True
+    ) -> Tensor:
         """``sum_i w_{y_i} l_i / num_items_in_batch`` (default: the labelled samples of this batch) of the base loss.
 
         ``logits [B, C]``, ``labels [B]`` (-100 ignored). The class weights apply in stage ``reweight`` and when
@@ -409,7 +465,13 @@ class SemanticScaleBalancer:
         logger.info(
             "SemanticScaleBalancer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %d bytes = %.1f MiB "
             "(budget %g MiB; each weight update briefly holds ~2 more copies)",
-            self.num_classes, rows, s.pool_capacity or "n_c", feature_dim, s.pool_dtype, needed, needed / 2**20,
+            self.num_classes,
+            rows,
+            s.pool_capacity or "n_c",
+            feature_dim,
+            s.pool_dtype,
+            needed,
+            needed / 2**20,
             s.max_pool_memory_mb,
         )
         if needed <= budget:
@@ -426,8 +488,10 @@ class SemanticScaleBalancer:
             half = estimate_pool_bytes(self.capacities, feature_dim, "float16")
             fixes.append(f"set {p}pool_dtype='bfloat16' or 'float16' ({half / 2**20:.2f} MiB)")
         fixes.append(f"raise {p}max_pool_memory_mb")
-        too_big = "" if k is not None else (
-            f" Even one row per class ({self.num_classes * feature_dim * itemsize} bytes) is over the budget."
+        too_big = (
+            ""
+            if k is not None
+            else (f" Even one row per class ({self.num_classes * feature_dim * itemsize} bytes) is over the budget.")
         )
         raise MemoryError(
             f"The feature pool would take {needed / 2**20:.2f} MiB, over {p}max_pool_memory_mb="
@@ -439,8 +503,13 @@ class SemanticScaleBalancer:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Named tensors only (safetensors- and ``register_for_checkpointing``-ready)."""
-        counters = [self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates,
-                    STAGES.index(self.stage)]
+        counters = [
+            self._fill_start_step,
+            self._reweight_start_step,
+            self._last_update_step,
+            self.num_updates,
+            STAGES.index(self.stage),
+        ]
         tensors = {
             "semscale.class_weights": self.class_weights,
             "semscale.semantic_scales": self.semantic_scales,
@@ -456,8 +525,12 @@ class SemanticScaleBalancer:
         state (:class:`~hf_semscale.dsb.pool.PoolFileError` naming ``source``) leaves the balancer as it was."""
         fix = "Fix: resume with the model and label set of the original run, or start a fresh run."
         c = self.num_classes
-        for key, shape in (("semscale.class_weights", (c,)), ("semscale.semantic_scales", (c,)),
-                           ("semscale.class_counts", (c,)), ("semscale.counters", (5,))):
+        for key, shape in (
+            ("semscale.class_weights", (c,)),
+            ("semscale.semantic_scales", (c,)),
+            ("semscale.class_counts", (c,)),
+            ("semscale.counters", (5,)),
+        ):
             value = state.get(key)
             if value is None or tuple(value.shape) != shape or (key.endswith("counters") and value.is_floating_point()):
                 found = "missing" if value is None else f"{value.dtype} of shape {tuple(value.shape)}"
@@ -472,7 +545,9 @@ class SemanticScaleBalancer:
         if not 0 <= counters[-1] < len(STAGES):
             raise PoolFileError(f"{source}: unknown stage index {counters[-1]} in semscale.counters")
         if not torch.equal(state["semscale.class_counts"].to(torch.long).cpu(), self.class_counts):
-            raise PoolFileError(f"{source}: the training class counts differ from this run's. Fix: resume on the same training set.")
+            raise PoolFileError(
+                f"{source}: the training class counts differ from this run's. Fix: resume on the same training set."
+            )
         pool = None
         if "pool.storage" in state:
             storage = state["pool.storage"]

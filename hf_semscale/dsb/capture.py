@@ -60,7 +60,9 @@ def find_classification_head(model: nn.Module, num_labels: int | None = None) ->
     matches = [(name, module) for name, module in linears if module.out_features == num_labels]
     if matches:
         return matches[-1]
-    listed = [f"{name or '<model>'} ({m.in_features} -> {m.out_features})" for name, m in linears[-_MAX_LISTED_CANDIDATES:]]
+    listed = [
+        f"{name or '<model>'} ({m.in_features} -> {m.out_features})" for name, m in linears[-_MAX_LISTED_CANDIDATES:]
+    ]
     candidates = ", ".join(listed) if listed else "none"
     more = f" (last {_MAX_LISTED_CANDIDATES} of {len(linears)})" if len(linears) > _MAX_LISTED_CANDIDATES else ""
     raise ValueError(
@@ -137,7 +139,9 @@ class HeadInputCapture:
         self._handle = self.head.register_forward_pre_hook(self._record, with_kwargs=True)
 
     @staticmethod
-    def _resolve_module(model: nn.Module, num_labels: int | None, module: str | nn.Module | None) -> tuple[str, nn.Module]:
+    def _resolve_module(
+        model: nn.Module, num_labels: int | None, module: str | nn.Module | None
+    ) -> tuple[str, nn.Module]:
         if module is None:
             return find_classification_head(model, num_labels)
         if isinstance(module, str):

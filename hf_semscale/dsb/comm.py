@@ -232,10 +232,19 @@ def sharded_class_scales(
     mine = owner == accelerator.process_index
     rows = mine.to(labels.device)[labels]
     local = class_semantic_scales(
-        features[rows], labels[rows], num_classes, normalize=normalize, alpha=alpha, classes=shards[accelerator.process_index]
+        features[rows],
+        labels[rows],
+        num_classes,
+        normalize=normalize,
+        alpha=alpha,
+        classes=shards[accelerator.process_index],
     )
     gathered = _collective(
-        accelerator, "gather of the per-class semantic scales", step, accelerator.gather, local.to(accelerator.device)[None]
+        accelerator,
+        "gather of the per-class semantic scales",
+        step,
+        accelerator.gather,
+        local.to(accelerator.device)[None],
     ).cpu()  # [P, C]
     scales = gathered.gather(0, owner.clamp_min(0)[None])[0]
     scales[owner < 0] = 0.0  # fewer than 2 rows: no volume, 0 on every process
@@ -250,7 +259,9 @@ def assert_same_on_all_processes(accelerator: Any, what: str, step: int | None =
     if not _is_multi_process(accelerator):
         return
     mine = torch.tensor([int(v) for v in values.values()], dtype=torch.long, device=accelerator.device)
-    everyone = _collective(accelerator, f"consistency check ({', '.join(values)})", step, accelerator.gather, mine[None]).cpu()
+    everyone = _collective(
+        accelerator, f"consistency check ({', '.join(values)})", step, accelerator.gather, mine[None]
+    ).cpu()
     problems = []
     for k, name in enumerate(values):
         column = everyone[:, k].tolist()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..atomic import atomic_path
+from ..core.losses import IGNORE_INDEX, check_class_labels
 
 __all__ = [
     "FeaturePool",
@@ -74,7 +75,9 @@ def tensors_checksum(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(
+    tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically (:func:`~hf_semscale.atomic.atomic_path`), with a
     checksum of its tensors in the metadata that :func:`load_safetensors_checked` verifies."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -94,7 +97,13 @@ class FeaturePool:
         device: where the storage lives.
     """
 
-    def __init__(self, capacities: Tensor, feature_dim: int, dtype: str | torch.dtype = "float16", device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        capacities: Tensor,
+        feature_dim: int,
+        dtype: str | torch.dtype = "float16",
+        device: str | torch.device = "cpu",
+    ):
         self.capacities = torch.as_tensor(capacities, dtype=torch.long).cpu()
         if self.capacities.ndim != 1 or bool((self.capacities < 1).any()):
             raise ValueError("capacities must be a [C] vector of positive integers")
@@ -127,11 +136,10 @@ class FeaturePool:
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"pool holds features of size {self.feature_dim}; got shape {tuple(features.shape)}")
         labels = labels.reshape(-1).to(torch.long).cpu()
-        keep = labels != -100
         if labels.numel() != features.shape[0]:
             raise ValueError(f"{features.shape[0]} feature rows but {labels.numel()} labels")
-        if bool(keep.any()) and (int(labels[keep].min()) < 0 or int(labels[keep].max()) >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}) or -100")
+        check_class_labels(labels, self.num_classes)
+        keep = labels != IGNORE_INDEX
         idx = torch.nonzero(keep).flatten()
         labels = labels[idx]
         if labels.numel() == 0:

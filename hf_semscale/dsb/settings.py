@@ -88,9 +88,13 @@ class BalancerSettings:
         "Longest stage 2 in optimizer steps; re-weighting starts earlier once the pool is full. -1: one epoch "
         "(for data of unknown length: sum(class_counts) samples at the global batch size).",
     )
-    pool_capacity: int = _knob(0, "K: rows per class in the pool are min(n_c, K). 0: n_c (the latest feature of every sample).")
+    pool_capacity: int = _knob(
+        0, "K: rows per class in the pool are min(n_c, K). 0: n_c (the latest feature of every sample)."
+    )
     pool_dtype: str = _knob("float16", "Storage dtype of the pool; scales are computed in float64.", POOL_DTYPES)
-    max_pool_memory_mb: float = _knob(4096.0, "Stop before training if the pool would take more memory than this (MiB).")
+    max_pool_memory_mb: float = _knob(
+        4096.0, "Stop before training if the pool would take more memory than this (MiB)."
+    )
     gamma: float = _knob(1.0, "DSB strength: w_c ∝ (max_j S_j / S_c) ** gamma.")
     normalization: str = _knob(
         "mean",
@@ -98,10 +102,14 @@ class BalancerSettings:
         "(sum_c w_c = C) or 'none'.",
         NORMALIZATIONS,
     )
-    weight_floor: float = _knob(0.05, "A scale is clamped to at least this fraction of the largest, so weights stay finite.")
+    weight_floor: float = _knob(
+        0.05, "A scale is clamped to at least this fraction of the largest, so weights stay finite."
+    )
     alpha: float | None = _knob(None, "alpha of the volume formula; None: the feature dimension d.")
     normalize_features: bool = _knob(True, "L2-normalise each feature before it enters the pool and the volume.")
-    cb_beta: float = _knob(0.9999, "beta of the effective-number weights (weighting 'effective_number' or 'dsb_effective_number').")
+    cb_beta: float = _knob(
+        0.9999, "beta of the effective-number weights (weighting 'effective_number' or 'dsb_effective_number')."
+    )
     count_power: float = _knob(1.0, "p of weighting='count_power': w_c ∝ n_c ** -p (1: inverse frequency).")
     class_weights: list[float] | None = _knob(
         None, "[C] positive class weights for weighting='static' (normalised like the others); None otherwise."
@@ -112,7 +120,9 @@ class BalancerSettings:
         DEFAULT_LOSS_SETTINGS["ldam_scale"],
         "LDAM logit scale s. Cao et al. use 30 with a cosine (normalised) classifier; 1 suits a plain linear head.",
     )
-    logit_adjust_tau: float = _knob(DEFAULT_LOSS_SETTINGS["logit_adjust_tau"], "tau of the logit adjustment; 1 is balanced softmax.")
+    logit_adjust_tau: float = _knob(
+        DEFAULT_LOSS_SETTINGS["logit_adjust_tau"], "tau of the logit adjustment; 1 is balanced softmax."
+    )
     label_smoothing: float = _knob(0.0, "Label smoothing of the base loss, in [0, 1).")
 
     def __post_init__(self) -> None:
@@ -143,8 +153,12 @@ def validate_settings(values: dict[str, Any], prefix: str = "") -> None:
         raise ValueError(message.replace("{p}", prefix))
 
     v = values
-    for name, allowed in (("weighting", WEIGHTING_MODES), ("loss", BASE_LOSSES), ("pool_dtype", POOL_DTYPES),
-                          ("normalization", NORMALIZATIONS)):
+    for name, allowed in (
+        ("weighting", WEIGHTING_MODES),
+        ("loss", BASE_LOSSES),
+        ("pool_dtype", POOL_DTYPES),
+        ("normalization", NORMALIZATIONS),
+    ):
         if v[name] not in allowed:
             fail(f"{{p}}{name}={v[name]!r} is not one of {list(allowed)}")
     if v["update_interval"] < 1:
@@ -190,5 +204,7 @@ def validate_settings(values: dict[str, Any], prefix: str = "") -> None:
                 "Fix: pass {p}class_weights=[w_0, ..., w_(C-1)]."
             )
     elif weights is not None:
-        fail(f"{{p}}class_weights is only used with {{p}}weighting='static' (got weighting={v['weighting']!r}). "
-             "Fix: set {p}weighting='static' or drop {p}class_weights.")
+        fail(
+            f"{{p}}class_weights is only used with {{p}}weighting='static' (got weighting={v['weighting']!r}). "
+            "Fix: set {p}weighting='static' or drop {p}class_weights."
+        )

@@ -355,7 +355,9 @@ def push_output_dir(
         preview = output_dir / PREVIEW_DIRNAME
         preview.mkdir(exist_ok=True)
         card.save(str(preview / CARD_FILENAME))
-        listing = [f"{path}\t{local.stat().st_size}" for path, local in files.items()] + [f"{CARD_FILENAME}\t(generated)"]
+        listing = [f"{path}\t{local.stat().st_size}" for path, local in files.items()] + [
+            f"{CARD_FILENAME}\t(generated)"
+        ]
         (preview / "files.txt").write_text(f"# would push to {repo_id}: path, bytes\n" + "\n".join(listing) + "\n")
         return str(preview)
     return _push(
@@ -496,7 +498,9 @@ def _explained_hub_errors(repo_id: str) -> Iterator[None]:
     try:
         yield
     except OfflineModeIsEnabled as err:
-        raise PushError(f"HF_HUB_OFFLINE=1 is set, so nothing can be pushed. Fix: unset HF_HUB_OFFLINE. ({err})") from err
+        raise PushError(
+            f"HF_HUB_OFFLINE=1 is set, so nothing can be pushed. Fix: unset HF_HUB_OFFLINE. ({err})"
+        ) from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         first_line = str(err).splitlines()[0]

@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..atomic import atomic_path
 
@@ -122,7 +123,9 @@ def read_scale_report(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ReportError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(report, dict) or report.get("format_version") != FORMAT_VERSION:
-        raise ReportError(f"{path}: unknown format_version {report.get('format_version') if isinstance(report, dict) else None!r}")
+        raise ReportError(
+            f"{path}: unknown format_version {report.get('format_version') if isinstance(report, dict) else None!r}"
+        )
     classes = report.get("classes")
     if not isinstance(classes, list) or not classes:
         raise ReportError(f"{path}: 'classes' must be a non-empty list")

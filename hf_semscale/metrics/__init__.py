@@ -6,8 +6,9 @@ both call :func:`long_tail_metrics`. This package imports numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

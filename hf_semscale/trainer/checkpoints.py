@@ -103,11 +103,16 @@ def remove_incomplete_checkpoints_after(output_dir: str | os.PathLike, step: int
             shutil.rmtree(child, ignore_errors=True)
 
 
-def save_state_file(tensors: dict[str, Tensor], checkpoint_dir: str | os.PathLike, num_labels: int, feature_dim: int,
-                    global_step: int) -> None:
+def save_state_file(
+    tensors: dict[str, Tensor], checkpoint_dir: str | os.PathLike, num_labels: int, feature_dim: int, global_step: int
+) -> None:
     """Write the balancer's ``tensors`` to ``checkpoint_dir/semscale_state.safetensors`` atomically."""
-    metadata = {"format": STATE_FORMAT, "num_labels": str(num_labels), "feature_dim": str(feature_dim),
-                "global_step": str(global_step)}
+    metadata = {
+        "format": STATE_FORMAT,
+        "num_labels": str(num_labels),
+        "feature_dim": str(feature_dim),
+        "global_step": str(global_step),
+    }
     atomic_save_safetensors(tensors, Path(checkpoint_dir) / STATE_FILENAME, metadata=metadata)
 
 

@@ -63,8 +63,11 @@ class SemScaleConfig(TrainingArguments):
         validate_settings(self._knob_values(), prefix=PREFIX)
 
     def _knob_values(self) -> dict:
-        values = {name: getattr(self, PREFIX + name) for name in BalancerSettings.__dataclass_fields__
-                  if name != "label_smoothing"}
+        values = {
+            name: getattr(self, PREFIX + name)
+            for name in BalancerSettings.__dataclass_fields__
+            if name != "label_smoothing"
+        }
         values["label_smoothing"] = self.label_smoothing_factor
         return values
 

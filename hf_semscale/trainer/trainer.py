@@ -12,17 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
+from ..core.imbalance import imbalance_summary
+from ..core.losses import IGNORE_INDEX, check_class_labels
 from ..dsb.balancer import SemanticScaleBalancer, UpdateRecord, classes_with_volume
 from ..dsb.capture import HeadInputCapture
+from ..dsb.comm import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
+from ..dsb.pool import PoolFileError
+from ..hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
 from .checkpoints import (
     HISTORY_FILENAME,
     STATE_FILENAME,
@@ -36,11 +41,6 @@ from .checkpoints import (
     truncate_history,
 )
 from .config import WEIGHTING_MODES, SemScaleConfig
-from ..dsb.comm import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
-from ..core.imbalance import imbalance_summary
-from ..core.losses import IGNORE_INDEX, check_class_labels
-from ..dsb.pool import PoolFileError
-from ..hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
 
 __all__ = [
     "SemScaleTrainer",
@@ -91,7 +91,7 @@ class SemScaleCallback(TrainerCallback):
     """Advances the trainer's balancer at the start of every optimizer step (stage changes, weight updates);
     ``SemScaleTrainer`` adds it itself."""
 
-    def __init__(self, trainer: "SemScaleTrainer"):
+    def __init__(self, trainer: SemScaleTrainer):
         self.trainer = trainer
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -156,13 +156,20 @@ class SemScaleTrainer(Trainer):
         if absent:
             logger.warning(
                 "Classes %s have no training samples: they get no pool rows and no measured scale; the report lists "
-                "them in classes_without_volume with weight null (their weight never touches the loss).", absent
+                "them in classes_without_volume with weight null (their weight never touches the loss).",
+                absent,
             )
         self.class_counts = counts
-        self.class_names = list(class_names) if class_names is not None else _class_names_from_config(self.model, self.num_labels)
+        self.class_names = (
+            list(class_names) if class_names is not None else _class_names_from_config(self.model, self.num_labels)
+        )
         self.balancer = SemanticScaleBalancer(
-            counts, self.args.balancer_settings(), comm=self.accelerator, class_names=self.class_names,
-            device=self.args.device, knob_prefix="semscale_",
+            counts,
+            self.args.balancer_settings(),
+            comm=self.accelerator,
+            class_names=self.class_names,
+            device=self.args.device,
+            knob_prefix="semscale_",
         )
         self._feature_module = feature_module if feature_module is not None else self.args.semscale_feature_module
         self._feature_pool_fn = feature_pool_fn
@@ -221,7 +228,11 @@ class SemScaleTrainer(Trainer):
         """``Trainer``'s step arithmetic; starts the balancer with this run's optimizer steps (per epoch: None for
         data of unknown length, where the fill stage is one pass over ``sum(class_counts)`` samples)."""
         values = super().set_initial_training_values(args, dataloader)
-        max_steps, steps_per_epoch, global_batch_size = values[-1], values[1] if has_length(dataloader) else None, values[4]
+        max_steps, steps_per_epoch, global_batch_size = (
+            values[-1],
+            values[1] if has_length(dataloader) else None,
+            values[4],
+        )
         self.balancer.start(max_steps, steps_per_epoch, global_batch_size, reset=not self._resuming)
         return values
 
@@ -231,7 +242,9 @@ class SemScaleTrainer(Trainer):
         """The balancer's decisions for optimizer step ``step`` (idempotent); its summaries go to the next log
         and each weight re-measurement to ``semscale_history.jsonl``."""
         if not self.balancer.started:  # compute_loss called in training mode outside train()
-            self.balancer.start(max(self.state.max_steps, 1), global_batch_size=self.get_total_train_batch_size(self.args))
+            self.balancer.start(
+                max(self.state.max_steps, 1), global_batch_size=self.get_total_train_batch_size(self.args)
+            )
         record: UpdateRecord | None = self.balancer.begin_step(step)
         if record is None:
             return
@@ -294,8 +307,13 @@ class SemScaleTrainer(Trainer):
 
     def _save_semscale_state(self, checkpoint_dir: str) -> None:
         pool = self.balancer.pool
-        save_state_file(self.balancer.state_dict(), checkpoint_dir, self.num_labels,
-                        pool.feature_dim if pool is not None else 0, self.state.global_step)
+        save_state_file(
+            self.balancer.state_dict(),
+            checkpoint_dir,
+            self.num_labels,
+            pool.feature_dim if pool is not None else 0,
+            self.state.global_step,
+        )
 
     def _load_semscale_state(self, checkpoint_dir: str) -> None:
         tensors, metadata = read_state_file(checkpoint_dir, self.num_labels)
@@ -332,8 +350,10 @@ class SemScaleTrainer(Trainer):
             stage=b.stage,
             settings=self.args.semscale_settings(),
             summary=summary,
-            extra_per_class={"train_count": self.class_counts.tolist(),
-                             "has_volume": classes_with_volume(b.semantic_scales, pool_counts).tolist()},
+            extra_per_class={
+                "train_count": self.class_counts.tolist(),
+                "has_volume": classes_with_volume(b.semantic_scales, pool_counts).tolist(),
+            },
             num_updates=b.num_updates,
             training=_training_hyperparameters(self.args, self.state.max_steps),
         )
@@ -380,7 +400,7 @@ class SemScaleTrainer(Trainer):
             return
         from ..hub.publish import CARD_FILENAME, build_model_card
 
-        first = lambda value: value[0] if isinstance(value, list) and value else value  # noqa: E731
+        first = lambda value: value[0] if isinstance(value, list) and value else value
         card_kwargs.setdefault("base_model", finetuned_from)
         card_kwargs.setdefault("dataset_name", first(dataset))
         card_kwargs.setdefault("task_type", first(tasks))
@@ -388,11 +408,19 @@ class SemScaleTrainer(Trainer):
             evaluations = [logs for logs in self.state.log_history if any(k.startswith("eval_") for k in logs)]
             card_kwargs["metrics"] = evaluations[-1] if evaluations else None
         self._write_scale_report()
-        card = build_model_card(self.args.output_dir, repo_id=self.hub_model_id or self.args.hub_model_id or model_name,
-                                language=language, license=license, tags=tags, **card_kwargs)
+        card = build_model_card(
+            self.args.output_dir,
+            repo_id=self.hub_model_id or self.args.hub_model_id or model_name,
+            language=language,
+            license=license,
+            tags=tags,
+            **card_kwargs,
+        )
         card.save(str(Path(self.args.output_dir) / CARD_FILENAME))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None, **kwargs):
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval=None, **kwargs
+    ):
         """``Trainer.train``; ``resume_from_checkpoint=True`` picks the latest COMPLETE checkpoint and the
         pool, weights and stage are restored from it. A fresh run starts the balancer from warm-up."""
         if resume_from_checkpoint is True:
@@ -419,7 +447,10 @@ class SemScaleTrainer(Trainer):
         self._resuming = resume_from_checkpoint is not None
         try:
             output = super().train(
-                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
             )
         finally:
             self._resuming = False
@@ -453,9 +484,19 @@ def _class_names_from_config(model: nn.Module, num_labels: int) -> list[str]:
 def _training_hyperparameters(args: Any, max_steps: int) -> dict[str, Any]:
     """The ``TrainingArguments`` that shape a run, for the report and the model card."""
     a = args
-    names = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-             "weight_decay", "optim", "lr_scheduler_type", "warmup_steps", "max_grad_norm", "label_smoothing_factor",
-             "seed")
+    names = (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "weight_decay",
+        "optim",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "max_grad_norm",
+        "label_smoothing_factor",
+        "seed",
+    )
     values = {name: getattr(a, name) for name in names}
     values["optim"] = str(getattr(a.optim, "value", a.optim))
     values["lr_scheduler_type"] = str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type))
@@ -464,7 +505,7 @@ def _training_hyperparameters(args: Any, max_steps: int) -> dict[str, Any]:
     return values
 
 
-def _check_processes_agree(trainer: "SemScaleTrainer", resume_from_checkpoint: str | None) -> None:
+def _check_processes_agree(trainer: SemScaleTrainer, resume_from_checkpoint: str | None) -> None:
     """At train start, on every process: the same model / label set / DSB settings, or one clear error
     everywhere (instead of a hang or silently different weights later). Also gives gloo process
     groups ``ddp_timeout`` (transformers skips it with ``use_cpu``) and refuses DSB under DataParallel."""

@@ -9,7 +9,14 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_semscale.core.imbalance import average_ranks, imbalance_degree, imbalance_summary, normalized_scales, pearson, spearman
+from hf_semscale.core.imbalance import (
+    average_ranks,
+    imbalance_degree,
+    imbalance_summary,
+    normalized_scales,
+    pearson,
+    spearman,
+)
 
 SCALES = torch.tensor([6.0, 3.0, 0.0, 1.5, 6.0], dtype=torch.float64)
 COUNTS = torch.tensor([100, 50, 1, 20, 5])
@@ -25,7 +32,12 @@ REQUIRED_KEYS = {
     "count_max_min_ratio",
     "count_coefficient_of_variation",
 }
-ACCURACY_KEYS = {"pearson_scale_accuracy", "spearman_scale_accuracy", "pearson_count_accuracy", "spearman_count_accuracy"}
+ACCURACY_KEYS = {
+    "pearson_scale_accuracy",
+    "spearman_scale_accuracy",
+    "pearson_count_accuracy",
+    "spearman_count_accuracy",
+}
 
 
 def test_normalized_scales():
@@ -127,7 +139,10 @@ def test_all_zero_scales():
         (lambda: imbalance_summary(torch.tensor([1.0, float("nan")]), torch.tensor([1, 2])), "NaN or inf"),
         (lambda: imbalance_summary(torch.tensor([1.0, 2.0]), torch.tensor([1, 2, 3])), "one count per class"),
         (lambda: imbalance_summary(torch.tensor([1.0, -2.0]), torch.tensor([1, 2])), ">= 0"),
-        (lambda: imbalance_summary(torch.tensor([1.0, 2.0]), torch.tensor([1, 2]), torch.tensor([0.5])), "per_class_accuracy"),
+        (
+            lambda: imbalance_summary(torch.tensor([1.0, 2.0]), torch.tensor([1, 2]), torch.tensor([0.5])),
+            "per_class_accuracy",
+        ),
         (lambda: imbalance_degree(torch.tensor([1.0]), floor=2.0), "floor"),
         (lambda: normalized_scales(torch.ones(2, 2)), "1-D"),
     ],

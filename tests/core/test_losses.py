@@ -41,8 +41,10 @@ def hand_focal(row: list[float], label: int, gamma: float, smoothing: float = 0.
     return (1 - p_true) ** gamma * hand_ce(row, label, smoothing)
 
 
-def hand_ldam(row: list[float], label: int, counts: list[int], max_margin: float, scale: float, smoothing: float = 0.0) -> float:
-    raw = [n ** -0.25 for n in counts]
+def hand_ldam(
+    row: list[float], label: int, counts: list[int], max_margin: float, scale: float, smoothing: float = 0.0
+) -> float:
+    raw = [n**-0.25 for n in counts]
     margin = raw[label] * max_margin / max(raw)
     adjusted = [scale * (z - margin if c == label else z) for c, z in enumerate(row)]
     return hand_ce(adjusted, label, smoothing)
@@ -73,7 +75,9 @@ def test_per_sample_loss_matches_hand_computation(name, smoothing):
     logits, labels = batch()
     per_sample = loss(logits, labels)
     assert per_sample.dtype == torch.float32 and per_sample.shape == (8,)
-    assert_matches_hand(per_sample, [HAND[name](row, y, smoothing) for row, y in zip(logits.double().tolist(), labels.tolist())])
+    assert_matches_hand(
+        per_sample, [HAND[name](row, y, smoothing) for row, y in zip(logits.double().tolist(), labels.tolist())]
+    )
 
 
 def test_non_default_knobs_match_hand_computation():
@@ -139,7 +143,14 @@ def test_weighted_reduce_divides_by_the_number_of_samples_not_the_weight_sum():
     labels[2] = IGNORE_INDEX
     weights = torch.tensor([0.5, 1.0, 2.0, 4.0])
     per_sample = build_base_loss("ce")(logits, labels)
-    expected = sum(float(weights[y]) * float(l) for y, l in zip(labels.tolist(), per_sample.tolist()) if y != IGNORE_INDEX) / 7
+    expected = (
+        sum(
+            float(weights[y]) * float(loss)
+            for y, loss in zip(labels.tolist(), per_sample.tolist())
+            if y != IGNORE_INDEX
+        )
+        / 7
+    )
     reduced = weighted_reduce(per_sample, labels, weights)
     assert float(reduced) == pytest.approx(expected, rel=1e-6)
     weight_sum_mean = F.cross_entropy(logits, labels, weight=weights, ignore_index=IGNORE_INDEX)
@@ -165,7 +176,10 @@ def test_batch_of_eight_equals_two_halves_with_num_items_eight():
     logits, labels = batch()
     loss = build_base_loss("ce")
     full = weighted_reduce(loss(logits, labels), labels)
-    halves = sum(weighted_reduce(loss(logits[i : i + 4], labels[i : i + 4]), labels[i : i + 4], num_items_in_batch=8) for i in (0, 4))
+    halves = sum(
+        weighted_reduce(loss(logits[i : i + 4], labels[i : i + 4]), labels[i : i + 4], num_items_in_batch=8)
+        for i in (0, 4)
+    )
     torch.testing.assert_close(halves, full)
     torch.testing.assert_close(full, F.cross_entropy(logits, labels))
 

@@ -38,7 +38,9 @@ def feature_sets(draw, max_rows: int = 24, max_dim: int = 40):
         z = torch.randn(m, d, generator=g, dtype=torch.float64)
     elif kind == "low_rank":
         rank = draw(st.integers(1, max(1, min(d, m) - 1)))
-        z = torch.randn(m, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, d, generator=g, dtype=torch.float64)
+        z = torch.randn(m, rank, generator=g, dtype=torch.float64) @ torch.randn(
+            rank, d, generator=g, dtype=torch.float64
+        )
     elif kind == "duplicated":
         base = torch.randn(max(1, m // 3), d, generator=g, dtype=torch.float64)
         z = base[torch.randint(0, base.shape[0], (m,), generator=g)]
@@ -86,7 +88,9 @@ def test_invariant_to_sample_order(case, normalize, seed):
 def test_invariant_to_rotation(case, seed):
     z, _ = case
     z = z.double()  # the rounded values of whatever dtype, rotated exactly in float64
-    q, r = torch.linalg.qr(torch.randn(z.shape[1], z.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    q, r = torch.linalg.qr(
+        torch.randn(z.shape[1], z.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     rotated = z @ (q * torch.sign(torch.diagonal(r)))
     assert_close(float(semantic_scale(rotated)), float(semantic_scale(z)), abs_=1e-6)
 
@@ -125,7 +129,9 @@ def scale_vectors(draw):
             max_size=num_classes,
         )
     )
-    counts = draw(st.lists(st.integers(0, 10_000), min_size=num_classes, max_size=num_classes).filter(lambda c: sum(c) > 0))
+    counts = draw(
+        st.lists(st.integers(0, 10_000), min_size=num_classes, max_size=num_classes).filter(lambda c: sum(c) > 0)
+    )
     return torch.tensor(values, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
 
 

@@ -44,7 +44,10 @@ def structured_features(m: int, d: int, seed: int, rank: int | None = None, offs
     g = torch.Generator().manual_seed(seed)
     r = d if rank is None else rank
     basis = torch.randn(r, d, generator=g, dtype=torch.float64)
-    return offset * torch.randn(d, generator=g, dtype=torch.float64) + torch.randn(m, r, generator=g, dtype=torch.float64) @ basis
+    return (
+        offset * torch.randn(d, generator=g, dtype=torch.float64)
+        + torch.randn(m, r, generator=g, dtype=torch.float64) @ basis
+    )
 
 
 def random_orthogonal(d: int, seed: int) -> torch.Tensor:
@@ -53,7 +56,9 @@ def random_orthogonal(d: int, seed: int) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
-@pytest.mark.parametrize("m,d", [(2, 3), (7, 64), (63, 64), (64, 64), (65, 64), (300, 32), (40, 256), (300, 400), (400, 300)])
+@pytest.mark.parametrize(
+    "m,d", [(2, 3), (7, 64), (63, 64), (64, 64), (65, 64), (300, 32), (40, 256), (300, 400), (400, 300)]
+)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_matches_numpy_reference(m, d, normalize):
     z = structured_features(m, d, seed=m * 1000 + d)
@@ -243,10 +248,16 @@ def test_indefinite_rounding_falls_back_to_clamped_eigenvalues():
         (lambda: semantic_scale(torch.randn(4)), r"\[m, d\]"),
         (lambda: semantic_scale(torch.randn(4, 3), alpha=0), "alpha must be"),
         (lambda: semantic_scale(torch.randn(4, 3), alpha=float("nan")), "alpha must be"),
-        (lambda: class_semantic_scales(torch.randn(4, 3), torch.tensor([0, 1, 2, 5]), 3), r"Fix: pass the right num_classes"),
+        (
+            lambda: class_semantic_scales(torch.randn(4, 3), torch.tensor([0, 1, 2, 5]), 3),
+            r"Fix: pass the right num_classes",
+        ),
         (lambda: class_semantic_scales(torch.randn(4, 3), torch.tensor([0, 1, 2]), 3), r"labels \[N\]"),
         (lambda: class_semantic_scales(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 0), "num_classes"),
-        (lambda: class_semantic_scales(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 2, classes=[2]), "classes must be"),
+        (
+            lambda: class_semantic_scales(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 2, classes=[2]),
+            "classes must be",
+        ),
         (lambda: marginal_effect_curves(torch.randn(4, 3), torch.arange(4), 4), "at least 2 samples"),
         (lambda: marginal_effect_curves(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 1, draws=0), "draws"),
         (lambda: marginal_effect_curves(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), 1, sizes=[0, 2]), "sizes"),

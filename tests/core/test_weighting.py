@@ -140,7 +140,12 @@ def test_weights_follow_the_scales_device_and_dtype():
         (lambda: semantic_scale_weights(torch.tensor([1.0, 2.0]), normalization="max"), "normalization"),
         (lambda: semantic_scale_weights(torch.tensor([1.0, 2.0]), class_counts=[1, 2, 3]), "shape"),
         (lambda: semantic_scale_weights(torch.tensor([1.0, 2.0]), class_counts=[0, 0]), "positive total"),
-        (lambda: semantic_scale_weights(torch.tensor([]),), "non-empty"),
+        (
+            lambda: semantic_scale_weights(
+                torch.tensor([]),
+            ),
+            "non-empty",
+        ),
         (lambda: effective_number_weights(torch.tensor([1, 2]), beta=1.0), "beta"),
         (lambda: inverse_frequency_weights(torch.tensor([[1, 2]])), "1-D"),
         (lambda: normalize_weights(torch.tensor([0.0, 0.0]), normalization="sum"), "sum to 0"),
@@ -183,7 +188,9 @@ def test_scale_equivalent_counts_invert_the_reference_curve():
     assert torch.allclose(on_curve, torch.tensor(sizes, dtype=torch.float64))  # the curve's own points map back
     # halfway between 2 and 4 bits in scale is halfway in log m: sqrt(2 * 4)
     assert float(scale_equivalent_counts(torch.tensor([2.0]), sizes, curve)[0]) == pytest.approx(math.sqrt(8))
-    assert float(scale_equivalent_counts(torch.tensor([0.0]), sizes, curve)[0]) == pytest.approx(1.0)  # one sample: no volume
+    assert float(scale_equivalent_counts(torch.tensor([0.0]), sizes, curve)[0]) == pytest.approx(
+        1.0
+    )  # one sample: no volume
     # above the curve: the last segment's slope, at most 10x the largest size
     assert float(scale_equivalent_counts(torch.tensor([7.0]), sizes, curve)[0]) == pytest.approx(32.0)
     assert float(scale_equivalent_counts(torch.tensor([100.0]), sizes, curve)[0]) == pytest.approx(160.0)

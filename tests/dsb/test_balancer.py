@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from hf_semscale import BalancerSettings, SemanticScaleBalancer
-from hf_semscale.dsb.pool import PoolFileError
 from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.core.weighting import semantic_scale_weights
+from hf_semscale.dsb.pool import PoolFileError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -58,21 +58,38 @@ def test_stages_updates_and_weights_follow_the_settings_in_a_plain_loop():
     records.append(balancer.begin_step(11))
     # warm-up 0-1, fill from 2 until the pool holds min(n_c, K) = n_c rows (21 rows in 3 steps of 7), then every 3
     assert [(r.step, r.stage, r.stage_changed, r.measured) for r in records] == [
-        (2, "fill", True, False), (5, "reweight", True, True), (8, "reweight", False, True), (11, "reweight", False, True)]
+        (2, "fill", True, False),
+        (5, "reweight", True, True),
+        (8, "reweight", False, True),
+        (11, "reweight", False, True),
+    ]
     pool_features, pool_labels = balancer.pool.contents()
     scales = class_semantic_scales(pool_features, pool_labels, 3)
     torch.testing.assert_close(balancer.semantic_scales, scales.double(), rtol=0, atol=0)
     expected = semantic_scale_weights(scales, 1.0, torch.tensor(COUNTS), "mean", 0.05)
     torch.testing.assert_close(balancer.class_weights, expected)
-    assert records[-1].history_line() == {"step": 11, "stage": "reweight", "scales": scales.tolist(),
-                                          "weights": expected.tolist(), "pool_counts": COUNTS}
-    assert set(records[-1].logs) == {"semscale/weight_min", "semscale/weight_max", "semscale/scale_min",
-                                     "semscale/scale_mean", "semscale/scale_max", "semscale/updates"}
+    assert records[-1].history_line() == {
+        "step": 11,
+        "stage": "reweight",
+        "scales": scales.tolist(),
+        "weights": expected.tolist(),
+        "pool_counts": COUNTS,
+    }
+    assert set(records[-1].logs) == {
+        "semscale/weight_min",
+        "semscale/weight_max",
+        "semscale/scale_min",
+        "semscale/scale_mean",
+        "semscale/scale_max",
+        "semscale/updates",
+    }
     assert balancer.begin_step(11) is None  # once per step
 
 
 def test_loss_is_weighted_only_in_the_reweight_stage_and_when_asked():
-    balancer = SemanticScaleBalancer([4, 1], BalancerSettings(weighting="static", class_weights=[1.0, 3.0], warmup_steps=1))
+    balancer = SemanticScaleBalancer(
+        [4, 1], BalancerSettings(weighting="static", class_weights=[1.0, 3.0], warmup_steps=1)
+    )
     balancer.start(max_steps=4, steps_per_epoch=2)
     logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1, -100])
     per_sample = torch.nn.functional.cross_entropy(logits[:2], labels[:2], reduction="none")
@@ -129,13 +146,16 @@ def test_start_is_required_and_fill_needs_an_epoch_length():
     assert balancer.fill_max_steps == 6 and balancer.warmup_steps == 3  # ceil(21 / 4); 0.3 * 10
 
 
-@pytest.mark.parametrize("bad, needle", [
-    (dict(gamma=-1.0), "gamma must be finite and >= 0"),
-    (dict(weighting="dsb", class_weights=[1.0, 2.0, 3.0]), "class_weights is only used with weighting='static'"),
-    (dict(weighting="static"), "weighting='static' needs class_weights"),
-    (dict(weighting="static", class_weights=[1.0, 0.0, 2.0]), "one finite positive weight per class"),
-    (dict(pool_dtype="int8"), r"pool_dtype='int8' is not one of"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (dict(gamma=-1.0), "gamma must be finite and >= 0"),
+        (dict(weighting="dsb", class_weights=[1.0, 2.0, 3.0]), "class_weights is only used with weighting='static'"),
+        (dict(weighting="static"), "weighting='static' needs class_weights"),
+        (dict(weighting="static", class_weights=[1.0, 0.0, 2.0]), "one finite positive weight per class"),
+        (dict(pool_dtype="int8"), r"pool_dtype='int8' is not one of"),
+    ],
+)
 def test_bad_settings_name_the_knob(bad, needle):
     with pytest.raises(ValueError, match=needle):
         BalancerSettings(**bad)
@@ -147,8 +167,8 @@ def test_static_weights_need_one_per_class():
 
 
 def test_config_fields_share_the_settings_defaults_help_and_rules():
-    from hf_semscale.trainer.config import SemScaleConfig
     from hf_semscale.core.losses import DEFAULT_LOSS_SETTINGS, build_base_loss
+    from hf_semscale.trainer.config import SemScaleConfig
 
     fields = SemScaleConfig.__dataclass_fields__
     for name, knob in BalancerSettings.__dataclass_fields__.items():
@@ -156,8 +176,11 @@ def test_config_fields_share_the_settings_defaults_help_and_rules():
             continue
         assert fields[f"semscale_{name}"].default == knob.default, name
         assert fields[f"semscale_{name}"].metadata["help"] == knob.metadata["help"], name
-    assert fields["semscale_ldam_scale"].default == DEFAULT_LOSS_SETTINGS["ldam_scale"] == build_base_loss(
-        "ldam", class_counts=[2, 1]).logit_scale
+    assert (
+        fields["semscale_ldam_scale"].default
+        == DEFAULT_LOSS_SETTINGS["ldam_scale"]
+        == build_base_loss("ldam", class_counts=[2, 1]).logit_scale
+    )
     with pytest.raises(ValueError, match="semscale_gamma must be finite"):  # the same rule, with the field's name
         SemScaleConfig(output_dir="unused", semscale_gamma=-1.0)
 
@@ -169,13 +192,28 @@ def _trainer_run(tmp_path: Path, max_steps: int):
     from hf_semscale import SemScaleConfig, SemScaleTrainer
 
     args = SemScaleConfig(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
-        max_steps=max_steps, per_device_train_batch_size=8, learning_rate=5e-3, optim="adamw_torch",
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, train_sampling_strategy="sequential",
-        dataloader_num_workers=0, seed=1234, semscale_warmup_steps=10, semscale_update_interval=5,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        seed=1234,
+        semscale_warmup_steps=10,
+        semscale_update_interval=5,
         semscale_pool_capacity=16,
     )
-    trainer = SemScaleTrainer(model=accelerate_loop.make_model(), args=args, train_dataset=accelerate_loop.make_dataset())
+    trainer = SemScaleTrainer(
+        model=accelerate_loop.make_model(), args=args, train_dataset=accelerate_loop.make_dataset()
+    )
     trainer.train()
     return trainer
 
@@ -185,8 +223,9 @@ def test_plain_accelerate_loop_and_trainer_end_with_the_same_class_weights(tmp_p
     torch.set_num_threads(1)
     trainer = _trainer_run(tmp_path / "trainer", max_steps=40)
     settings = BalancerSettings(warmup_steps=10, update_interval=5, pool_capacity=16)
-    balancer = accelerate_loop.train(accelerate_loop.make_model(), accelerate_loop.make_dataset(), settings,
-                                     max_steps=40)
+    balancer = accelerate_loop.train(
+        accelerate_loop.make_model(), accelerate_loop.make_dataset(), settings, max_steps=40
+    )
     assert balancer.num_updates == trainer.balancer.num_updates >= 4 and balancer.stage == trainer.stage == "reweight"
     torch.testing.assert_close(balancer.pool.filled, trainer.pool.filled, rtol=0, atol=0)
     torch.testing.assert_close(balancer.semantic_scales, trainer.semantic_scales, rtol=1e-5, atol=1e-6)
@@ -202,10 +241,19 @@ def test_accelerate_save_state_mid_run_resumes_identically(tmp_path):
     full = accelerate_loop.train(accelerate_loop.make_model(), data, settings, max_steps=40)
     full_state = {k: v.clone() for k, v in full.state_dict().items()}
     # a run that stops after step 23 (saves at 12 and 24 would follow; the latest save it made is step 12) ...
-    accelerate_loop.train(accelerate_loop.make_model(), data, settings, max_steps=23, output_dir=tmp_path, save_every=12)
+    accelerate_loop.train(
+        accelerate_loop.make_model(), data, settings, max_steps=23, output_dir=tmp_path, save_every=12
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_12"]
     # ... then resumes from step 12 to the end
-    resumed = accelerate_loop.train(accelerate_loop.make_model(seed=99), data, settings, max_steps=40,
-                                    output_dir=tmp_path, save_every=12, resume=True)
+    resumed = accelerate_loop.train(
+        accelerate_loop.make_model(seed=99),
+        data,
+        settings,
+        max_steps=40,
+        output_dir=tmp_path,
+        save_every=12,
+        resume=True,
+    )
     for key, value in full_state.items():
         assert torch.equal(resumed.state_dict()[key], value), key

@@ -19,7 +19,9 @@ NUM_LABELS = 3
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=100)
 
 
-def capture_forward(model: nn.Module, inputs: dict, **capture_kwargs) -> tuple[HeadInputCapture, torch.Tensor, torch.Tensor]:
+def capture_forward(
+    model: nn.Module, inputs: dict, **capture_kwargs
+) -> tuple[HeadInputCapture, torch.Tensor, torch.Tensor]:
     """Arm, run the model on ``inputs``, take: ``(capture, features [B, d], logits [B, C])``."""
     capture = HeadInputCapture(model, **capture_kwargs)
     capture.arm()
@@ -96,8 +98,13 @@ def test_roberta_captures_out_proj_input_after_dense_and_tanh():
 
 def test_vit_captures_the_cls_token_features():
     config = transformers.ViTConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-        image_size=16, patch_size=8, num_labels=NUM_LABELS,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=16,
+        patch_size=8,
+        num_labels=NUM_LABELS,
     )
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification(config).eval()
@@ -127,7 +134,9 @@ def test_convnext_captures_the_pooled_features():
     assert_head_reproduces_logits(capture, features, logits)
 
 
-@pytest.mark.parametrize(("architecture", "head_name"), [("resnet18", "timm_model.fc"), ("test_vit", "timm_model.head")])
+@pytest.mark.parametrize(
+    ("architecture", "head_name"), [("resnet18", "timm_model.fc"), ("test_vit", "timm_model.head")]
+)
 def test_timm_wrapper_head_is_found_offline(architecture, head_name):
     pytest.importorskip("timm")
     config = transformers.TimmWrapperConfig(architecture=architecture, num_labels=NUM_LABELS)
@@ -136,7 +145,9 @@ def test_timm_wrapper_head_is_found_offline(architecture, head_name):
     inputs = pixel_batch(32)
     with torch.no_grad():
         capture, features, logits = capture_forward(model, inputs)
-        expected = model.timm_model.forward_head(model.timm_model.forward_features(inputs["pixel_values"]), pre_logits=True)
+        expected = model.timm_model.forward_head(
+            model.timm_model.forward_features(inputs["pixel_values"]), pre_logits=True
+        )
     assert capture.head_name == head_name
     torch.testing.assert_close(features, expected)
     assert_head_reproduces_logits(capture, features, logits)
@@ -160,7 +171,9 @@ def qwen2():
     return decoder("Qwen2")
 
 
-def last_non_pad_hidden_state_by_hand(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def last_non_pad_hidden_state_by_hand(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """``[B, H]``: the final hidden state at each row's rightmost non-pad token, found with a loop."""
     hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     rows = []

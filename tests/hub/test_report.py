@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_semscale.hub.report import SCALES_FILENAME, ReportError, build_scale_report, read_scale_report, write_json_atomic
+from hf_semscale.hub.report import (
+    SCALES_FILENAME,
+    ReportError,
+    build_scale_report,
+    read_scale_report,
+    write_json_atomic,
+)
 
 
 def test_round_trip_keeps_types_and_turns_non_finite_into_null(tmp_path):

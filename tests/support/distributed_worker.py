@@ -87,11 +87,22 @@ def make_model(num_labels: int = NUM_LABELS, hidden_dims: tuple[int, ...] = HIDD
     from hf_semscale.modeling import MLPClassifierConfig, MLPForClassification
 
     torch.manual_seed(SEED)
-    return MLPForClassification(MLPClassifierConfig(input_dim=INPUT_DIM, hidden_dims=hidden_dims, num_labels=num_labels))
+    return MLPForClassification(
+        MLPClassifierConfig(input_dim=INPUT_DIM, hidden_dims=hidden_dims, num_labels=num_labels)
+    )
 
 
-def make_trainer(output_dir: str | Path, per_device_batch: int, *, num_labels: int = NUM_LABELS, save: bool = True,
-                 ddp_timeout: int = 1800, stall_rank: int = -1, max_steps: int = MAX_STEPS, **overrides):
+def make_trainer(
+    output_dir: str | Path,
+    per_device_batch: int,
+    *,
+    num_labels: int = NUM_LABELS,
+    save: bool = True,
+    ddp_timeout: int = 1800,
+    stall_rank: int = -1,
+    max_steps: int = MAX_STEPS,
+    **overrides,
+):
     """A ``SemScaleTrainer`` subclass that records the weights after every update (and can stall one rank)."""
     from hf_semscale import SemScaleConfig, SemScaleTrainer
 
@@ -137,7 +148,9 @@ def make_trainer(output_dir: str | Path, per_device_batch: int, *, num_labels: i
     settings.update(overrides)
     rows, counts = make_dataset()
     counts = counts + [0] * (num_labels - NUM_LABELS)
-    return RecordingTrainer(model=make_model(num_labels), args=SemScaleConfig(**settings), train_dataset=rows, class_counts=counts)
+    return RecordingTrainer(
+        model=make_model(num_labels), args=SemScaleConfig(**settings), train_dataset=rows, class_counts=counts
+    )
 
 
 def dump(trainer, folder: Path) -> None:
@@ -184,7 +197,11 @@ def run_phase(phase: str, out: Path, per_device_batch: int, ddp_timeout: int) ->
             dump(trainer, folder)
         elif phase == "mismatch":
             trainer = make_trainer(
-                folder, per_device_batch, num_labels=NUM_LABELS + (1 if rank == 1 else 0), save=False, ddp_timeout=ddp_timeout
+                folder,
+                per_device_batch,
+                num_labels=NUM_LABELS + (1 if rank == 1 else 0),
+                save=False,
+                ddp_timeout=ddp_timeout,
             )
             try:
                 trainer.train()

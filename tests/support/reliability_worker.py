@@ -83,7 +83,9 @@ def make_trainer(output_dir: str, trainer_cls=None, callbacks=(), dataset=None, 
 
     set_seed(SEED)
     if model is None:
-        model = MLPForClassification(MLPClassifierConfig(input_dim=INPUT_DIM, hidden_dims=HIDDEN_DIMS, num_labels=NUM_LABELS))
+        model = MLPForClassification(
+            MLPClassifierConfig(input_dim=INPUT_DIM, hidden_dims=HIDDEN_DIMS, num_labels=NUM_LABELS)
+        )
     settings = dict(
         output_dir=output_dir,
         use_cpu=True,
@@ -105,7 +107,12 @@ def make_trainer(output_dir: str, trainer_cls=None, callbacks=(), dataset=None, 
     )
     settings.update(overrides)
     cls = trainer_cls or SemScaleTrainer
-    return cls(model=model, args=SemScaleConfig(**settings), train_dataset=dataset if dataset is not None else make_dataset(), callbacks=list(callbacks))
+    return cls(
+        model=model,
+        args=SemScaleConfig(**settings),
+        train_dataset=dataset if dataset is not None else make_dataset(),
+        callbacks=list(callbacks),
+    )
 
 
 def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_end: bool = False) -> None:
@@ -191,7 +198,9 @@ def run(output_dir: str, result: str, kill_in_save: str | None = None, hold_at_e
     tensors["class_weights"] = trainer.class_weights
     tensors["semantic_scales"] = trainer.semantic_scales
     tensors.update(trainer.pool.state_dict())
-    atomic_save_safetensors(tensors, result, metadata={"stage": trainer.stage, "num_updates": str(trainer.balancer.num_updates)})
+    atomic_save_safetensors(
+        tensors, result, metadata={"stage": trainer.stage, "num_updates": str(trainer.balancer.num_updates)}
+    )
 
 
 def serve() -> None:
@@ -199,9 +208,10 @@ def serve() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import hf_semscale.trainer  # noqa: F401  (the expensive imports, once)
-    import hf_semscale.modeling  # noqa: F401
     import datasets  # noqa: F401
+
+    import hf_semscale.modeling
+    import hf_semscale.trainer  # noqa: F401  (the expensive imports, once)
 
     _say("@@ready")
     for line in sys.stdin:
@@ -216,7 +226,7 @@ def serve() -> None:
             code = 0
             try:
                 run(cmd["output_dir"], cmd["result"], cmd.get("kill_in_save"), bool(cmd.get("hold_at_end")))
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 import traceback
 
                 traceback.print_exc()

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
+import reliability_worker as worker
 import torch
 
-import reliability_worker as worker
 from hf_semscale.dsb.pool import (
     FeaturePool,
     PoolFileError,
@@ -68,14 +68,23 @@ class _Zygote:
     def __init__(self, tmp_path: Path, deadline_s: float = 900.0):
         env = dict(os.environ)
         env.update(
-            HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-            MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            TOKENIZERS_PARALLELISM="false",
+            WANDB_DISABLED="true",
         )
         self.stderr_path = tmp_path / "worker.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, env=env, cwd=str(REPO_ROOT),
+            [sys.executable, str(WORKER), "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            cwd=str(REPO_ROOT),
         )
         self.children: set[int] = set()
         self._buf = b""
@@ -90,7 +99,7 @@ class _Zygote:
                 line, self._buf = self._buf.split(b"\n", 1)
                 text = line.decode(errors="replace")
                 if "@@" in text:  # a protocol line, even glued to a stray partial line before it
-                    return text[text.index("@@"):].split()
+                    return text[text.index("@@") :].split()
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"worker hung; stderr tail:\n{self.stderr_tail()}")
@@ -112,8 +121,12 @@ class _Zygote:
         return self.stderr_path.read_text(errors="replace")[-n:]
 
     def start(self, output_dir: Path, result: Path, kill_in_save: str | None = None, hold_at_end: bool = False) -> int:
-        cmd = {"output_dir": str(output_dir), "result": str(result), "kill_in_save": kill_in_save,
-               "hold_at_end": hold_at_end}
+        cmd = {
+            "output_dir": str(output_dir),
+            "result": str(result),
+            "kill_in_save": kill_in_save,
+            "hold_at_end": hold_at_end,
+        }
         self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
         self.proc.stdin.flush()
         pid = int(self._expect(lambda w: w[0] == "@@started")[1])
@@ -147,7 +160,7 @@ class _Zygote:
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
@@ -173,8 +186,18 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
         assert zygote.wait_exit(pid) == 0, zygote.stderr_tail()
 
         out, result = tmp_path / "killed", tmp_path / "killed.safetensors"
-        plan = ["save:before_trainer_state", "time", "save:mid_trainer_state", "save:mid_semscale_state", "time",
-                "save:after_semscale_state", "save:mid_rotation", "time", "save:before_trainer_state", "time"]
+        plan = [
+            "save:before_trainer_state",
+            "time",
+            "save:mid_trainer_state",
+            "save:mid_semscale_state",
+            "time",
+            "save:after_semscale_state",
+            "save:mid_rotation",
+            "time",
+            "save:before_trainer_state",
+            "time",
+        ]
         kills, in_save_kills = [], 0
         for item in plan:
             resumed_from = _step_of(latest_complete_checkpoint(out))
@@ -233,8 +256,14 @@ def test_kill9_during_training_and_checkpoint_saves_then_resume_matches_uninterr
 # half-written checkpoints, in process
 
 
-SHORT = dict(max_steps=8, save_steps=4, save_total_limit=None, semscale_warmup_steps=1, semscale_fill_max_steps=1,
-             semscale_update_interval=2)
+SHORT = dict(
+    max_steps=8,
+    save_steps=4,
+    save_total_limit=None,
+    semscale_warmup_steps=1,
+    semscale_fill_max_steps=1,
+    semscale_update_interval=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +418,9 @@ def test_hostile_file_payloads_would_really_run_if_unpickled(tmp_path):
     pickle.loads(files["plain_pickle"].read_bytes())
     assert marker.exists()
     marker.unlink()
-    as_pt = shutil.copy(files["torch_save_pickle"], tmp_path / "same_bytes.pt")  # torch.load reads *.safetensors as safetensors
+    as_pt = shutil.copy(
+        files["torch_save_pickle"], tmp_path / "same_bytes.pt"
+    )  # torch.load reads *.safetensors as safetensors
     torch.load(as_pt, weights_only=False)
     assert marker.exists()
 
@@ -567,7 +598,10 @@ def test_pool_over_budget_stops_before_training_with_a_capacity_that_fits(tmp_pa
     budget_bytes = 31 * d * itemsize + 10  # room for 31 rows
     with pytest.raises(MemoryError) as err:  # at construction: before any training
         worker.make_trainer(
-            str(tmp_path), semscale_pool_dtype=dtype, semscale_pool_capacity=0, semscale_max_pool_memory_mb=budget_bytes / 2**20
+            str(tmp_path),
+            semscale_pool_dtype=dtype,
+            semscale_pool_capacity=0,
+            semscale_max_pool_memory_mb=budget_bytes / 2**20,
         )
     message = str(err.value)
     assert not list(tmp_path.glob("checkpoint-*"))
@@ -581,7 +615,11 @@ def test_pool_over_budget_stops_before_training_with_a_capacity_that_fits(tmp_pa
 
     if dtype == "float16":  # the suggested capacity really runs (once is enough)
         fixed = worker.make_trainer(
-            str(tmp_path), max_steps=6, save_strategy="no", semscale_pool_dtype=dtype, semscale_pool_capacity=k,
+            str(tmp_path),
+            max_steps=6,
+            save_strategy="no",
+            semscale_pool_dtype=dtype,
+            semscale_pool_capacity=k,
             semscale_max_pool_memory_mb=budget_bytes / 2**20,
         )
         fixed.train()
@@ -631,9 +669,15 @@ def _degenerate_dataset(kind: str):
 @pytest.mark.parametrize("kind, normalize", [("some_classes", True), ("some_classes", False), ("all_identical", True)])
 def test_degenerate_class_features_give_finite_positive_weights(tmp_path, kind, normalize):
     trainer = worker.make_trainer(
-        str(tmp_path), max_steps=8, save_strategy="no", dataset=_degenerate_dataset(kind),
-        semscale_warmup_steps=0, semscale_fill_max_steps=2, semscale_update_interval=1,
-        semscale_normalize_features=normalize, learning_rate=0.0,  # frozen model: pooled features stay identical
+        str(tmp_path),
+        max_steps=8,
+        save_strategy="no",
+        dataset=_degenerate_dataset(kind),
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=2,
+        semscale_update_interval=1,
+        semscale_normalize_features=normalize,
+        learning_rate=0.0,  # frozen model: pooled features stay identical
     )
     trainer.train()
     assert trainer.balancer.num_updates >= 4
@@ -674,8 +718,14 @@ def _blow_up_features(model, factor: float) -> None:
 
 def test_float16_pool_overflow_without_normalize_fails_clearly_not_with_nan(tmp_path):
     trainer = worker.make_trainer(
-        str(tmp_path), max_steps=8, save_strategy="no", semscale_warmup_steps=0, semscale_fill_max_steps=2,
-        semscale_update_interval=1, semscale_normalize_features=False, semscale_pool_dtype="float16",
+        str(tmp_path),
+        max_steps=8,
+        save_strategy="no",
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=2,
+        semscale_update_interval=1,
+        semscale_normalize_features=False,
+        semscale_pool_dtype="float16",
         learning_rate=0.0,
     )
     _blow_up_features(trainer.model, 1e5)
@@ -689,8 +739,14 @@ def test_float16_pool_overflow_without_normalize_fails_clearly_not_with_nan(tmp_
 @pytest.mark.parametrize("dtype, normalize", [("bfloat16", False), ("float16", True)])
 def test_huge_features_train_with_a_wide_dtype_or_normalisation(tmp_path, dtype, normalize):
     trainer = worker.make_trainer(
-        str(tmp_path), max_steps=8, save_strategy="no", semscale_warmup_steps=0, semscale_fill_max_steps=2,
-        semscale_update_interval=1, semscale_normalize_features=normalize, semscale_pool_dtype=dtype,
+        str(tmp_path),
+        max_steps=8,
+        save_strategy="no",
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=2,
+        semscale_update_interval=1,
+        semscale_normalize_features=normalize,
+        semscale_pool_dtype=dtype,
         learning_rate=0.0,
     )
     _blow_up_features(trainer.model, 1e5)

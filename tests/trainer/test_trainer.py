@@ -22,13 +22,23 @@ import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from hf_semscale.trainer.config import BASE_LOSSES, DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
-from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification, MLPClassifierConfig, MLPForClassification
+from hf_semscale.core.scale import class_semantic_scales
+from hf_semscale.core.weighting import (
+    count_power_weights,
+    effective_number_weights,
+    inverse_frequency_weights,
+    semantic_scale_weights,
+)
 from hf_semscale.dsb.pool import PoolFileError
 from hf_semscale.hub.report import SCALES_FILENAME
-from hf_semscale.core.scale import class_semantic_scales
+from hf_semscale.modeling import (
+    CifarResNetConfig,
+    CifarResNetForImageClassification,
+    MLPClassifierConfig,
+    MLPForClassification,
+)
 from hf_semscale.trainer import HISTORY_FILENAME, STATE_FILENAME, SemScaleTrainer
-from hf_semscale.core.weighting import count_power_weights, effective_number_weights, inverse_frequency_weights, semantic_scale_weights
+from hf_semscale.trainer.config import BASE_LOSSES, DYNAMIC_WEIGHTING_MODES, WEIGHTING_MODES, SemScaleConfig
 
 COUNTS = [20, 12, 8, 8]  # 48 samples: 6 batches of 8 per epoch
 NAMES = ["ant", "bee", "cat", "dog"]
@@ -55,7 +65,11 @@ def make_model(num_labels: int = 4, seed: int = 0, dropout: float = 0.0, **confi
     torch.manual_seed(seed)
     names = {i: NAMES[i] if i < len(NAMES) else f"c{i}" for i in range(num_labels)}
     config = MLPClassifierConfig(
-        input_dim=DIM, hidden_dims=(16, 8), dropout=dropout, id2label=names, label2id={v: k for k, v in names.items()},
+        input_dim=DIM,
+        hidden_dims=(16, 8),
+        dropout=dropout,
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
         **config_kwargs,
     )
     return MLPForClassification(config)
@@ -63,9 +77,19 @@ def make_model(num_labels: int = 4, seed: int = 0, dropout: float = 0.0, **confi
 
 def make_args(out: Path, cls=SemScaleConfig, **overrides):
     base = dict(
-        output_dir=str(out), use_cpu=True, report_to=[], disable_tqdm=True, seed=0,
-        per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=0.05, optim="sgd",
-        lr_scheduler_type="constant", max_steps=6, save_strategy="no", logging_steps=1,
+        output_dir=str(out),
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=6,
+        save_strategy="no",
+        logging_steps=1,
     )
     if cls is SemScaleConfig:
         base.update(semscale_warmup_steps=2, semscale_update_interval=2)
@@ -145,17 +169,42 @@ def model_features(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_every_semscale_knob_has_help_and_parses_from_the_command_line(tmp_path):
     fields = {f.name: f for f in dataclasses.fields(SemScaleConfig) if f.name.startswith("semscale_")}
-    for required in ("semscale_warmup_steps", "semscale_update_interval", "semscale_weighting", "semscale_loss",
-                     "semscale_gamma", "semscale_pool_capacity", "semscale_alpha", "semscale_feature_module"):
+    for required in (
+        "semscale_warmup_steps",
+        "semscale_update_interval",
+        "semscale_weighting",
+        "semscale_loss",
+        "semscale_gamma",
+        "semscale_pool_capacity",
+        "semscale_alpha",
+        "semscale_feature_module",
+    ):
         assert required in fields
     for name, f in fields.items():
         assert len(f.metadata.get("help", "")) > 15, f"{name} has no help text"
     (config,) = HfArgumentParser(SemScaleConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--use_cpu", "--semscale_warmup_steps", "7", "--semscale_update_interval", "3",
-         "--semscale_weighting", "effective_number", "--semscale_loss", "focal", "--semscale_gamma", "2.5"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "--semscale_warmup_steps",
+            "7",
+            "--semscale_update_interval",
+            "3",
+            "--semscale_weighting",
+            "effective_number",
+            "--semscale_loss",
+            "focal",
+            "--semscale_gamma",
+            "2.5",
+        ]
     )
     assert (config.semscale_warmup_steps, config.semscale_update_interval) == (7, 3)
-    assert (config.semscale_weighting, config.semscale_loss, config.semscale_gamma) == ("effective_number", "focal", 2.5)
+    assert (config.semscale_weighting, config.semscale_loss, config.semscale_gamma) == (
+        "effective_number",
+        "focal",
+        2.5,
+    )
     settings = config.semscale_settings()
     assert set(settings) == set(fields)
     json.dumps(settings)
@@ -164,12 +213,23 @@ def test_every_semscale_knob_has_help_and_parses_from_the_command_line(tmp_path)
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("semscale_weighting", "cb"), ("semscale_loss", "mse"), ("semscale_pool_dtype", "int8"),
-        ("semscale_normalization", "max"), ("semscale_update_interval", 0), ("semscale_warmup_steps", -2),
-        ("semscale_warmup_ratio", 1.5), ("semscale_weight_floor", 0.0), ("semscale_gamma", -1.0),
-        ("semscale_alpha", 0.0), ("semscale_pool_capacity", -1), ("semscale_cb_beta", 1.0),
-        ("semscale_fill_max_steps", -2), ("semscale_max_pool_memory_mb", 0.0), ("semscale_focal_gamma", -1.0),
-        ("semscale_ldam_scale", 0.0), ("semscale_gamma", 20.0),
+        ("semscale_weighting", "cb"),
+        ("semscale_loss", "mse"),
+        ("semscale_pool_dtype", "int8"),
+        ("semscale_normalization", "max"),
+        ("semscale_update_interval", 0),
+        ("semscale_warmup_steps", -2),
+        ("semscale_warmup_ratio", 1.5),
+        ("semscale_weight_floor", 0.0),
+        ("semscale_gamma", -1.0),
+        ("semscale_alpha", 0.0),
+        ("semscale_pool_capacity", -1),
+        ("semscale_cb_beta", 1.0),
+        ("semscale_fill_max_steps", -2),
+        ("semscale_max_pool_memory_mb", 0.0),
+        ("semscale_focal_gamma", -1.0),
+        ("semscale_ldam_scale", 0.0),
+        ("semscale_gamma", 20.0),
     ],
 )
 def test_config_rejects_invalid_knobs(tmp_path, name, value):
@@ -179,11 +239,18 @@ def test_config_rejects_invalid_knobs(tmp_path, name, value):
 
 def test_trainer_needs_semscale_config_and_refuses_compute_loss_func(tmp_path):
     with pytest.raises(TypeError, match="SemScaleConfig"):
-        SemScaleTrainer(model=make_model(), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]),
-                        train_dataset=make_dataset())
+        SemScaleTrainer(
+            model=make_model(),
+            args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]),
+            train_dataset=make_dataset(),
+        )
     with pytest.raises(ValueError, match="compute_loss_func.*semscale_loss"):
-        SemScaleTrainer(model=make_model(), args=make_args(tmp_path), train_dataset=make_dataset(),
-                        compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum())
+        SemScaleTrainer(
+            model=make_model(),
+            args=make_args(tmp_path),
+            train_dataset=make_dataset(),
+            compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum(),
+        )
 
 
 def test_initial_attributes(tmp_path):
@@ -211,8 +278,16 @@ def frozen_run(tmp_path_factory):
     dataset = make_dataset()
     recorder = Recorder()
     trainer, _ = build(
-        out, dataset=dataset, recorder=recorder, learning_rate=0.0, max_steps=12, save_strategy="steps", save_steps=6,
-        eval_strategy="steps", eval_steps=6, trainer_kwargs={"eval_dataset": dataset, "compute_metrics": recorder.compute_metrics},
+        out,
+        dataset=dataset,
+        recorder=recorder,
+        learning_rate=0.0,
+        max_steps=12,
+        save_strategy="steps",
+        save_steps=6,
+        eval_strategy="steps",
+        eval_steps=6,
+        trainer_kwargs={"eval_dataset": dataset, "compute_metrics": recorder.compute_metrics},
     )
     updates = []  # (pool contents when the weights were re-measured, scales, weights)
     original_update = trainer.balancer._update_weights
@@ -248,7 +323,9 @@ def test_weights_come_from_the_scales_of_the_whole_pool(frozen_run):
     for _, (features, labels), scales, weights in updates:
         expected = class_semantic_scales(features, labels, 4, normalize=True, alpha=None)
         torch.testing.assert_close(scales, expected, rtol=1e-9, atol=1e-9)
-        expected_w = semantic_scale_weights(scales, a.semscale_gamma, torch.tensor(COUNTS), "mean", a.semscale_weight_floor)
+        expected_w = semantic_scale_weights(
+            scales, a.semscale_gamma, torch.tensor(COUNTS), "mean", a.semscale_weight_floor
+        )
         torch.testing.assert_close(weights, expected_w)
         assert not torch.allclose(weights, torch.ones(4, dtype=torch.float64))
     assert torch.equal(trainer.semantic_scales, updates[-1][2])
@@ -332,7 +409,9 @@ def test_evaluation_sees_logits_only_and_never_touches_the_pool(frozen_run):
 
 
 def test_compute_loss_is_the_weighted_sum_over_labelled_samples(tmp_path):
-    trainer, _ = build(tmp_path, semscale_weighting="inverse_frequency", semscale_warmup_steps=0, label_smoothing_factor=0.1)
+    trainer, _ = build(
+        tmp_path, semscale_weighting="inverse_frequency", semscale_warmup_steps=0, label_smoothing_factor=0.1
+    )
     model = trainer.model.train()
     generator = torch.Generator().manual_seed(3)
     labels = torch.tensor([0, 1, IGNORE, 3, 2, 0, IGNORE, 3])
@@ -346,7 +425,9 @@ def test_compute_loss_is_the_weighted_sum_over_labelled_samples(tmp_path):
     per_sample = F.cross_entropy(logits[valid], labels[valid], reduction="none", label_smoothing=0.1)
     expected = (weights[labels[valid]] * per_sample).sum() / valid.sum()  # not divided by the sum of weights
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(12)), expected * 6 / 12)
+    torch.testing.assert_close(
+        trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(12)), expected * 6 / 12
+    )
     model.eval()
     with torch.no_grad():
         eval_loss = trainer.compute_loss(model, batch)
@@ -355,8 +436,10 @@ def test_compute_loss_is_the_weighted_sum_over_labelled_samples(tmp_path):
 
 def test_int32_labels_from_a_custom_collator(tmp_path):
     def collate(rows):
-        return {"pixel_values": torch.tensor([r["pixel_values"] for r in rows]),
-                "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.int32)}
+        return {
+            "pixel_values": torch.tensor([r["pixel_values"] for r in rows]),
+            "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.int32),
+        }
 
     trainer, recorder = train(tmp_path, max_steps=4, trainer_kwargs={"data_collator": collate})
     assert trainer.stage == "fill" and int(trainer.pool.total_added.sum()) == 16
@@ -367,11 +450,25 @@ def test_gradient_accumulation_2x4_equals_1x8_while_reweighting_with_label_smoot
     # 8 of the 56 rows are unlabelled (-100), so the two micro-batches of a step hold different
     # numbers of labelled samples: a per-micro-batch mean would differ from the 8-sample mean.
     dataset = make_dataset(extra_labels=[IGNORE] * 8)
-    common = dict(dataset=dataset, max_steps=6, label_smoothing_factor=0.1, learning_rate=0.2,
-                  semscale_warmup_steps=0, semscale_fill_max_steps=1, semscale_update_interval=1)
-    big, rec_big = train(tmp_path / "big", recorder=Recorder(record_grads=True), per_device_train_batch_size=8, **common)
-    small, rec_small = train(tmp_path / "small", recorder=Recorder(record_grads=True), per_device_train_batch_size=4,
-                             gradient_accumulation_steps=2, **common)
+    common = dict(
+        dataset=dataset,
+        max_steps=6,
+        label_smoothing_factor=0.1,
+        learning_rate=0.2,
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=1,
+        semscale_update_interval=1,
+    )
+    big, rec_big = train(
+        tmp_path / "big", recorder=Recorder(record_grads=True), per_device_train_batch_size=8, **common
+    )
+    small, rec_small = train(
+        tmp_path / "small",
+        recorder=Recorder(record_grads=True),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        **common,
+    )
     assert big.class_counts.tolist() == COUNTS  # -100 rows are not a class
     assert rec_big.stages == rec_small.stages == ["fill"] + ["reweight"] * 5
     for w in rec_big.weights[1:]:
@@ -391,8 +488,17 @@ def test_gradient_accumulation_2x4_equals_1x8_while_reweighting_with_label_smoot
 # ---------------------------------------------------------------- 4. checkpoint and resume
 
 
-RESUME = dict(max_steps=10, save_strategy="steps", save_steps=4, learning_rate=0.01, optim="adamw_torch",
-              lr_scheduler_type="linear", semscale_warmup_steps=2, semscale_fill_max_steps=2, semscale_update_interval=3)
+RESUME = dict(
+    max_steps=10,
+    save_strategy="steps",
+    save_steps=4,
+    learning_rate=0.01,
+    optim="adamw_torch",
+    lr_scheduler_type="linear",
+    semscale_warmup_steps=2,
+    semscale_fill_max_steps=2,
+    semscale_update_interval=3,
+)
 
 
 def assert_same_run(a: SemScaleTrainer, b: SemScaleTrainer) -> None:
@@ -482,7 +588,9 @@ def test_a_one_output_regression_head_is_refused(tmp_path):
 
 
 def test_multi_hot_or_float_labels_are_refused(tmp_path):
-    multi_hot = datasets.Dataset.from_dict({"pixel_values": np.zeros((8, DIM), np.float32), "labels": np.eye(4)[np.arange(8) % 4]})
+    multi_hot = datasets.Dataset.from_dict(
+        {"pixel_values": np.zeros((8, DIM), np.float32), "labels": np.eye(4)[np.arange(8) % 4]}
+    )
     with pytest.raises(ValueError, match="1-D integer class id.*single-label"):
         build(tmp_path, dataset=multi_hot)
     trainer, _ = build(tmp_path, dataset=multi_hot, trainer_kwargs={"class_counts": [2, 2, 2, 2]})
@@ -500,22 +608,38 @@ def test_a_head_that_cannot_be_found_is_an_error_at_construction_and_the_overrid
     config = CifarResNetConfig(depth=8, widths=(4, 8, 16), normed_head=True, num_labels=4)  # cosine head: no nn.Linear
     torch.manual_seed(0)
     images = datasets.Dataset.from_dict(
-        {"pixel_values": np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32), "labels": [0, 1, 2, 3] * 4}
+        {
+            "pixel_values": np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32),
+            "labels": [0, 1, 2, 3] * 4,
+        }
     )
     with pytest.raises(ValueError, match="cannot be found.*Fix: pass feature_module="):
         build(tmp_path, model=CifarResNetForImageClassification(config), dataset=images)
     with pytest.raises(ValueError, match="no submodule 'nope'"):
         build(tmp_path, model=CifarResNetForImageClassification(config), dataset=images, semscale_feature_module="nope")
-    trainer, _ = train(tmp_path, model=CifarResNetForImageClassification(config), dataset=images, max_steps=3,
-                       semscale_warmup_steps=0, semscale_feature_module="classifier")
+    trainer, _ = train(
+        tmp_path,
+        model=CifarResNetForImageClassification(config),
+        dataset=images,
+        max_steps=3,
+        semscale_warmup_steps=0,
+        semscale_feature_module="classifier",
+    )
     assert trainer.pool.feature_dim == 16 and int(trainer.pool.total_added.sum()) == 16 + 8
 
 
 def test_feature_module_by_name_and_feature_pool_fn(tmp_path):
     dataset = make_dataset()
     # the input of the whole body is the raw sample: its volume is the sample volume
-    by_name, _ = train(tmp_path / "a", dataset=dataset, learning_rate=0.0, max_steps=6, semscale_warmup_steps=0,
-                       semscale_fill_max_steps=100, trainer_kwargs={"feature_module": "body"})
+    by_name, _ = train(
+        tmp_path / "a",
+        dataset=dataset,
+        learning_rate=0.0,
+        max_steps=6,
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=100,
+        trainer_kwargs={"feature_module": "body"},
+    )
     assert by_name.pool.feature_dim == DIM
     stored, labels = by_name.pool.contents()
     x = F.normalize(torch.tensor(np.asarray(dataset["pixel_values"], dtype=np.float32)), dim=-1)
@@ -531,16 +655,27 @@ def test_feature_module_by_name_and_feature_pool_fn(tmp_path):
         calls.append(sorted(batch))
         return head_input[:, :4]
 
-    by_fn, _ = train(tmp_path / "b", dataset=dataset, max_steps=2, semscale_warmup_steps=0,
-                     trainer_kwargs={"feature_pool_fn": first_half})
+    by_fn, _ = train(
+        tmp_path / "b",
+        dataset=dataset,
+        max_steps=2,
+        semscale_warmup_steps=0,
+        trainer_kwargs={"feature_pool_fn": first_half},
+    )
     assert by_fn.pool.feature_dim == 4 and calls == [["pixel_values"]] * 2  # labels never reach the pool fn
 
 
 def test_a_class_absent_from_the_data_is_handled_and_reported(tmp_path, caplog):
     dataset = make_dataset(counts=[20, 12, 0, 16])
     with caplog.at_level(logging.WARNING, logger="hf_semscale.trainer"):
-        trainer, recorder = train(tmp_path, dataset=dataset, max_steps=8, semscale_warmup_steps=0,
-                                  semscale_fill_max_steps=100, semscale_update_interval=1)
+        trainer, recorder = train(
+            tmp_path,
+            dataset=dataset,
+            max_steps=8,
+            semscale_warmup_steps=0,
+            semscale_fill_max_steps=100,
+            semscale_update_interval=1,
+        )
     assert "Classes [2] have no training samples" in caplog.text
     # the empty class does not hold the fill stage open: one epoch fills the others, then re-weighting
     assert recorder.stages == ["fill"] * 6 + ["reweight"] * 2
@@ -569,9 +704,15 @@ def test_nan_features_stop_training_with_a_clear_error(tmp_path):
 @pytest.mark.parametrize("loss", BASE_LOSSES)
 def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
     static = [4.0, 1.0, 2.0, 3.0]  # the user's weights for weighting='static'
-    trainer, recorder = train(tmp_path, max_steps=4, semscale_loss=loss, semscale_weighting=weighting,
-                              semscale_fill_max_steps=1, semscale_update_interval=1,
-                              semscale_class_weights=static if weighting == "static" else None)
+    trainer, recorder = train(
+        tmp_path,
+        max_steps=4,
+        semscale_loss=loss,
+        semscale_weighting=weighting,
+        semscale_fill_max_steps=1,
+        semscale_update_interval=1,
+        semscale_class_weights=static if weighting == "static" else None,
+    )
     losses = step_losses(recorder)
     assert len(losses) == 4 and all(math.isfinite(x) and x > 0 for x in losses)
     ones = torch.ones(4, dtype=torch.float64)
@@ -579,15 +720,21 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
     counts = torch.tensor(COUNTS)
     if weighting in DYNAMIC_WEIGHTING_MODES:
         assert recorder.stages == ["warmup", "warmup", "fill", "reweight"]
-        expected = semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05, reverse=weighting == "reverse_scale")
+        expected = semantic_scale_weights(
+            trainer.semantic_scales, 1.0, counts, "mean", 0.05, reverse=weighting == "reverse_scale"
+        )
         if weighting == "dsb_effective_number":  # the mix: the dsb weights times the count weights, renormalised
             mixed = expected * effective_number_weights(counts, 0.9999)
             expected = mixed / ((mixed * counts).sum() / counts.sum())
-            assert not torch.allclose(expected, semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05))
+            assert not torch.allclose(
+                expected, semantic_scale_weights(trainer.semantic_scales, 1.0, counts, "mean", 0.05)
+            )
         if weighting == "reverse_scale":  # the control: the class of largest scale gets the largest weight
             assert int(trainer.class_weights.argmax()) == int(trainer.semantic_scales.argmax())
         if weighting == "scale_equivalent_count":  # count weights of the counts the scales stand for
-            assert trainer.balancer.equivalent_counts is not None and bool((trainer.balancer.equivalent_counts >= 1).all())
+            assert trainer.balancer.equivalent_counts is not None and bool(
+                (trainer.balancer.equivalent_counts >= 1).all()
+            )
             expected = effective_number_weights(trainer.balancer.equivalent_counts, 0.9999, "none")
             expected = expected / ((expected * counts).sum() / counts.sum())
             order = torch.argsort(trainer.balancer.equivalent_counts)
@@ -600,7 +747,8 @@ def test_every_base_loss_and_weighting_mode_trains(tmp_path, loss, weighting):
             "inverse_frequency": inverse_frequency_weights(counts),
             "effective_number": effective_number_weights(counts, 0.9999),
             "count_power": count_power_weights(counts, 1.0),
-            "static": torch.tensor(static, dtype=torch.float64) / ((torch.tensor(static) * counts).sum() / counts.sum()),
+            "static": torch.tensor(static, dtype=torch.float64)
+            / ((torch.tensor(static) * counts).sum() / counts.sum()),
         }[weighting]
         assert torch.equal(recorder.weights[2], expected)
     torch.testing.assert_close(recorder.weights[-1], expected)
@@ -611,8 +759,12 @@ def test_weighting_none_is_the_plain_trainer(tmp_path, label_smoothing):
     common = dict(max_steps=5, label_smoothing_factor=label_smoothing)
     ours, rec_ours = train(tmp_path / "ours", semscale_weighting="none", **common)
     recorder = Recorder()
-    plain = Trainer(model=make_model(), args=make_args(tmp_path / "plain", cls=TrainingArguments, **common),
-                    train_dataset=make_dataset(), callbacks=[recorder])
+    plain = Trainer(
+        model=make_model(),
+        args=make_args(tmp_path / "plain", cls=TrainingArguments, **common),
+        train_dataset=make_dataset(),
+        callbacks=[recorder],
+    )
     plain.train()
     assert step_losses(rec_ours) == pytest.approx(step_losses(recorder), rel=1e-6)
     for name, p in params(plain.model).items():
@@ -637,8 +789,12 @@ def test_tuple_outputs_keep_their_logits_in_predictions(tmp_path):
 def test_a_second_train_starts_from_warmup_and_ends_like_the_first(tmp_path):
     """model_init / hyperparameter_search call train() once per trial: no pool, stage or weights may carry over."""
     recorder = Recorder()
-    trainer = SemScaleTrainer(model_init=lambda: make_model(seed=3), args=make_args(tmp_path, max_steps=12),
-                              train_dataset=make_dataset(), callbacks=[recorder])
+    trainer = SemScaleTrainer(
+        model_init=lambda: make_model(seed=3),
+        args=make_args(tmp_path, max_steps=12),
+        train_dataset=make_dataset(),
+        callbacks=[recorder],
+    )
     recorder.trainer = trainer
     trainer.train()
     first_weights, first_stages = trainer.class_weights.clone(), list(recorder.stages)
@@ -653,8 +809,14 @@ def test_a_second_train_starts_from_warmup_and_ends_like_the_first(tmp_path):
 
 def test_fill_stage_lasts_one_epoch_of_optimizer_steps_with_max_steps(tmp_path):
     # 48 samples, batch 8, accumulation 2: 3 optimizer steps per epoch; max_steps 20 is 6.67 epochs
-    trainer, recorder = train(tmp_path, max_steps=20, gradient_accumulation_steps=2, semscale_warmup_steps=2,
-                              learning_rate=0.0, semscale_pool_capacity=0)
+    trainer, recorder = train(
+        tmp_path,
+        max_steps=20,
+        gradient_accumulation_steps=2,
+        semscale_warmup_steps=2,
+        learning_rate=0.0,
+        semscale_pool_capacity=0,
+    )
     assert trainer.balancer.fill_max_steps == 3
     assert recorder.stages[2:5] == ["fill"] * 3 and recorder.stages[5] == "reweight"
 
@@ -673,7 +835,11 @@ def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, c
 def test_reweighting_that_starts_under_filled_warns_naming_the_classes(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
         train(tmp_path, max_steps=5, semscale_fill_max_steps=1)
-    assert "re-weighting starts at step 3 with" in caplog.text and "ant" in caplog.text and "semscale_fill_max_steps" in caplog.text
+    assert (
+        "re-weighting starts at step 3 with" in caplog.text
+        and "ant" in caplog.text
+        and "semscale_fill_max_steps" in caplog.text
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
         train(tmp_path / "full", max_steps=12, semscale_warmup_steps=0)  # fills exactly epoch 1: every sample seen
@@ -693,8 +859,13 @@ def test_logs_report_and_card_agree_on_classes_without_volume(tmp_path, caplog):
     from hf_semscale.hub import build_model_card
 
     with caplog.at_level("WARNING"):
-        trainer, recorder = train(tmp_path, dataset=make_dataset(counts=[20, 12, 1, 0]), max_steps=12,
-                                  semscale_warmup_steps=0, semscale_update_interval=1)
+        trainer, recorder = train(
+            tmp_path,
+            dataset=make_dataset(counts=[20, 12, 1, 0]),
+            max_steps=12,
+            semscale_warmup_steps=0,
+            semscale_update_interval=1,
+        )
     assert "1 classes have no measurable volume" in caplog.text and "cat" in caplog.text
     assert "Classes [3] have no training samples" in caplog.text
     measured = [0, 1]

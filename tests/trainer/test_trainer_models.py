@@ -10,7 +10,6 @@ construction, batch passed for pooling, training mode, gathering, pool order) pe
 
 from __future__ import annotations
 
-
 import datasets
 import numpy as np
 import pytest
@@ -61,22 +60,29 @@ def last_non_pad(hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def bert():
-    return transformers.BertForSequenceClassification(transformers.BertConfig(**TINY_TEXT, **NO_DROPOUT, num_labels=NUM_LABELS))
+    return transformers.BertForSequenceClassification(
+        transformers.BertConfig(**TINY_TEXT, **NO_DROPOUT, num_labels=NUM_LABELS)
+    )
 
 
 def roberta():
-    config = transformers.RobertaConfig(**TINY_TEXT, **NO_DROPOUT, num_labels=NUM_LABELS, max_position_embeddings=16, pad_token_id=1)
+    config = transformers.RobertaConfig(
+        **TINY_TEXT, **NO_DROPOUT, num_labels=NUM_LABELS, max_position_embeddings=16, pad_token_id=1
+    )
     return transformers.RobertaForSequenceClassification(config)
 
 
 def vit():
-    config = transformers.ViTConfig(**{k: v for k, v in TINY_TEXT.items() if k != "vocab_size"}, image_size=16, patch_size=8,
-                                    num_labels=NUM_LABELS)
+    config = transformers.ViTConfig(
+        **{k: v for k, v in TINY_TEXT.items() if k != "vocab_size"}, image_size=16, patch_size=8, num_labels=NUM_LABELS
+    )
     return transformers.ViTForImageClassification(config)
 
 
 def convnext():
-    config = transformers.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32, num_labels=NUM_LABELS)
+    config = transformers.ConvNextConfig(
+        num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32, num_labels=NUM_LABELS
+    )
     return transformers.ConvNextForImageClassification(config)
 
 
@@ -95,9 +101,20 @@ def qwen2():
 
 
 def gpt2():
-    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100, n_positions=16, resid_pdrop=0.0,
-                                     embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=PAD, bos_token_id=1, eos_token_id=1,
-                                     num_labels=NUM_LABELS)
+    config = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        vocab_size=100,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=1,
+        num_labels=NUM_LABELS,
+    )
     return transformers.GPT2ForSequenceClassification(config)
 
 
@@ -109,14 +126,23 @@ def timm_pre_logits(model, batch):
 CASES = {
     # name: (model factory, batch columns, head module, expected classifier input of the batch)
     "bert": (bert, text_columns, "classifier", lambda m, b: m.bert(**b).pooler_output),
-    "roberta": (roberta, text_columns, "classifier.out_proj",
-                lambda m, b: torch.tanh(m.classifier.dense(m.roberta(**b).last_hidden_state[:, 0]))),
+    "roberta": (
+        roberta,
+        text_columns,
+        "classifier.out_proj",
+        lambda m, b: torch.tanh(m.classifier.dense(m.roberta(**b).last_hidden_state[:, 0])),
+    ),
     "vit": (vit, lambda: image_columns(16), "classifier", lambda m, b: m.vit(**b).last_hidden_state[:, 0]),
     "convnext": (convnext, lambda: image_columns(32), "classifier", lambda m, b: m.convnext(**b).pooler_output),
     "timm-resnet": (timm("test_resnet"), lambda: image_columns(32), "timm_model.fc", timm_pre_logits),  # BatchNorm
     "timm-vit": (timm("test_vit"), lambda: image_columns(32), "timm_model.head", timm_pre_logits),
     "qwen2": (qwen2, text_columns, "score", lambda m, b: last_non_pad(m.model(**b).last_hidden_state, b["input_ids"])),
-    "gpt2": (gpt2, text_columns, "score", lambda m, b: last_non_pad(m.transformer(**b).last_hidden_state, b["input_ids"])),
+    "gpt2": (
+        gpt2,
+        text_columns,
+        "score",
+        lambda m, b: last_non_pad(m.transformer(**b).last_hidden_state, b["input_ids"]),
+    ),
 }
 
 
@@ -126,11 +152,23 @@ def test_trainer_pools_the_head_input_of_each_architecture(tmp_path, name):
     torch.manual_seed(0)
     model = factory()
     batch = columns()
-    dataset = datasets.Dataset.from_dict({**{k: v.numpy() for k, v in batch.items()}, "labels": LABELS}).with_format("torch")
+    dataset = datasets.Dataset.from_dict({**{k: v.numpy() for k, v in batch.items()}, "labels": LABELS}).with_format(
+        "torch"
+    )
     args = SemScaleConfig(
-        output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", seed=0,
-        per_device_train_batch_size=len(LABELS), learning_rate=0.0, max_steps=2, logging_steps=1,
-        semscale_warmup_steps=0, semscale_fill_max_steps=1, semscale_update_interval=1,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+        per_device_train_batch_size=len(LABELS),
+        learning_rate=0.0,
+        max_steps=2,
+        logging_steps=1,
+        semscale_warmup_steps=0,
+        semscale_fill_max_steps=1,
+        semscale_update_interval=1,
     )
     trainer = SemScaleTrainer(model=model, args=args, train_dataset=dataset)
     assert trainer._capture.head_name == head_name  # found without help, at construction
@@ -150,3 +188,34 @@ def test_trainer_pools_the_head_input_of_each_architecture(tmp_path, name):
     assert bool((trainer.semantic_scales > 0).all()) and bool(torch.isfinite(trainer.class_weights).all())
     predictions = trainer.predict(dataset).predictions  # features never reach the predictions
     assert isinstance(predictions, np.ndarray) and predictions.shape == (len(LABELS), NUM_LABELS)
+
+
+def test_peft_lora_model_trains_with_dsb_and_saves_an_adapter(tmp_path):
+    """LoRA on BERT: the capture finds the trainable copy of the head (peft's ``modules_to_save``), the pool holds
+    the pooler outputs, the frozen weights stay frozen, and the output is an adapter with its scale report."""
+    peft = pytest.importorskip("peft", reason="pip install peft (the [test] extra)")
+    torch.manual_seed(0)
+    base = bert()
+    frozen_before = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, config)
+    batch = text_columns()
+    dataset = datasets.Dataset.from_dict({**{k: v.numpy() for k, v in batch.items()}, "labels": LABELS}).with_format(
+        "torch"
+    )
+    args = SemScaleConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", seed=0,
+        per_device_train_batch_size=len(LABELS), learning_rate=1e-2, max_steps=4, semscale_warmup_steps=0,
+        semscale_fill_max_steps=1, semscale_update_interval=1, label_names=["labels"],
+    )  # fmt: skip
+    trainer = SemScaleTrainer(model=model, args=args, train_dataset=dataset)
+    assert trainer._capture.head_name == "base_model.model.classifier.modules_to_save.default"  # the trained copy
+    trainer.train()
+    assert trainer.stage == "reweight" and trainer.balancer.num_updates >= 2
+    assert trainer.pool.feature_dim == TINY_TEXT["hidden_size"] and trainer.pool.filled.tolist() == [PER_CLASS] * 3
+    assert not torch.allclose(trainer.class_weights, torch.ones(NUM_LABELS, dtype=torch.float64))
+    frozen_after = model.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer.weight
+    assert torch.equal(frozen_after, frozen_before)  # only the adapter and the head's copy train
+    trainer.save_model()
+    saved = {p.name for p in tmp_path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "semantic_scales.json"} <= saved

@@ -10,7 +10,7 @@ Load offline from this folder::
 The computation is ``hf_semscale.metrics.long_tail_metrics``; see README.md beside this file.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import datasets
 import evaluate
@@ -54,7 +54,7 @@ class LongTail(evaluate.Metric):
 
     def __init__(
         self,
-        train_class_counts: Optional[Sequence[int]] = None,
+        train_class_counts: Sequence[int] | None = None,
         many_threshold: int = 100,
         few_threshold: int = 20,
         **kwargs,
@@ -69,18 +69,16 @@ class LongTail(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(
         self,
         predictions,
         references,
-        train_class_counts: Optional[Sequence[int]] = None,
-        many_threshold: Optional[int] = None,
-        few_threshold: Optional[int] = None,
+        train_class_counts: Sequence[int] | None = None,
+        many_threshold: int | None = None,
+        few_threshold: int | None = None,
     ) -> dict:
         counts = self.train_class_counts if train_class_counts is None else list(train_class_counts)
         if counts is None:
