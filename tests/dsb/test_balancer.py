@@ -257,3 +257,20 @@ def test_accelerate_save_state_mid_run_resumes_identically(tmp_path):
     )
     for key, value in full_state.items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+@pytest.mark.distributed
+def test_torch_distributed_comm_gives_every_rank_the_pool_and_weights_of_one_process(tmp_path):
+    """2 gloo processes, uneven shares of every batch: both end bit-identical, and equal to one process that
+    observed each whole batch (in rank order)."""
+    import comm_worker
+    import torch.multiprocessing as mp
+
+    mp.spawn(comm_worker.rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single = SemanticScaleBalancer(comm_worker.COUNTS, BalancerSettings(**comm_worker.SETTINGS))
+    comm_worker.run_loop(single, rank=0, world_size=1)
+    assert single.num_updates >= 4 and not torch.allclose(single.class_weights, torch.ones(3, dtype=torch.float64))
+    for key, value in single.state_dict().items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-9, atol=1e-12, msg=key)
