@@ -450,7 +450,8 @@ def train_evaluate_and_record(
     if run.eval_test:
         evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store)
     if run.eval_train:
-        evaluations["train"] = evaluate_split(trainer, splits["train"], "train", store)
+        # without augmentation where the recipe provides such a view ("train_eval")
+        evaluations["train"] = evaluate_split(trainer, splits.get("train_eval", splits["train"]), "train", store)
     return write_results(trainer, args, data, run, splits, evaluations, wall_start, extra=extra)
 
 

@@ -12,7 +12,10 @@ Models: ``cifar_resnet`` (the CIFAR ResNet-(6n+2) of the long-tail literature, `
 cosine "normed" head for LDAM) or ``timm`` (any timm architecture through
 ``TimmWrapperForImageClassification``, trained from scratch with timm's own initialisation).
 Augmentation (training only): random crop with 4-pixel zero padding + horizontal flip, then
-per-channel normalisation with the training set's mean / std; applied on the fly (``set_transform``).
+per-channel normalisation with the training set's mean / std. By default (``--augmentation batched``) the
+images stay one uint8 tensor and whole batches are cropped, flipped and normalised at once in the data
+collator (:func:`augment_batch`); ``--augmentation per_item`` is the per-image ``set_transform`` it replaced
+(same distribution; the baseline of ``benchmarks/augmentation.py``).
 """
 
 from __future__ import annotations
@@ -72,6 +75,14 @@ class ImageModelArguments:
     )
     crop_padding: int = field(default=4, metadata={"help": "Zero padding of the random crop; 0 disables the crop."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flip (training only)."})
+    augmentation: str = field(
+        default="batched",
+        metadata={
+            "help": "'batched': images held as one uint8 tensor, crop / flip / normalisation applied to whole batches "
+            "in the collator; 'per_item': the per-image set_transform (same distribution, slower).",
+            "choices": ["batched", "per_item"],
+        },
+    )
 
 
 # --------------------------------------------------------------------------- images
@@ -127,7 +138,8 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 class ImageTransform:
-    """``{"image", "label"}`` batch -> ``{"pixel_values" [B, C, H, W] float, "labels" [B]}`` (a ``set_transform``)."""
+    """``{"image", "label"}`` batch -> ``{"pixel_values" [B, C, H, W] float, "labels" [B]}``, one image at a time (the
+    ``set_transform`` of ``--augmentation per_item``)."""
 
     def __init__(
         self,
@@ -166,6 +178,94 @@ class ImageTransform:
                     x = x.flip(-1)
             images.append((x - self.mean) / self.std)
         return {"pixel_values": torch.stack(images), "labels": torch.as_tensor(batch["label"], dtype=torch.long)}
+
+
+def augment_batch(
+    images: Any,
+    mean: Any,
+    std: Any,
+    crop_padding: int = 4,
+    flip: bool = True,
+    train: bool = True,
+    generator: Any = None,
+) -> Any:
+    """``images [B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float32: (training) a random crop of the image zero-padded
+    by ``crop_padding`` on each side and a horizontal flip with probability 1/2, each drawn per image, then
+    ``(x / 255 - mean) / std`` per channel (``mean``, ``std``: ``[C]`` in [0, 1] units). All on ``images.device``."""
+    import torch
+    import torch.nn.functional as F
+
+    x = images.permute(0, 3, 1, 2)  # still uint8: crop and flip move 4x fewer bytes than floats would
+    batch, channels, height, width = x.shape
+    device = x.device
+    p = crop_padding if train else 0
+    if p or (train and flip):
+        padded = F.pad(x, (p, p, p, p)) if p else x  # zeros: black, as the per-image path's padding in [0, 1] units
+        top, left = torch.randint(0, 2 * p + 1, (2, batch, 1, 1), generator=generator, device=device)
+        cols = torch.arange(width, device=device).expand(batch, width)
+        if train and flip:
+            flipped = torch.rand(batch, generator=generator, device=device) < 0.5
+            cols = torch.where(flipped[:, None], cols.flip(-1), cols)  # the crop window read right to left
+        rows = torch.arange(height, device=device)[None, :, None]
+        index = (top + rows) * (width + 2 * p) + left + cols[:, None, :]  # [B, H, W] into the padded image
+        flat = padded.reshape(batch, channels, -1)
+        x = flat.gather(2, index.view(batch, 1, -1).expand(-1, channels, -1)).view(batch, channels, height, width)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+class UInt8Images:
+    """A split as one ``[N, H, W, C]`` uint8 tensor and ``[N]`` labels; items are views that
+    :class:`BatchImageCollator` turns into batches (``augment``: apply the training augmentation)."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], augment: bool):
+        import torch
+
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "labels": self.labels[index], "augment": self.augment}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """A whole batch in one indexing (``torch.utils.data.DataLoader`` calls this when it exists)."""
+        import torch
+
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return {"image": self.images[rows], "labels": self.labels[rows], "augment": self.augment}
+
+    def view(self, augment: bool) -> UInt8Images:
+        """The same tensors with another ``augment`` (e.g. training images evaluated without augmentation)."""
+        other = object.__new__(UInt8Images)
+        other.images, other.labels, other.augment = self.images, self.labels, augment
+        return other
+
+
+class BatchImageCollator:
+    """A batch from :meth:`UInt8Images.__getitems__` (or a list of its items) -> ``{"pixel_values" [B, C, H, W],
+    "labels" [B]}`` (:func:`augment_batch`)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4, flip: bool = True):
+        self.mean, self.std, self.crop_padding, self.flip = list(mean), list(std), crop_padding, flip
+
+    def __call__(self, items: dict[str, Any] | Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not isinstance(items, dict):
+            items = {
+                "image": torch.stack([item["image"] for item in items]),
+                "labels": torch.stack([item["labels"] for item in items]),
+                "augment": items[0]["augment"],
+            }
+        pixel_values = augment_batch(
+            items["image"], self.mean, self.std, self.crop_padding, self.flip, train=bool(items["augment"])
+        )
+        return {"pixel_values": pixel_values, "labels": items["labels"]}
 
 
 # --------------------------------------------------------------------------- models
@@ -260,7 +360,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     num_labels = len(splits["class_names"])
     mean, std = channel_stats(images["train"])
     num_channels = len(mean)
-    del images
     logger.info(
         "train %d rows, counts %s; validation %s; test %d; channels %d",
         len(train),
@@ -269,12 +368,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         len(splits["test"]),
         num_channels,
     )
-    train.set_transform(
-        ImageTransform(mean, std, shape, train=True, crop_padding=margs.crop_padding, flip=margs.horizontal_flip)
-    )
-    for name in ("validation", "test"):
-        if splits[name] is not None:
-            splits[name].set_transform(ImageTransform(mean, std, shape, train=False))
+    collator = None
+    if margs.augmentation == "batched":
+        labels = {name: splits[name].with_format(None)["label"] for name in images}
+        for name in images:
+            splits[name] = UInt8Images(images[name], labels[name], augment=name == "train")
+        train = splits["train"]
+        splits["train_eval"] = train.view(augment=False)  # training accuracy without augmentation
+        collator = BatchImageCollator(mean, std, margs.crop_padding, margs.horizontal_flip)
+    else:
+        train.set_transform(
+            ImageTransform(mean, std, shape, train=True, crop_padding=margs.crop_padding, flip=margs.horizontal_flip)
+        )
+        for name in ("validation", "test"):
+            if splits[name] is not None:
+                splits[name].set_transform(ImageTransform(mean, std, shape, train=False))
+    del images
 
     set_seed(args.seed)
     model = build_model(margs, args, num_labels, num_channels, splits["class_names"])
@@ -291,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         feature_module="classifier" if margs.model_type == "cifar_resnet" else None,
         compute_metrics=make_compute_metrics(splits["train_class_counts"], store),
         optimizers=build_optimizers(model, args, run, len(train)),
+        data_collator=collator,
     )
     record = train_evaluate_and_record(
         trainer,

@@ -739,3 +739,54 @@ def test_study_report_targets_and_regime_analysis(tmp_path):
     text = (tmp_path / "out" / "long_tail_text.md").read_text()
     assert "## banking77_lt_finetune" in text and "| dsb_balanced_softmax | 3 | 75.00 ± 1.00 |" in text
     assert (tmp_path / "out" / "regimes_scale_vs_count.png").is_file()
+
+
+def _crop_outcome(out, image, mean, std, p):
+    """(top, left, flipped) of an augmented ``out [C, H, W]`` of ``image [H, W, C]`` uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    padded = F.pad(x, (p, p, p, p))
+    raw = out * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    h, w = image.shape[:2]
+    for top in range(2 * p + 1):
+        for left in range(2 * p + 1):
+            crop = padded[:, top : top + h, left : left + w]
+            for flipped, candidate in ((False, crop), (True, crop.flip(-1))):
+                if torch.allclose(raw, candidate, atol=1e-5):
+                    return top, left, flipped
+    raise AssertionError("not a crop of the padded image")
+
+
+def test_batched_augmentation_has_the_per_item_distribution():
+    """The batched collator draws the same crops and flips as the per-image transform: every one of the
+    (2p+1)^2 x 2 outcomes, uniformly (chi-square on 3,000 draws each); without training both are identical."""
+    import torch
+    from scipy import stats
+
+    from recipes.train_image import BatchImageCollator, ImageTransform, UInt8Images
+
+    p, h, w = 2, 5, 5
+    image = (np.arange(h * w * 3).reshape(h, w, 3) + 10).astype(np.uint8)  # distinct pixels, none 0 (the padding)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    draws = 3000
+    per_item = ImageTransform(mean, std, image.shape, train=True, crop_padding=p)
+    torch.manual_seed(0)
+    old = per_item({"image": [image.tobytes()] * draws, "label": [0] * draws})["pixel_values"]
+    dataset = UInt8Images(np.repeat(image[None], draws, axis=0), [0] * draws, augment=True)
+    collate = BatchImageCollator(mean, std, crop_padding=p)
+    torch.manual_seed(0)
+    new = collate([dataset[i] for i in range(draws)])["pixel_values"]
+    assert new.shape == old.shape == (draws, 3, h, w) and new.dtype == old.dtype == torch.float32
+    cells = [(t, left, f) for t in range(2 * p + 1) for left in range(2 * p + 1) for f in (False, True)]
+    counts = {}
+    for name, batch in (("per_item", old), ("batched", new)):
+        outcomes = [_crop_outcome(batch[i], image, mean, std, p) for i in range(draws)]
+        counts[name] = [outcomes.count(c) for c in cells]
+        assert min(counts[name]) > 0  # every crop and flip is reachable
+        assert stats.chisquare(counts[name]).pvalue > 1e-3, name  # uniform
+    assert stats.chi2_contingency([counts["per_item"], counts["batched"]]).pvalue > 1e-3  # the same distribution
+    plain = ImageTransform(mean, std, image.shape, train=False)({"image": [image.tobytes()], "label": [0]})
+    evaluated = collate([dataset.view(augment=False)[0]])
+    torch.testing.assert_close(evaluated["pixel_values"], plain["pixel_values"], rtol=0, atol=1e-6)
