@@ -137,6 +137,13 @@ def _worker(args: argparse.Namespace) -> None:
         gat_all = (
             acc.gather(torch.tensor([statistics.median(times)], dtype=torch.float64, device=device)).cpu().tolist()
         )
+        # --- the pool a SemanticScaleBalancer allocates on this process (class-sharded by default), float16
+        from hf_semscale import BalancerSettings, FeaturePool, SemanticScaleBalancer
+
+        balancer = SemanticScaleBalancer(sizes, BalancerSettings(pool_dtype="float16"), comm=acc)
+        stored = balancer._stored_classes(d)
+        pool_bytes = FeaturePool(balancer.capacities, d, "float16", stored=stored).nbytes
+        bytes_all = acc.gather(torch.tensor([pool_bytes], dtype=torch.long, device=device)).cpu().tolist()
         if rank == 0:
             out["cases"][name] = {
                 "dim": d,
@@ -152,6 +159,7 @@ def _worker(args: argparse.Namespace) -> None:
                 "recompute_compute_only_ms_per_process": [1e3 * t for t in own_all],
                 "recompute_bytes_sent_per_process": recompute_bytes,
                 "max_abs_diff_vs_one_process_bits": float((scales.cpu() - reference).abs().max()),
+                "pool_bytes_per_process": bytes_all,
             }
     if rank == 0:
         Path(args.out).write_text(json.dumps(out, indent=2), encoding="utf-8")
@@ -227,6 +235,10 @@ def _table(results: dict[int, dict], case: str) -> list[str]:
         ),
         ("bytes sent per process per update", lambda r: f"{r['recompute_bytes_sent_per_process']:.0f} B"),
         ("max abs diff of the scales vs 1 process", lambda r: f"{r['max_abs_diff_vs_one_process_bits']:.1e} bits"),
+        (
+            "pool memory per process (float16, class-sharded)",
+            lambda r: " / ".join(_kib(b) for b in r["pool_bytes_per_process"]),
+        ),
     ]
     first = results[procs[0]]["cases"][case]
     lines = [

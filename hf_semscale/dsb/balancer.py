@@ -41,7 +41,14 @@ from ..core.weighting import (
     scale_equivalent_counts,
     semantic_scale_weights,
 )
-from .comm import assert_same_on_all_processes, gather_labelled_features, sharded_class_scales
+from .comm import (
+    assert_same_on_all_processes,
+    gather_labelled_features,
+    gather_rows,
+    owned_class_scales,
+    shard_classes_by_cost,
+    sharded_class_scales,
+)
 from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
 from .settings import BalancerSettings
 
@@ -161,6 +168,28 @@ class SemanticScaleBalancer:
     @property
     def uses_pool(self) -> bool:
         return self.settings.uses_pool
+
+    @property
+    def shards_pool(self) -> bool:
+        """Whether each process stores only its classes' pool rows (``settings.shard_pool`` with several processes)."""
+        return (
+            self.settings.shard_pool
+            and getattr(self.comm, "num_processes", 1) > 1
+            and self.settings.weighting != "scale_equivalent_count"
+        )
+
+    def class_owner(self, feature_dim: int) -> Tensor:
+        """``[C]`` long: the process storing (and measuring) each class in a sharded pool, -1 for classes of fewer
+        than 2 rows (scale 0); the class-cost split of the capacities, the same on every process."""
+        shards = shard_classes_by_cost(self.capacities.tolist(), feature_dim, self.comm.num_processes)
+        owner = torch.full((self.num_classes,), -1, dtype=torch.long)
+        for rank, classes in enumerate(shards):
+            owner[classes] = rank
+        return owner
+
+    def _stored_classes(self, feature_dim: int) -> Tensor | None:
+        """``[C]`` bool: this process's classes in a sharded pool; None for an unsharded one."""
+        return self.class_owner(feature_dim) == self.comm.process_index if self.shards_pool else None
 
     @property
     def capturing(self) -> bool:
@@ -331,9 +360,16 @@ class SemanticScaleBalancer:
     def _update_weights(self, step: int, logs: dict[str, float]) -> None:
         s = self.settings
         features, labels = self.pool.contents()
-        scales = sharded_class_scales(
-            self.comm, features, labels, self.num_classes, normalize=s.normalize_features, alpha=s.alpha, step=step
-        ).cpu()
+        if self.pool.is_sharded:  # each process measures the classes it stores
+            owner = self.class_owner(self.pool.feature_dim)
+            scales = owned_class_scales(
+                self.comm, features, labels, self.num_classes, owner, normalize=s.normalize_features, alpha=s.alpha,
+                step=step,
+            ).cpu()  # fmt: skip
+        else:
+            scales = sharded_class_scales(
+                self.comm, features, labels, self.num_classes, normalize=s.normalize_features, alpha=s.alpha, step=step
+            ).cpu()
         self.semantic_scales = scales
         if s.weighting == "scale_equivalent_count":
             self.equivalent_counts = self._scale_equivalent_counts(features, labels, scales)
@@ -435,7 +471,10 @@ class SemanticScaleBalancer:
             self.comm, "SemanticScaleBalancer", step=self._step, num_labels=self.num_classes, feature_dim=feature_dim
         )
         self.check_pool_budget(feature_dim)
-        self.pool = FeaturePool(self.capacities, feature_dim, self.settings.pool_dtype, device=self.device)
+        stored = self._stored_classes(feature_dim)
+        self.pool = FeaturePool(
+            self.capacities, feature_dim, self.settings.pool_dtype, device=self.device, stored=stored
+        )
 
     def loss(
         self, logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None, weighted: bool = True
@@ -459,8 +498,10 @@ class SemanticScaleBalancer:
         if self._budget_checked_dim == feature_dim:
             return
         s = self.settings
-        rows = int(self.capacities.sum())
-        needed = estimate_pool_bytes(self.capacities, feature_dim, s.pool_dtype)
+        stored = self._stored_classes(feature_dim)
+        capacities = self.capacities if stored is None else self.capacities * stored  # this process's rows
+        rows = int(capacities.sum())
+        needed = estimate_pool_bytes(capacities, feature_dim, s.pool_dtype)
         budget = s.max_pool_memory_mb * 2**20
         logger.info(
             "SemanticScaleBalancer pool: %d classes, %d rows (capacity min(n_c, %s)), d=%d, %s: %d bytes = %.1f MiB "
@@ -485,7 +526,7 @@ class SemanticScaleBalancer:
             fitted = estimate_pool_bytes(pool_capacities(self.class_counts, k), feature_dim, s.pool_dtype)
             fixes.append(f"set {p}pool_capacity={k} (rows per class; {fitted / 2**20:.2f} MiB)")
         if itemsize > 2:
-            half = estimate_pool_bytes(self.capacities, feature_dim, "float16")
+            half = estimate_pool_bytes(capacities, feature_dim, "float16")
             fixes.append(f"set {p}pool_dtype='bfloat16' or 'float16' ({half / 2**20:.2f} MiB)")
         fixes.append(f"raise {p}max_pool_memory_mb")
         too_big = (
@@ -502,7 +543,9 @@ class SemanticScaleBalancer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Named tensors only (safetensors- and ``register_for_checkpointing``-ready)."""
+        """Named tensors only (safetensors- and ``register_for_checkpointing``-ready). The whole pool, also when it
+        is sharded (then every process must call this: the rows are gathered), so a state resumes on any number
+        of processes."""
         counters = [
             self._fill_start_step,
             self._reweight_start_step,
@@ -516,7 +559,10 @@ class SemanticScaleBalancer:
             "semscale.class_counts": self.class_counts,
             "semscale.counters": torch.tensor(counters, dtype=torch.long),
         }
-        if self.pool is not None:
+        if self.pool is not None and self.pool.is_sharded:
+            features, labels = gather_rows(self.comm, *self.pool.contents(), step=self._step)
+            tensors.update(self.pool.resharded(None, (features, labels)).state_dict())
+        elif self.pool is not None:
             tensors.update(self.pool.state_dict())
         return tensors
 
@@ -555,6 +601,9 @@ class SemanticScaleBalancer:
                 raise PoolFileError(f"{source}: pool.storage has shape {tuple(storage.shape)}, expected [rows, d]")
             pool = FeaturePool(self.capacities, int(storage.shape[1]), self.settings.pool_dtype, device=self.device)
             pool.load_state_dict(state, source=source)
+            stored = self._stored_classes(pool.feature_dim)
+            if stored is not None:
+                pool = pool.resharded(stored)  # keep this process's classes
         # Everything checked: restore.
         self.pool = pool  # None: saved before the first observed batch
         self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates, stage = counters

@@ -33,6 +33,8 @@ __all__ = [
     "gather_labelled_features",
     "shard_classes_by_cost",
     "sharded_class_scales",
+    "owned_class_scales",
+    "gather_rows",
     "assert_same_on_all_processes",
     "apply_process_group_timeout",
     "MAX_GATHERED_LABEL",
@@ -184,6 +186,54 @@ def gather_labelled_features(
     gathered = _collective(accelerator, "gather of the batch features", step, accelerator.gather, packed)
     gathered = torch.cat([gathered[r * max_rows : r * max_rows + n] for r, n in enumerate(rows)], dim=0)
     return gathered[:, :width], gathered[:, width].round().to(torch.long)
+
+
+def gather_rows(accelerator: Any, features: Tensor, labels: Tensor, step: int | None = None) -> tuple[Tensor, Tensor]:
+    """Every process's ``features [N_r, d]`` (any dtype, kept exactly) and ``labels [N_r]`` concatenated in rank
+    order; ``N_r`` may differ. Three collectives (sizes, padded features, padded labels); none with one process."""
+    if not _is_multi_process(accelerator):
+        return features, labels
+    device = accelerator.device
+    sizes = _collective(
+        accelerator, "gather of the pool-row counts", step, accelerator.gather,
+        torch.tensor([features.shape[0]], dtype=torch.long, device=device),
+    ).tolist()  # fmt: skip
+    top = max(sizes)
+    padded = features.new_zeros((top, features.shape[1]))
+    padded[: features.shape[0]] = features
+    padded_labels = torch.full((top,), _PAD_LABEL, dtype=torch.long, device=device)
+    padded_labels[: labels.shape[0]] = labels.to(device)
+    all_features = _collective(accelerator, "gather of the pool rows", step, accelerator.gather, padded.to(device))
+    all_labels = _collective(accelerator, "gather of the pool labels", step, accelerator.gather, padded_labels)
+    keep = torch.cat([torch.arange(r * top, r * top + n) for r, n in enumerate(sizes)]).to(device)
+    return all_features[keep], all_labels[keep]
+
+
+def owned_class_scales(
+    accelerator: Any,
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    owner: Tensor,
+    normalize: bool = True,
+    alpha: float | None = None,
+    step: int | None = None,
+) -> Tensor:
+    """The ``[C]`` float64 scales of a class-sharded pool, identical on every process: each process computes the
+    classes it owns (``owner [C]``: the rank holding each class's rows, -1 for none: scale 0) from its own
+    ``features`` / ``labels``, and the ``[P, C]`` results are gathered, each class taken from its owner."""
+    mine = [c for c in range(num_classes) if int(owner[c]) == accelerator.process_index]
+    local = class_semantic_scales(features, labels, num_classes, normalize=normalize, alpha=alpha, classes=mine)
+    gathered = _collective(
+        accelerator,
+        "gather of the per-class semantic scales",
+        step,
+        accelerator.gather,
+        local.to(accelerator.device)[None],
+    ).cpu()  # [P, C]
+    scales = gathered.gather(0, owner.clamp_min(0)[None])[0]
+    scales[owner < 0] = 0.0
+    return scales.to(features.device)
 
 
 def shard_classes_by_cost(class_sizes: list[int], feature_dim: int, num_shards: int) -> list[list[int]]:

@@ -95,6 +95,8 @@ class FeaturePool:
         dtype: storage dtype (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``);
             scales are computed in float64 whatever it is.
         device: where the storage lives.
+        stored: ``[C]`` bool, the classes whose rows this pool keeps (a class-sharded pool: one process's share);
+            default all. The counters (``filled``, ``total_added``, ``write_pos``) follow every class either way.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class FeaturePool:
         feature_dim: int,
         dtype: str | torch.dtype = "float16",
         device: str | torch.device = "cpu",
+        stored: Tensor | None = None,
     ):
         self.capacities = torch.as_tensor(capacities, dtype=torch.long).cpu()
         if self.capacities.ndim != 1 or bool((self.capacities < 1).any()):
@@ -113,8 +116,14 @@ class FeaturePool:
         self.feature_dim = int(feature_dim)
         self.dtype = _resolve_dtype(dtype)
         self.device = torch.device(device)
-        self.offsets = torch.cumsum(self.capacities, 0) - self.capacities
-        self.storage = torch.zeros(int(self.capacities.sum()), self.feature_dim, dtype=self.dtype, device=self.device)
+        self.stored = (
+            torch.ones(self.num_classes, dtype=torch.bool) if stored is None else torch.as_tensor(stored).cpu()
+        )
+        if self.stored.shape != self.capacities.shape or self.stored.dtype != torch.bool:
+            raise ValueError(f"stored must be a [{self.num_classes}] bool mask")
+        rows = self.capacities * self.stored  # storage rows per class
+        self.offsets = torch.cumsum(rows, 0) - rows
+        self.storage = torch.zeros(int(rows.sum()), self.feature_dim, dtype=self.dtype, device=self.device)
         self.write_pos = torch.zeros(self.num_classes, dtype=torch.long)  # next row to write, per class
         self.filled = torch.zeros(self.num_classes, dtype=torch.long)  # rows holding data, per class
         self.total_added = torch.zeros(self.num_classes, dtype=torch.long)
@@ -122,6 +131,10 @@ class FeaturePool:
     @property
     def nbytes(self) -> int:
         return self.storage.numel() * self.storage.element_size()
+
+    @property
+    def is_sharded(self) -> bool:
+        return not bool(self.stored.all())
 
     @property
     def is_full(self) -> bool:
@@ -153,6 +166,8 @@ class FeaturePool:
         newest = rank >= per_class[labels] - cap  # drop rows that the same batch overwrites anyway
         labels, idx, rank, cap = labels[newest], idx[newest], rank[newest], cap[newest]
         rows = self.offsets[labels] + (self.write_pos[labels] + rank) % cap
+        mine = self.stored[labels]  # a sharded pool counts every class but writes only its own
+        labels, idx, rows = labels[mine], idx[mine], rows[mine]
         values = features[idx.to(features.device)].detach().to(self.storage)
         self._check_representable(features[idx.to(features.device)], values, labels)
         self.storage[rows.to(self.device)] = values
@@ -174,19 +189,47 @@ class FeaturePool:
             "semscale_pool_dtype='bfloat16' or 'float32', or L2-normalise the features (semscale_normalize_features=True)."
         )
 
+    def _ring_rows(self) -> tuple[Tensor, Tensor]:
+        """Storage rows of every held feature and their labels, grouped by class (0 first), oldest first."""
+        held = self.filled * self.stored
+        labels = torch.repeat_interleave(torch.arange(self.num_classes), held)
+        first_of_class = torch.cumsum(held, 0) - held
+        age_rank = torch.arange(labels.numel()) - first_of_class[labels]  # 0 = oldest
+        oldest = self.write_pos[labels] - self.filled[labels]
+        return self.offsets[labels] + (oldest + age_rank) % self.capacities[labels], labels
+
     def contents(self) -> tuple[Tensor, Tensor]:
-        """All stored rows ``[N, d]`` (storage dtype) and their labels ``[N]``, N = ``filled.sum()``.
+        """All stored rows ``[N, d]`` (storage dtype) and their labels ``[N]``, N = ``filled[stored].sum()``.
 
         Grouped by class (0 first); within a class, oldest row first.
         """
-        labels = torch.repeat_interleave(torch.arange(self.num_classes), self.filled)
-        first_of_class = torch.cumsum(self.filled, 0) - self.filled
-        age_rank = torch.arange(labels.numel()) - first_of_class[labels]  # 0 = oldest
-        oldest = self.write_pos[labels] - self.filled[labels]
-        rows = self.offsets[labels] + (oldest + age_rank) % self.capacities[labels]
+        rows, labels = self._ring_rows()
         return self.storage[rows.to(self.device)], labels.to(self.device)
 
+    def resharded(self, stored: Tensor | None = None, rows: tuple[Tensor, Tensor] | None = None) -> FeaturePool:
+        """A pool with these counters that keeps the classes ``stored`` (default all), filled from ``rows``
+        (``(features [N, d], labels [N])`` grouped by class, oldest first, as :meth:`contents` returns them, holding
+        at least every kept class's rows; default this pool's own contents)."""
+        pool = FeaturePool(self.capacities, self.feature_dim, self.dtype, self.device, stored)
+        pool.write_pos, pool.filled, pool.total_added = (
+            self.write_pos.clone(),
+            self.filled.clone(),
+            self.total_added.clone(),
+        )
+        features, labels = rows if rows is not None else self.contents()
+        target_rows, target_labels = pool._ring_rows()
+        order = torch.argsort(labels.cpu(), stable=True)  # class-grouped, oldest first within a class
+        keep = pool.stored[labels.cpu()[order]]
+        source = order[keep]
+        if not torch.equal(labels.cpu()[source], target_labels):
+            raise ValueError("rows do not hold exactly the filled rows of the kept classes")
+        pool.storage[target_rows.to(pool.device)] = features[source.to(features.device)].to(pool.storage)
+        return pool
+
     def state_dict(self) -> dict[str, Tensor]:
+        """Tensors of an unsharded pool (a sharded one: :meth:`resharded` with the gathered rows of every class)."""
+        if self.is_sharded:
+            raise RuntimeError("a class-sharded pool holds only its classes' rows: gather the whole pool to save it")
         return {
             "pool.storage": self.storage,
             "pool.capacities": self.capacities,
@@ -196,7 +239,10 @@ class FeaturePool:
         }
 
     def load_state_dict(self, state: dict[str, Tensor], source: str = "state dict") -> None:
-        """Restore from :meth:`state_dict`; a mismatch raises :class:`PoolFileError` naming ``source``."""
+        """Restore from :meth:`state_dict` (into an unsharded pool); a mismatch raises :class:`PoolFileError` naming
+        ``source``."""
+        if self.is_sharded:
+            raise RuntimeError("load into an unsharded pool, then keep a process's classes with resharded()")
         missing = [k for k in self.state_dict() if k not in state]
         if missing:
             raise PoolFileError(f"{source}: not a feature-pool state (missing {missing})")

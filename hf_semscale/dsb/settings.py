@@ -93,7 +93,13 @@ class BalancerSettings:
     )
     pool_dtype: str = _knob("float16", "Storage dtype of the pool; scales are computed in float64.", POOL_DTYPES)
     max_pool_memory_mb: float = _knob(
-        4096.0, "Stop before training if the pool would take more memory than this (MiB)."
+        4096.0, "Stop before training if the pool would take more memory than this (MiB, per process)."
+    )
+    shard_pool: bool = _knob(
+        True,
+        "With several processes, each stores only the pool rows of the classes whose volumes it computes (memory "
+        "per process ~1/processes; weights identical). Not for weighting='scale_equivalent_count', which reads the "
+        "whole pool. False: every process holds the whole pool.",
     )
     gamma: float = _knob(1.0, "DSB strength: w_c ∝ (max_j S_j / S_c) ** gamma.")
     normalization: str = _knob(

@@ -41,6 +41,7 @@ class SemScaleConfig(TrainingArguments):
     semscale_pool_capacity: int = knob_field("pool_capacity")
     semscale_pool_dtype: str = knob_field("pool_dtype")
     semscale_max_pool_memory_mb: float = knob_field("max_pool_memory_mb")
+    semscale_shard_pool: bool = knob_field("shard_pool")
     semscale_gamma: float = knob_field("gamma")
     semscale_normalization: str = knob_field("normalization")
     semscale_weight_floor: float = knob_field("weight_floor")

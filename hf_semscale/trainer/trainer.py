@@ -306,9 +306,13 @@ class SemScaleTrainer(Trainer):
     # ------------------------------------------------------------------ persistence
 
     def _save_semscale_state(self, checkpoint_dir: str) -> None:
+        """Every process calls this (a class-sharded pool is gathered first); the main process writes the file."""
+        tensors = self.balancer.state_dict()
+        if not self.args.should_save:
+            return
         pool = self.balancer.pool
         save_state_file(
-            self.balancer.state_dict(),
+            tensors,
             checkpoint_dir,
             self.num_labels,
             pool.feature_dim if pool is not None else 0,
@@ -370,7 +374,7 @@ class SemScaleTrainer(Trainer):
         checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            self._save_semscale_state(str(checkpoint_dir))
+        self._save_semscale_state(str(checkpoint_dir))
         super()._save_checkpoint(model, trial)  # writes trainer_state.json last: the completeness mark
         self._write_scale_report()
 
@@ -541,6 +545,7 @@ def _check_processes_agree(trainer: SemScaleTrainer, resume_from_checkpoint: str
         fill_max_steps=a.semscale_fill_max_steps,
         update_interval=a.semscale_update_interval,
         pool_capacity=a.semscale_pool_capacity,
+        shard_pool=int(a.semscale_shard_pool),
         resume_checkpoint_step=resume_step,
     )
     if trainer.num_labels >= MAX_GATHERED_LABEL:

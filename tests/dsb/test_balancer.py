@@ -260,17 +260,38 @@ def test_accelerate_save_state_mid_run_resumes_identically(tmp_path):
 
 
 @pytest.mark.distributed
-def test_torch_distributed_comm_gives_every_rank_the_pool_and_weights_of_one_process(tmp_path):
-    """2 gloo processes, uneven shares of every batch: both end bit-identical, and equal to one process that
-    observed each whole batch (in rank order)."""
+@pytest.mark.parametrize("shard_pool", [True, False])
+def test_torch_distributed_comm_gives_every_rank_the_weights_of_one_process(tmp_path, shard_pool):
+    """2 gloo processes, uneven shares of every batch, the pool class-sharded (each rank stores about half the rows)
+    or replicated: both ranks end bit-identical, equal to one process that observed each whole batch (<= 1e-12), and
+    the saved state resumes on one process as if the run had been one process all along."""
+    import json
+
     import comm_worker
     import torch.multiprocessing as mp
 
-    mp.spawn(comm_worker.rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(comm_worker.rank_main, args=(2, str(tmp_path / "init"), str(tmp_path), shard_pool), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = SemanticScaleBalancer(comm_worker.COUNTS, BalancerSettings(**comm_worker.SETTINGS))
+    infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    settings = BalancerSettings(**comm_worker.SETTINGS)
+    single = SemanticScaleBalancer(comm_worker.COUNTS, settings)
     comm_worker.run_loop(single, rank=0, world_size=1)
-    assert single.num_updates >= 4 and not torch.allclose(single.class_weights, torch.ones(3, dtype=torch.float64))
+    assert single.num_updates >= 4 and not torch.allclose(single.class_weights, torch.ones(8, dtype=torch.float64))
     for key, value in single.state_dict().items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-        torch.testing.assert_close(ranks[0][key], value, rtol=1e-9, atol=1e-12, msg=key)
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-12, atol=1e-12, msg=key)
+    if shard_pool:
+        assert all(info["sharded"] for info in infos)
+        assert max(info["pool_nbytes"] for info in infos) <= 0.55 * single.pool.nbytes
+        assert sum(info["pool_nbytes"] for info in infos) == single.pool.nbytes
+    else:
+        assert all(info["pool_nbytes"] == single.pool.nbytes for info in infos)
+    # resume the 2-process state on 1 process: the same as continuing the 1-process run
+    resumed = SemanticScaleBalancer(comm_worker.COUNTS, settings)
+    resumed.start(comm_worker.STEPS + 6, steps_per_epoch=3)
+    resumed.load_state_dict(ranks[0])
+    more = range(comm_worker.STEPS, comm_worker.STEPS + 6)
+    comm_worker.run_loop(resumed, 0, 1, more, start=False)
+    comm_worker.run_loop(single, 0, 1, more, start=False)
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-12, atol=1e-12, msg=key)

@@ -377,6 +377,11 @@ def test_two_processes_match_one_process_on_the_same_global_batches(two_process_
     info1 = json.loads((two_process_run.one / "train" / "rank0.json").read_text())
     assert info1["num_processes"] == 1
     assert info2["update_steps"] == info1["update_steps"] and len(info1["update_steps"]) == 10
+    # each rank stored only its classes' rows (the default class-sharded pool); the saved pool is whole
+    info2_rank1 = _phase_result(two_process_run, "train", 1)[1]
+    assert info2["pool_sharded"] and info2_rank1["pool_sharded"] and not info1["pool_sharded"]
+    assert max(info2["pool_nbytes"], info2_rank1["pool_nbytes"]) < info1["pool_nbytes"]
+    assert info2["pool_nbytes"] + info2_rank1["pool_nbytes"] == info1["pool_nbytes"]
     # the pool saw the global batch: the same rows per class (order-robust), the same counts
     for key in ("pool.filled", "pool.total_added", "pool.capacities"):
         assert torch.equal(two[key], one[key]), key

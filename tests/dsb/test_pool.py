@@ -350,3 +350,30 @@ def test_bad_add():
     with pytest.raises(ValueError, match=r"labels \[.*\] are outside \[0, 2\) and not -100"):
         pool.add(torch.zeros(2, 3), torch.tensor([0, 2]))
     assert pool.filled.tolist() == [0, 0]
+
+
+def test_a_class_sharded_pool_keeps_only_its_classes_and_reassembles_exactly():
+    caps = torch.tensor([3, 2, 4, 1])
+    stored = torch.tensor([True, False, True, False])
+    full, shard = FeaturePool(caps, 5, "float32"), FeaturePool(caps, 5, "float32", stored=stored)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        features, labels = torch.randn(6, 5, generator=generator), torch.randint(0, 4, (6,), generator=generator)
+        full.add(features, labels)
+        shard.add(features, labels)
+    for name in ("filled", "total_added", "write_pos"):  # every class is counted
+        assert torch.equal(getattr(shard, name), getattr(full, name)), name
+    assert shard.is_sharded and shard.nbytes == int((caps * stored).sum()) * 5 * 4 < full.nbytes
+    full_features, full_labels = full.contents()
+    mine = stored[full_labels]
+    shard_features, shard_labels = shard.contents()
+    assert torch.equal(shard_labels, full_labels[mine]) and torch.equal(shard_features, full_features[mine])
+    with pytest.raises(RuntimeError, match="gather the whole pool"):
+        shard.state_dict()
+    # the rows of every class (as gathered from all shards) give back the whole pool, bit for bit
+    whole = shard.resharded(None, (full_features, full_labels))
+    for key, value in full.state_dict().items():
+        assert torch.equal(whole.state_dict()[key], value), key
+    # and a whole pool gives any shard
+    again = full.resharded(stored)
+    assert torch.equal(again.contents()[0], shard_features)

@@ -162,8 +162,8 @@ def dump(trainer, folder: Path) -> None:
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
     tensors["class_weights"] = trainer.class_weights
     tensors["semantic_scales"] = trainer.semantic_scales
-    if trainer.pool is not None:
-        tensors.update({k: v.contiguous() for k, v in trainer.pool.state_dict().items()})
+    state = trainer.balancer.state_dict()  # every rank: a class-sharded pool is gathered whole
+    tensors.update({k: v.contiguous() for k, v in state.items() if k.startswith("pool.")})
     if trainer.update_log:
         tensors["history.steps"] = torch.tensor([s for s, _, _ in trainer.update_log], dtype=torch.long)
         tensors["history.weights"] = torch.stack([w for _, w, _ in trainer.update_log])
@@ -177,6 +177,8 @@ def dump(trainer, folder: Path) -> None:
         "global_step": trainer.state.global_step,
         "stage": trainer.stage,
         "num_updates": trainer.balancer.num_updates,
+        "pool_nbytes": trainer.pool.nbytes if trainer.pool is not None else 0,
+        "pool_sharded": trainer.pool.is_sharded if trainer.pool is not None else False,
         "update_steps": [s for s, _, _ in trainer.update_log],
     }
     (folder / f"rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")

@@ -1,0 +1,255 @@
+"""Capacity model of DSB: what the pool and its re-measurements cost per process, at any scale (issue 13, item 2).
+
+For a class-count profile, feature size d, pool dtype and number of processes P it predicts, from the library's
+own rules (the pool capacities ``min(n_c, K)``, the class-cost split ``shard_classes_by_cost`` of the class-sharded
+pool, the packing of the per-step gather, the Gram + Cholesky of each class volume):
+
+- pool memory per process (the largest shard), bytes;
+- bytes each process receives from the per-step feature gather (``P * ceil(B / P) * (d + 1) * 4``) and sends;
+- float64 work per re-measurement on the busiest process: ``sum_c 2 min(m_c, d)^2 max(m_c, d) + min(m_c, d)^3 / 3``
+  flops over its classes;
+- the update's cost per training step: that work / ``update_interval``, and in seconds at this machine's measured
+  float64 rate for volume computations (calibrated once, on one small case).
+
+Then it checks the predictions against measurements at small sizes: the bytes of real (sharded) ``FeaturePool``
+objects, the bytes ``gather_labelled_features`` really sends (through a counting communicator), and the measured
+time of ``class_semantic_scales`` on synthetic pools of other sizes than the calibration's (target: within 10 %).
+
+Profiles (synthetic, with the real datasets' class count, total, largest and smallest class):
+CIFAR-100-LT (IF 100, d = 64), ImageNet-LT (1,000 classes, 115,846 images, 1,280..5, d = 2048), iNaturalist 2018
+(8,142 classes, 437,513 images, 1,000..2, d = 2048) and a 10,000-class, 1,000,000-sample decoder classifier
+(IF 100, d = 4,096).
+
+    python benchmarks/capacity.py                      # the table and the checks; writes benchmarks/results/capacity.*
+    python benchmarks/capacity.py --processes 1 8 64 --capacity 0 --dtype float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hf_semscale.core.scale import class_semantic_scales  # noqa: E402
+from hf_semscale.dsb.comm import gather_labelled_features, shard_classes_by_cost  # noqa: E402
+from hf_semscale.dsb.pool import FeaturePool, estimate_pool_bytes, pool_capacities  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def fitted_profile(num_classes: int, total: int, largest: int, smallest: int) -> list[int]:
+    """Counts from ``largest`` down to ``smallest`` along ``n(x) = smallest + (largest - smallest) x^p``
+    (x from 1 to 0), the exponent ``p`` bisected so that they sum to ``total`` (within rounding)."""
+    xs = [1 - c / (num_classes - 1) for c in range(num_classes)]
+
+    def counts(p: float) -> list[int]:
+        return [round(smallest + (largest - smallest) * x**p) for x in xs]
+
+    lo, hi = 0.01, 100.0
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if sum(counts(mid)) > total else (lo, mid)
+    return counts(math.sqrt(lo * hi))
+
+
+def long_tail(num_classes: int, n_max: int, factor: float) -> list[int]:
+    """Cao et al.'s exponential profile ``n_max * factor^(-c / (C - 1))``."""
+    return [int(n_max * factor ** (-c / (num_classes - 1))) for c in range(num_classes)]
+
+
+def decoder_profile() -> list[int]:
+    """10,000 classes, IF 100, ``n_max`` chosen so that they sum to ~1,000,000."""
+    n_max = 1000
+    while sum(long_tail(10_000, n_max, 100)) < 1_000_000:
+        n_max += 10
+    return long_tail(10_000, n_max, 100)
+
+
+PROFILES = {
+    "CIFAR-100-LT": {"counts": lambda: long_tail(100, 500, 100), "dim": 64, "global_batch": 128},
+    "ImageNet-LT": {"counts": lambda: fitted_profile(1000, 115_846, 1280, 5), "dim": 2048, "global_batch": 256},
+    "iNaturalist 2018": {"counts": lambda: fitted_profile(8142, 437_513, 1000, 2), "dim": 2048, "global_batch": 256},
+    "decoder 10k x 1M": {"counts": decoder_profile, "dim": 4096, "global_batch": 256},
+}
+
+
+def volume_flops(rows: int, dim: int) -> float:
+    """float64 flops of one class volume: the Gram of its ``[m, d]`` features on the smaller side and the Cholesky."""
+    if rows < 2:
+        return 0.0
+    small, large = min(rows, dim), max(rows, dim)
+    return 2.0 * small * small * large + small**3 / 3.0
+
+
+def predict(counts: list[int], dim: int, dtype: str, processes: int, capacity: int, global_batch: int,
+            update_interval: int) -> dict:  # fmt: skip
+    """The model's numbers for one configuration (memory and work of the busiest process)."""
+    caps = pool_capacities(torch.tensor(counts), capacity).tolist()
+    shards = shard_classes_by_cost(caps, dim, processes) if processes > 1 else [list(range(len(caps)))]
+    rows = [sum(caps[c] for c in shard) for shard in shards]
+    work = [sum(volume_flops(caps[c], dim) for c in shard) for shard in shards]
+    per_rank_batch = math.ceil(global_batch / processes)
+    packed = per_rank_batch * (dim + 1) * 4  # the float32 [B_max, d + 1] of gather_labelled_features
+    return {
+        "classes": len(counts),
+        "samples": sum(counts),
+        "pool_rows": sum(caps),
+        "pool_bytes_per_process": max(rows) * dim * ITEMSIZE[dtype],
+        "pool_bytes_one_process": sum(caps) * dim * ITEMSIZE[dtype],
+        "gather_bytes_sent_per_step": packed + 16 if processes > 1 else 0,  # + the [1, 2] int64 sizes
+        "gather_bytes_received_per_step": processes * (packed + 16) if processes > 1 else 0,
+        "flops_per_update_busiest": max(work),
+        "flops_per_step_busiest": max(work) / update_interval,
+    }
+
+
+# ------------------------------------------------------------------ checks at small sizes
+
+
+class CountingComm:
+    """A stand-in for ``P`` processes seen from rank 0: ``gather`` returns P copies and counts the bytes sent."""
+
+    def __init__(self, processes: int):
+        self.num_processes, self.process_index, self.device, self.sent = processes, 0, torch.device("cpu"), 0
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.sent += tensor.numel() * tensor.element_size()
+        return torch.cat([tensor] * self.num_processes)
+
+
+def check_memory(counts: list[int], dim: int, dtype: str, processes: int, capacity: int) -> dict:
+    caps = pool_capacities(torch.tensor(counts), capacity)
+    owner = torch.full((len(counts),), -1, dtype=torch.long)
+    for rank, shard in enumerate(shard_classes_by_cost(caps.tolist(), dim, processes)):
+        owner[shard] = rank
+    measured = max(
+        FeaturePool(caps, dim, dtype, stored=(owner == r) if processes > 1 else None).nbytes for r in range(processes)
+    )
+    predicted = predict(counts, dim, dtype, processes, capacity, 128, 1)["pool_bytes_per_process"]
+    assert estimate_pool_bytes(caps, dim, dtype) == predict(counts, dim, dtype, 1, capacity, 128, 1)["pool_bytes_one_process"]
+    return {"what": f"pool bytes per process, P={processes}", "predicted": predicted, "measured": measured}
+
+
+def check_gather(dim: int, processes: int, global_batch: int) -> dict:
+    comm = CountingComm(processes)
+    b = math.ceil(global_batch / processes)
+    gather_labelled_features(comm, torch.randn(b, dim), torch.randint(0, 10, (b,)))
+    predicted = predict([10] * 10, dim, "float16", processes, 0, global_batch, 1)["gather_bytes_sent_per_step"]
+    return {"what": f"gather bytes sent per step, d={dim}, P={processes}", "predicted": predicted, "measured": comm.sent}
+
+
+def timed_scales(counts: list[int], dim: int, repeats: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    features = torch.nn.functional.normalize(torch.randn(labels.numel(), dim, generator=g), dim=-1)
+    class_semantic_scales(features, labels, len(counts))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        class_semantic_scales(features, labels, len(counts))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--dtype", choices=sorted(ITEMSIZE), default="float16")
+    parser.add_argument("--capacity", type=int, default=0, help="K: pool rows per class min(n_c, K); 0: n_c")
+    parser.add_argument("--update-interval", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    # calibration: this machine's float64 rate for volume computations, on one small case
+    calibration_counts, calibration_dim = long_tail(100, 500, 100), 64
+    seconds = timed_scales(calibration_counts, calibration_dim, args.repeats)
+    rate = sum(volume_flops(n, calibration_dim) for n in calibration_counts) / seconds  # flops / s
+    checks = [
+        check_memory(long_tail(100, 500, 100), 64, args.dtype, p, args.capacity) for p in (1, 2, 8)
+    ] + [check_gather(d, p, 128) for d, p in ((64, 2), (512, 8))]
+    for counts, dim in ((long_tail(50, 300, 20), 128), (long_tail(20, 800, 10), 256), (long_tail(200, 200, 50), 32)):
+        predicted = sum(volume_flops(n, dim) for n in counts) / rate
+        checks.append(
+            {"what": f"re-measurement seconds, {len(counts)} classes, d={dim}", "predicted": predicted,
+             "measured": timed_scales(counts, dim, args.repeats)}
+        )  # fmt: skip
+    for check in checks:
+        check["ratio"] = check["measured"] / check["predicted"] if check["predicted"] else None
+        check["within_10_percent"] = check["ratio"] is not None and abs(check["ratio"] - 1) <= 0.10
+
+    table = []
+    for name, profile in PROFILES.items():
+        counts = profile["counts"]()
+        for p in args.processes:
+            row = predict(counts, profile["dim"], args.dtype, p, args.capacity, profile["global_batch"], args.update_interval)
+            row.update(profile=name, dim=profile["dim"], processes=p, global_batch=profile["global_batch"])
+            row["seconds_per_update_busiest"] = row["flops_per_update_busiest"] / rate
+            row["seconds_per_step_busiest"] = row["flops_per_step_busiest"] / rate
+            table.append(row)
+
+    result = {
+        "benchmark": "capacity",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU; 1 torch thread",
+        "load_average": os.getloadavg(),
+        "float64_volume_rate_gflops": rate / 1e9,
+        "settings": {"dtype": args.dtype, "capacity": args.capacity, "update_interval": args.update_interval},
+        "checks": checks,
+        "table": table,
+        "command": "python benchmarks/capacity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    lines = [
+        "# Capacity model: pool memory, communication and re-measurement work per process",
+        "",
+        f"Pool dtype {args.dtype}, capacity {'n_c' if args.capacity <= 0 else f'min(n_c, {args.capacity})'}, "
+        f"update every {args.update_interval} steps, class-sharded pool. Seconds at this machine's measured float64 "
+        f"rate for volume computations ({rate / 1e9:.2f} GFLOP/s on 1 CPU thread; a GPU is 100-1000x faster). "
+        f"{result['machine']}. Command: `{result['command']}`.",
+        "",
+        "| profile | d | P | pool rows | pool memory / process | gather received / step | re-measurement work "
+        "(busiest) | per training step |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['profile']} ({r['classes']:,} classes, {r['samples']:,} samples) | {r['dim']} | {r['processes']} | "
+            f"{r['pool_rows']:,} | {_size(r['pool_bytes_per_process'])} | {_size(r['gather_bytes_received_per_step'])} | "
+            f"{r['flops_per_update_busiest'] / 1e9:,.1f} GFLOP ({r['seconds_per_update_busiest']:,.2f} s) | "
+            f"{r['seconds_per_step_busiest'] * 1e3:,.1f} ms |"
+        )
+    lines += ["", "Predictions checked against measurements at small sizes:", "",
+              "| quantity | predicted | measured | measured / predicted |", "|---|--:|--:|--:|"]  # fmt: skip
+    for c in checks:
+        fmt = (lambda v: f"{v * 1e3:.1f} ms") if "seconds" in c["what"] else (lambda v: f"{int(v):,} B")
+        lines.append(f"| {c['what']} | {fmt(c['predicted'])} | {fmt(c['measured'])} | {c['ratio']:.3f} |")
+    lines.append("")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "capacity.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return result
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
+if __name__ == "__main__":
+    main()
