@@ -8,12 +8,13 @@ pool, the packing of the per-step gather, the Gram + Cholesky of each class volu
 - bytes each process receives from the per-step feature gather (``P * ceil(B / P) * (d + 1) * 4``) and sends;
 - float64 work per re-measurement on the busiest process: ``sum_c 2 min(m_c, d)^2 max(m_c, d) + min(m_c, d)^3 / 3``
   flops over its classes;
-- the update's cost per training step: that work / ``update_interval``, and in seconds at this machine's measured
-  float64 rate for volume computations (calibrated once, on one small case).
+- the update's cost per training step: that work / ``update_interval``; in seconds on this machine by
+  :class:`TimeModel`: the library's own chunk plan (classes of similar size batched and padded), each chunk's flops
+  at the float64 rate measured for its smaller matrix side, plus a fixed cost per chunk (the calibration).
 
 Then it checks the predictions against measurements at small sizes: the bytes of real (sharded) ``FeaturePool``
 objects, the bytes ``gather_labelled_features`` really sends (through a counting communicator), and the measured
-time of ``class_semantic_scales`` on synthetic pools of other sizes than the calibration's (target: within 10 %).
+time of ``class_semantic_scales`` on long-tailed pools unlike the calibration's (target: within 10 %).
 
 Profiles (synthetic, with the real datasets' class count, total, largest and smallest class):
 CIFAR-100-LT (IF 100, d = 64), ImageNet-LT (1,000 classes, 115,846 images, 1,280..5, d = 2048), iNaturalist 2018
@@ -41,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hf_semscale.core.scale import class_semantic_scales  # noqa: E402
+from hf_semscale.core.scale import _chunk_elements, _plan_chunks, class_semantic_scales  # noqa: E402
 from hf_semscale.dsb.comm import gather_labelled_features, shard_classes_by_cost  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool, estimate_pool_bytes, pool_capacities  # noqa: E402
 
@@ -71,9 +72,9 @@ def long_tail(num_classes: int, n_max: int, factor: float) -> list[int]:
 
 def decoder_profile() -> list[int]:
     """10,000 classes, IF 100, ``n_max`` chosen so that they sum to ~1,000,000."""
-    n_max = 1000
-    while sum(long_tail(10_000, n_max, 100)) < 1_000_000:
-        n_max += 10
+    n_max = 100
+    while sum(long_tail(10_000, n_max + 1, 100)) <= 1_000_000:
+        n_max += 1
     return long_tail(10_000, n_max, 100)
 
 
@@ -91,6 +92,45 @@ def volume_flops(rows: int, dim: int) -> float:
         return 0.0
     small, large = min(rows, dim), max(rows, dim)
     return 2.0 * small * small * large + small**3 / 3.0
+
+
+def padded_work(counts: list[int], dim: int) -> list[tuple[int, int]]:
+    """``(classes, padded rows)`` of each batched chunk ``class_semantic_scales`` computes for classes of ``counts``
+    rows: the library's own plan (classes of similar size batched, padded to the largest of their chunk)."""
+    sets = [(c, n) for c, n in enumerate(counts) if n >= 2]
+    return [(len(ch.classes), ch.width) for ch in _plan_chunks(sets, dim, _chunk_elements(torch.device("cpu")))]
+
+
+class TimeModel:
+    """Seconds of a re-measurement: per chunk, its flops at the float64 rate measured for its smaller matrix side
+    (interpolated in log-log between calibration sizes: small matrices run far below peak), plus a fixed cost."""
+
+    SIDES = (4, 16, 64, 256, 1024)
+
+    def __init__(self, repeats: int):
+        self.rate = {}
+        for side in self.SIDES:  # 4 classes of [side, 2 side] features: the smaller side is `side`
+            self.rate[side] = 4 * volume_flops(side, 2 * side) / timed_scales([side] * 4, 2 * side, repeats)
+        tiny = list(range(2, 402, 2))  # many chunks of little work: the fixed cost per chunk
+        chunks = padded_work(tiny, 8)
+        self.overhead = max(timed_scales(tiny, 8, repeats) - self._flops_seconds(chunks, 8), 0.0) / len(chunks)
+
+    def _rate(self, side: int) -> float:
+        sides = self.SIDES
+        side = min(max(side, sides[0]), sides[-1])
+        hi = next(i for i, s in enumerate(sides) if s >= side)
+        lo = max(hi - 1, 0)
+        if sides[hi] == sides[lo]:
+            return self.rate[sides[hi]]
+        t = (math.log(side) - math.log(sides[lo])) / (math.log(sides[hi]) - math.log(sides[lo]))
+        return math.exp((1 - t) * math.log(self.rate[sides[lo]]) + t * math.log(self.rate[sides[hi]]))
+
+    def _flops_seconds(self, chunks: list[tuple[int, int]], dim: int) -> float:
+        return sum(n * volume_flops(width, dim) / self._rate(min(width, dim)) for n, width in chunks)
+
+    def seconds(self, counts: list[int], dim: int) -> float:
+        chunks = padded_work(counts, dim)
+        return self._flops_seconds(chunks, dim) + len(chunks) * self.overhead
 
 
 def predict(counts: list[int], dim: int, dtype: str, processes: int, capacity: int, global_batch: int,
@@ -138,7 +178,10 @@ def check_memory(counts: list[int], dim: int, dtype: str, processes: int, capaci
         FeaturePool(caps, dim, dtype, stored=(owner == r) if processes > 1 else None).nbytes for r in range(processes)
     )
     predicted = predict(counts, dim, dtype, processes, capacity, 128, 1)["pool_bytes_per_process"]
-    assert estimate_pool_bytes(caps, dim, dtype) == predict(counts, dim, dtype, 1, capacity, 128, 1)["pool_bytes_one_process"]
+    assert (
+        estimate_pool_bytes(caps, dim, dtype)
+        == predict(counts, dim, dtype, 1, capacity, 128, 1)["pool_bytes_one_process"]
+    )
     return {"what": f"pool bytes per process, P={processes}", "predicted": predicted, "measured": measured}
 
 
@@ -147,7 +190,11 @@ def check_gather(dim: int, processes: int, global_batch: int) -> dict:
     b = math.ceil(global_batch / processes)
     gather_labelled_features(comm, torch.randn(b, dim), torch.randint(0, 10, (b,)))
     predicted = predict([10] * 10, dim, "float16", processes, 0, global_batch, 1)["gather_bytes_sent_per_step"]
-    return {"what": f"gather bytes sent per step, d={dim}, P={processes}", "predicted": predicted, "measured": comm.sent}
+    return {
+        "what": f"gather bytes sent per step, d={dim}, P={processes}",
+        "predicted": predicted,
+        "measured": comm.sent,
+    }
 
 
 def timed_scales(counts: list[int], dim: int, repeats: int) -> float:
@@ -174,15 +221,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    # calibration: this machine's float64 rate for volume computations, on one small case
-    calibration_counts, calibration_dim = long_tail(100, 500, 100), 64
-    seconds = timed_scales(calibration_counts, calibration_dim, args.repeats)
-    rate = sum(volume_flops(n, calibration_dim) for n in calibration_counts) / seconds  # flops / s
-    checks = [
-        check_memory(long_tail(100, 500, 100), 64, args.dtype, p, args.capacity) for p in (1, 2, 8)
-    ] + [check_gather(d, p, 128) for d, p in ((64, 2), (512, 8))]
-    for counts, dim in ((long_tail(50, 300, 20), 128), (long_tail(20, 800, 10), 256), (long_tail(200, 200, 50), 32)):
-        predicted = sum(volume_flops(n, dim) for n in counts) / rate
+    # calibration: the float64 rate at each d on 4 classes of 400 rows (flops dominate), the per-class overhead
+    # on 400 classes of 3 rows (bookkeeping dominates)
+    check_cases = [(long_tail(100, 500, 100), 64), (long_tail(50, 300, 20), 128), (long_tail(20, 800, 10), 256)]
+    model = TimeModel(args.repeats)
+    seconds = model.seconds
+    rate, overhead = model.rate, model.overhead
+
+    checks = [check_memory(long_tail(100, 500, 100), 64, args.dtype, p, args.capacity) for p in (1, 2, 8)] + [
+        check_gather(d, p, 128) for d, p in ((64, 2), (512, 8))
+    ]
+    for counts, dim in check_cases:
+        predicted = seconds(counts, dim)
         checks.append(
             {"what": f"re-measurement seconds, {len(counts)} classes, d={dim}", "predicted": predicted,
              "measured": timed_scales(counts, dim, args.repeats)}
@@ -194,18 +244,23 @@ def main(argv: list[str] | None = None) -> dict:
     table = []
     for name, profile in PROFILES.items():
         counts = profile["counts"]()
+        caps = pool_capacities(torch.tensor(counts), args.capacity).tolist()
         for p in args.processes:
-            row = predict(counts, profile["dim"], args.dtype, p, args.capacity, profile["global_batch"], args.update_interval)
+            row = predict(
+                counts, profile["dim"], args.dtype, p, args.capacity, profile["global_batch"], args.update_interval
+            )
             row.update(profile=name, dim=profile["dim"], processes=p, global_batch=profile["global_batch"])
-            row["seconds_per_update_busiest"] = row["flops_per_update_busiest"] / rate
-            row["seconds_per_step_busiest"] = row["flops_per_step_busiest"] / rate
+            shards = shard_classes_by_cost(caps, profile["dim"], p) if p > 1 else [list(range(len(caps)))]
+            row["seconds_per_update_busiest"] = max(seconds([caps[c] for c in s], profile["dim"]) for s in shards)
+            row["seconds_per_step_busiest"] = row["seconds_per_update_busiest"] / args.update_interval
             table.append(row)
 
     result = {
         "benchmark": "capacity",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU; 1 torch thread",
         "load_average": os.getloadavg(),
-        "float64_volume_rate_gflops": rate / 1e9,
+        "float64_volume_rate_gflops_by_smaller_side": {s: r / 1e9 for s, r in rate.items()},
+        "per_chunk_overhead_us": overhead * 1e6,
         "settings": {"dtype": args.dtype, "capacity": args.capacity, "update_interval": args.update_interval},
         "checks": checks,
         "table": table,
@@ -215,8 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
         "# Capacity model: pool memory, communication and re-measurement work per process",
         "",
         f"Pool dtype {args.dtype}, capacity {'n_c' if args.capacity <= 0 else f'min(n_c, {args.capacity})'}, "
-        f"update every {args.update_interval} steps, class-sharded pool. Seconds at this machine's measured float64 "
-        f"rate for volume computations ({rate / 1e9:.2f} GFLOP/s on 1 CPU thread; a GPU is 100-1000x faster). "
+        f"update every {args.update_interval} steps, class-sharded pool. Seconds on 1 CPU thread of this machine "
+        f"(float64 volume rate {', '.join(f'{r / 1e9:.1f}' for r in rate.values())} GFLOP/s for matrices whose "
+        f"smaller side is {', '.join(str(d) for d in rate)}; {overhead * 1e6:.0f} us per batched chunk of classes; "
+        "a GPU is 100-1000x faster). "
         f"{result['machine']}. Command: `{result['command']}`.",
         "",
         "| profile | d | P | pool rows | pool memory / process | gather received / step | re-measurement work "
