@@ -109,8 +109,10 @@ class TimeModel:
 
     def __init__(self, repeats: int):
         self.rate = {}
-        for side in self.SIDES:  # 4 classes of [side, 2 side] features: the smaller side is `side`
-            self.rate[side] = 4 * volume_flops(side, 2 * side) / timed_scales([side] * 4, 2 * side, repeats)
+        for side in self.SIDES:  # classes of [side, 2 side] features (the smaller side is `side`), one chunk
+            n = max(2, 64 // max(1, side // 16))  # enough classes that one call's fixed cost is amortised
+            flops = n * volume_flops(side, 2 * side)
+            self.rate[side] = flops / timed_scales([side] * n, 2 * side, repeats)
         tiny = list(range(2, 402, 2))  # many chunks of little work: the fixed cost per chunk
         chunks = padded_work(tiny, 8)
         self.overhead = max(timed_scales(tiny, 8, repeats) - self._flops_seconds(chunks, 8), 0.0) / len(chunks)
