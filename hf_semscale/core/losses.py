@@ -50,7 +50,8 @@ def check_class_labels(labels: Tensor, num_classes: int) -> None:
     invalid = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
     if bool(invalid.any()):  # the offending values are only gathered on error
         raise ValueError(
-            f"labels {sorted(set(labels[invalid].tolist()))[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX}. "
+            f"labels {sorted(set(labels[invalid].tolist()))[:10]} are outside [0, {num_classes}) and not {IGNORE_INDEX} "
+            f"(num_labels={num_classes}). "
             "Fix: remap the labels to 0..num_labels-1, or load the model with the right num_labels."
         )
 

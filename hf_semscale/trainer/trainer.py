@@ -77,13 +77,11 @@ def _label_column_counts(dataset: Any, num_labels: int) -> list[int]:
             f"The training set's '{column}' column is not a 1-D integer class id (shape {tuple(values.shape)}, "
             f"{values.dtype}). SemScaleTrainer handles single-label classification only."
         )
+    try:
+        check_class_labels(values, num_labels)
+    except ValueError as err:
+        raise ValueError(f"The training set's '{column}' column: {err}") from None
     values = values[values != IGNORE_INDEX]
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_labels):
-        raise ValueError(
-            f"The training set's '{column}' column has labels in [{int(values.min())}, {int(values.max())}] but the "
-            f"model has num_labels={num_labels}. Fix: set num_labels (and id2label) on the model config to the "
-            "number of classes, or remap the labels to 0..num_labels-1."
-        )
     return torch.bincount(values.to(torch.long), minlength=num_labels).tolist()
 
 
