@@ -159,12 +159,12 @@ ABLATIONS = {
     ],
 }
 
-GPU_COMMAND = 'python benchmarks/long_tail.py --tier gpu --workers 3 --machine "one NVIDIA H100, 16 CPU cores"'
-TRANSFORM_SECONDS_PER_IMAGE = (
-    250e-6  # the recipe's per-item transform, measured on the 2-core CPU-tier machine under load
+GPU_WORKERS = 8  # concurrent runs on the one GPU: a ResNet-32 at batch 128 uses a sliver of an H100 / H200
+GPU_COMMAND = (
+    f'python benchmarks/long_tail.py --tier gpu --workers {GPU_WORKERS} --machine "one NVIDIA H200, 16 CPU cores"'
 )
-GPU_HOST_CORES = 16
 GPU_TRAIN_IMAGES = 12_156  # CIFAR-10-LT IF=100 after carving 100/class for validation
+GPU_BUDGET_S = 600.0  # the device time a session gets
 
 
 def tier_settings(tier: str) -> list[dict[str, Any]]:
@@ -249,8 +249,15 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                     "128",
                     "--save_final_model",
                     "false",
+                    # the images and their augmentation on the GPU: no host-side data pipeline
+                    "--augmentation",
+                    "batched",
+                    "--images_on_device",
+                    "true",
                     "--dataloader_num_workers",
-                    "4",
+                    "0",
+                    "--dataloader_pin_memory",
+                    "false",
                 ],
                 "methods": list(CLASSIC_METHODS),
                 "grid": TUNING_GRID,
@@ -427,23 +434,76 @@ def cifar_balanced_setting() -> dict[str, Any]:
     }
 
 
-def gpu_time_estimate() -> str:
-    """What the GPU tier's data pipeline alone costs (the GPU side is unmeasured): from its run count and schedule."""
-    setting = tier_settings("gpu")[0]
+def tier_run_count(tier: str) -> tuple[int, int, int]:
+    """(final runs, tuning runs, optimizer steps per run) of a tier's first setting at the default seeds."""
+    setting = tier_settings(tier)[0]
     finals = len(setting["methods"]) * len(DEFAULT_SEEDS)
     tuning = sum(len(method_grid(setting, m)) for m in tuned_methods(setting))
-    images_per_run = GPU_EPOCHS * GPU_TRAIN_IMAGES
-    minutes_per_run = images_per_run * TRANSFORM_SECONDS_PER_IMAGE / GPU_HOST_CORES / 60
-    images, minutes = (finals + tuning) * images_per_run, (finals + tuning) * minutes_per_run
-    slice_runs = 3 + len(method_grid(setting, "dsb_ce"))  # seed 0 of ce, cb_ce, dsb_ce + dsb_ce's tuning
-    subset = slice_runs * minutes_per_run
+    epochs = int(setting["overrides"][setting["overrides"].index("--num_train_epochs") + 1])
+    batch = int(setting["overrides"][setting["overrides"].index("--per_device_train_batch_size") + 1])
+    return finals, tuning, epochs * math.ceil(GPU_TRAIN_IMAGES / batch)
+
+
+def _timed_resnet32_steps(steps: int, queue: Any) -> None:
+    """One process: ``steps`` training steps of the GPU tier's ResNet-32 (batch 128, data and augmentation on the
+    device, SGD), after 5 untimed ones; puts (start, end) wall times on ``queue``."""
+    import torch
+
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+    from recipes.train_image import augment_batch
+
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = CifarResNetForImageClassification(CifarResNetConfig(depth=32, num_labels=10)).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images = torch.randint(0, 256, (4096, 32, 32, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (4096,), device=device)
+
+    def step() -> None:
+        rows = torch.randint(0, images.shape[0], (128,), device=device)
+        x = augment_batch(images[rows], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, labels[rows])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for _ in range(5):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.time()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    queue.put((start, time.time(), str(torch.cuda.get_device_name(0)) if device.type == "cuda" else "cpu"))
+
+
+def dry_run(tier: str, workers: int, steps: int = 20) -> str:
+    """The tier's run count, and its wall time estimated from ResNet-32 steps measured here with ``workers``
+    concurrent processes on the device (the GPU if there is one); runs nothing else."""
+    finals, tuning, steps_per_run = tier_run_count(tier)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_timed_resnet32_steps, args=(steps, queue)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    spans = [queue.get(timeout=1800) for _ in procs]
+    for proc in procs:
+        proc.join()
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    throughput = workers * steps / wall  # optimizer steps per second, all processes together
+    total_steps = (finals + tuning) * steps_per_run
+    estimate = total_steps / throughput
+    device = spans[0][2]
+    verdict = "fits" if estimate <= GPU_BUDGET_S else "does NOT fit"
     return (
-        f"Time (an estimate, not a measurement): the full tier is {finals} final runs + {tuning} tuning runs of {GPU_EPOCHS} epochs "
-        f"over {GPU_TRAIN_IMAGES:,} images, {images / 1e6:.0f} M augmented images. The recipe's per-item transform costs about "
-        f"{TRANSFORM_SECONDS_PER_IMAGE * 1e6:.0f} µs per image per core (measured on the 2-core CPU-tier machine under load), so "
-        f"with {GPU_HOST_CORES} cores the data pipeline alone needs about {minutes:.0f} min: the full tier does NOT fit the ~10 "
-        f"minutes of one H100 we aimed for, and the GPU side (unmeasured) comes on top. A seed-0 slice whose pipeline needs about "
-        f"{subset:.0f} min: `python benchmarks/long_tail.py --tier gpu --workers 3 --seeds 0 --methods ce cb_ce dsb_ce`."
+        f"{tier} tier: {finals} final runs + {tuning} tuning runs x {steps_per_run:,} optimizer steps = {total_steps:,} "
+        f"steps. Measured on {device}: {workers} concurrent ResNet-32 processes (batch 128, data and augmentation on "
+        f"the device) make {throughput:.1f} steps/s together ({wall / steps:.3f} s per step each). Estimate: "
+        f"{estimate / 60:.1f} min of wall time, so the tier {verdict} {GPU_BUDGET_S / 60:.0f} minutes "
+        f"(evaluation and start-up not included; fitting needs {total_steps / GPU_BUDGET_S:,.0f} steps/s). "
+        f"Run it: `{GPU_COMMAND}`."
     )
 
 
@@ -973,9 +1033,9 @@ def write_report(
             if all(r["status"] == "not yet run" for r in rows):
                 if tier == "gpu":
                     lines += [
-                        f"**not yet run** (no GPU was lent to the sessions so far). Command: `{GPU_COMMAND}`.",
-                        "",
-                        gpu_time_estimate(),
+                        f"**not yet run** (no GPU was lent to the sessions so far). Command: `{GPU_COMMAND}`; "
+                        "`python benchmarks/long_tail.py --tier gpu --dry-run` on the GPU machine prints the "
+                        "estimate from step times measured there.",
                         "",
                     ]
                 else:
@@ -1053,6 +1113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the tier's run count and its wall time estimated from ResNet-32 steps measured on this machine "
+        "with --workers concurrent processes; run nothing",
+    )
+    parser.add_argument(
         "--machine",
         default="a 2-core x86-64 CPU (no GPU), single-threaded runs",
         help="The machine, as stated in the report (name the GPU for --tier gpu)",
@@ -1061,6 +1127,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.dry_run:
+        if args.tier not in ("cpu", "gpu"):
+            parser.error("--dry-run estimates the CIFAR-10-LT tiers: --tier cpu or --tier gpu")
+        print(dry_run(args.tier, args.workers))
+        return
     start, load_at_start = time.time(), os.getloadavg()
     if not args.report_only:
         run_tier(

@@ -83,6 +83,13 @@ class ImageModelArguments:
             "choices": ["batched", "per_item"],
         },
     )
+    images_on_device: bool = field(
+        default=False,
+        metadata={
+            "help": "With --augmentation batched: keep the uint8 images on the training device (a GPU), so batches "
+            "are indexed and augmented there. Needs --dataloader_num_workers 0 --dataloader_pin_memory false."
+        },
+    )
 
 
 # --------------------------------------------------------------------------- images
@@ -219,11 +226,11 @@ class UInt8Images:
     """A split as one ``[N, H, W, C]`` uint8 tensor and ``[N]`` labels; items are views that
     :class:`BatchImageCollator` turns into batches (``augment``: apply the training augmentation)."""
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], augment: bool):
+    def __init__(self, images: np.ndarray, labels: Sequence[int], augment: bool, device: Any = "cpu"):
         import torch
 
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long, device=device)
         self.augment = augment
 
     def __len__(self) -> int:
@@ -236,7 +243,7 @@ class UInt8Images:
         """A whole batch in one indexing (``torch.utils.data.DataLoader`` calls this when it exists)."""
         import torch
 
-        rows = torch.as_tensor(indices, dtype=torch.long)
+        rows = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         return {"image": self.images[rows], "labels": self.labels[rows], "augment": self.augment}
 
     def view(self, augment: bool) -> UInt8Images:
@@ -370,9 +377,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     collator = None
     if margs.augmentation == "batched":
+        device = args.device if margs.images_on_device else "cpu"
+        if margs.images_on_device and (args.dataloader_num_workers or args.dataloader_pin_memory):
+            raise ValueError(
+                "--images_on_device keeps the images on the training device, where DataLoader workers and pinned "
+                "memory cannot read them. Fix: add --dataloader_num_workers 0 --dataloader_pin_memory false."
+            )
         labels = {name: splits[name].with_format(None)["label"] for name in images}
         for name in images:
-            splits[name] = UInt8Images(images[name], labels[name], augment=name == "train")
+            splits[name] = UInt8Images(images[name], labels[name], augment=name == "train", device=device)
         train = splits["train"]
         splits["train_eval"] = train.view(augment=False)  # training accuracy without augmentation
         collator = BatchImageCollator(mean, std, margs.crop_padding, margs.horizontal_flip)

@@ -790,3 +790,31 @@ def test_batched_augmentation_has_the_per_item_distribution():
     plain = ImageTransform(mean, std, image.shape, train=False)({"image": [image.tobytes()], "label": [0]})
     evaluated = collate([dataset.view(augment=False)[0]])
     torch.testing.assert_close(evaluated["pixel_values"], plain["pixel_values"], rtol=0, atol=1e-6)
+
+
+def test_image_recipe_with_images_on_the_training_device(cifar100_standin, tmp_path):
+    """--images_on_device (the GPU tier's setting; the CPU here): it needs in-process, unpinned loading, and runs."""
+    from recipes.train_image import main
+
+    common = [str(CONFIGS / "cifar100_lt.yaml"), "--data_dir", str(cifar100_standin), "--imbalance_factor", "3",
+              "--validation_per_class", "1", "--method", "ce", "--output_dir", str(tmp_path), *TINY_IMAGE,
+              "--images_on_device", "true"]  # fmt: skip
+    with pytest.raises(ValueError, match="--dataloader_num_workers 0 --dataloader_pin_memory false"):
+        main([*common, "--dataloader_pin_memory", "true"])
+    record = main([*common, "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false"])
+    assert record["test"]["num_samples"] == 100 and 0.0 <= record["test"]["balanced_accuracy"] <= 1.0
+
+
+def test_gpu_tier_keeps_data_on_the_device_and_counts_its_runs():
+    from benchmarks import long_tail as lt
+
+    overrides = lt.tier_settings("gpu")[0]["overrides"]
+    flags = {flag: overrides[i + 1] for i, flag in enumerate(overrides) if flag.startswith("--")}
+    assert flags["--augmentation"] == "batched" and flags["--images_on_device"] == "true"
+    assert flags["--dataloader_num_workers"] == "0" and flags["--dataloader_pin_memory"] == "false"
+    finals, tuning, steps = lt.tier_run_count("gpu")
+    setting = lt.tier_settings("gpu")[0]
+    assert finals == len(setting["methods"]) * len(lt.DEFAULT_SEEDS) and tuning > 0
+    assert steps == lt.GPU_EPOCHS * -(-lt.GPU_TRAIN_IMAGES // 128)  # 200 epochs of ceil(12,156 / 128) steps
+    with pytest.raises(SystemExit):
+        lt.main(["--tier", "text", "--dry-run"])  # only the CIFAR-10-LT tiers are estimated
