@@ -1,7 +1,8 @@
-"""Cross-process helpers on top of Accelerate: gather uneven batches, split class volumes by rank.
+"""Cross-process helpers over Accelerate or torch.distributed: gather uneven batches, split class volumes by rank.
 
-With one process every function is a local no-op (no communication), so the trainer calls them
-unconditionally. With several (DDP, FSDP, DeepSpeed, multi-CPU over gloo):
+The communicator is an ``accelerate.Accelerator`` or a :class:`TorchDistributedComm`. With one process (or none)
+every function is a local no-op (no communication), so callers use them unconditionally. With several (DDP,
+FSDP, DeepSpeed, multi-CPU over gloo):
 
 - :func:`gather_labelled_features` gives every process the global batch ``[sum_r B_r, d]`` in rank
   order. One small gather of the per-rank sizes (which also checks that every process has the same
@@ -9,6 +10,8 @@ unconditionally. With several (DDP, FSDP, DeepSpeed, multi-CPU over gloo):
 - :func:`sharded_class_scales` splits the per-class volume computations across processes (each
   computes its share of classes, balanced by cost) and gathers the results, so every process ends
   with the bit-identical ``[C]`` vector: each value is copied from the one process that computed it.
+- :func:`owned_class_scales` does the same for a class-sharded pool (each process holds only the rows of the
+  classes it measures); :func:`gather_rows` reassembles such a pool (for a checkpoint), keeping its dtype.
 - :func:`assert_same_on_all_processes` turns a configuration mismatch between processes into the
   same clear error on every process instead of a hang inside a later collective.
 - Every collective is wrapped: a timeout or a lost peer becomes :class:`DistributedSyncError`, naming

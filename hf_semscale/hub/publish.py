@@ -2,7 +2,9 @@
 
 Both pushes make ONE commit and never write into the local folder: the card is rendered in memory and sent
 as bytes, so a failed or interrupted push leaves the folder exactly as it was (nothing to clean up, nothing
-half-written to confuse the next try), and a retry is simply the same call again.
+half-written to confuse the next try), and a retry is simply the same call again. (A dry run writes only its
+preview, ``output_dir/_hub_preview/``, which no push uploads. ``SemScaleTrainer.push_to_hub`` goes through the
+Trainer's own ``create_model_card``, which writes ``output_dir/README.md``, as transformers does.)
 """
 
 from __future__ import annotations
