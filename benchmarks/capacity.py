@@ -102,33 +102,54 @@ def padded_work(counts: list[int], dim: int) -> list[tuple[int, int]]:
 
 
 class TimeModel:
-    """Seconds of a re-measurement: per chunk, its flops at the float64 rate measured for its smaller matrix side
-    (interpolated in log-log between calibration sizes: small matrices run far below peak), plus a fixed cost."""
+    """Seconds of a re-measurement: per chunk, its flops at the float64 rate measured for matrices of its shape
+    (smaller side, aspect ratio, and whether the rows or the features are the smaller side; interpolated in log
+    space between calibration shapes: small and thin matrices run far below peak), plus a fixed cost per chunk."""
 
     SIDES = (4, 16, 64, 256, 1024)
+    ASPECTS = (1, 4, 16)
 
     def __init__(self, repeats: int):
-        self.rate = {}
-        for side in self.SIDES:  # classes of [side, 2 side] features (the smaller side is `side`), one chunk
-            n = max(2, 64 // max(1, side // 16))  # enough classes that one call's fixed cost is amortised
-            flops = n * volume_flops(side, 2 * side)
-            self.rate[side] = flops / timed_scales([side] * n, 2 * side, repeats)
+        self.rate: dict[tuple[bool, int, int], float] = {}
+        for rows_smaller in (True, False):
+            for side in self.SIDES:
+                for aspect in self.ASPECTS:
+                    large = min(side * aspect, 8192)
+                    rows, dim = (side, large) if rows_smaller else (large, side)
+                    n = max(2, min(64, int(2e6 // (rows * dim))))
+                    # the marginal rate: n more classes of this shape (the call's fixed cost cancels out)
+                    extra = timed_scales([rows] * (2 * n), dim, repeats) - timed_scales([rows] * n, dim, repeats)
+                    self.rate[(rows_smaller, side, aspect)] = n * volume_flops(rows, dim) / max(extra, 1e-7)
         tiny = list(range(2, 402, 2))  # many chunks of little work: the fixed cost per chunk
         chunks = padded_work(tiny, 8)
         self.overhead = max(timed_scales(tiny, 8, repeats) - self._flops_seconds(chunks, 8), 0.0) / len(chunks)
 
-    def _rate(self, side: int) -> float:
-        sides = self.SIDES
-        side = min(max(side, sides[0]), sides[-1])
-        hi = next(i for i, s in enumerate(sides) if s >= side)
+    @staticmethod
+    def _bracket(grid: tuple[int, ...], value: float) -> tuple[int, int, float]:
+        value = min(max(value, grid[0]), grid[-1])
+        hi = next(i for i, g in enumerate(grid) if g >= value)
         lo = max(hi - 1, 0)
-        if sides[hi] == sides[lo]:
-            return self.rate[sides[hi]]
-        t = (math.log(side) - math.log(sides[lo])) / (math.log(sides[hi]) - math.log(sides[lo]))
-        return math.exp((1 - t) * math.log(self.rate[sides[lo]]) + t * math.log(self.rate[sides[hi]]))
+        t = 0.0 if grid[hi] == grid[lo] else (math.log(value) - math.log(grid[lo])) / math.log(grid[hi] / grid[lo])
+        return grid[lo], grid[hi], t
+
+    def _rate(self, rows: int, dim: int) -> float:
+        small, large = min(rows, dim), max(rows, dim)
+        s0, s1, ts = self._bracket(self.SIDES, small)
+        a0, a1, ta = self._bracket(self.ASPECTS, large / small)
+        key = rows <= dim
+        log_rate = sum(
+            w * math.log(self.rate[(key, s, a)])
+            for s, a, w in (
+                (s0, a0, (1 - ts) * (1 - ta)),
+                (s1, a0, ts * (1 - ta)),
+                (s0, a1, (1 - ts) * ta),
+                (s1, a1, ts * ta),
+            )
+        )
+        return math.exp(log_rate)
 
     def _flops_seconds(self, chunks: list[tuple[int, int]], dim: int) -> float:
-        return sum(n * volume_flops(width, dim) / self._rate(min(width, dim)) for n, width in chunks)
+        return sum(n * volume_flops(width, dim) / self._rate(width, dim) for n, width in chunks)
 
     def seconds(self, counts: list[int], dim: int) -> float:
         chunks = padded_work(counts, dim)
@@ -261,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "capacity",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU; 1 torch thread",
         "load_average": os.getloadavg(),
-        "float64_volume_rate_gflops_by_smaller_side": {s: r / 1e9 for s, r in rate.items()},
+        "float64_volume_rate_gflops": {
+            f"{'rows' if k[0] else 'features'} smaller, side {k[1]}, aspect {k[2]}": r / 1e9 for k, r in rate.items()
+        },
         "per_chunk_overhead_us": overhead * 1e6,
         "settings": {"dtype": args.dtype, "capacity": args.capacity, "update_interval": args.update_interval},
         "checks": checks,
@@ -273,9 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         f"Pool dtype {args.dtype}, capacity {'n_c' if args.capacity <= 0 else f'min(n_c, {args.capacity})'}, "
         f"update every {args.update_interval} steps, class-sharded pool. Seconds on 1 CPU thread of this machine "
-        f"(float64 volume rate {', '.join(f'{r / 1e9:.1f}' for r in rate.values())} GFLOP/s for matrices whose "
-        f"smaller side is {', '.join(str(d) for d in rate)}; {overhead * 1e6:.0f} us per batched chunk of classes; "
-        "a GPU is 100-1000x faster). "
+        f"(float64 volume rate {min(rate.values()) / 1e9:.2f}-{max(rate.values()) / 1e9:.1f} GFLOP/s over the "
+        f"calibration shapes; {overhead * 1e6:.0f} us per batched chunk of classes; a GPU is 100-1000x faster). "
         f"{result['machine']}. Command: `{result['command']}`.",
         "",
         "| profile | d | P | pool rows | pool memory / process | gather received / step | re-measurement work "

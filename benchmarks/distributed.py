@@ -163,6 +163,9 @@ def _worker(args: argparse.Namespace) -> None:
             }
     if rank == 0:
         Path(args.out).write_text(json.dumps(out, indent=2), encoding="utf-8")
+    if P > 1:  # leave the process group before exit (one run aborted at exit without this)
+        acc.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------- driver
