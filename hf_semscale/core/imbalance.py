@@ -150,6 +150,7 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
     measured = (n >= MIN_SAMPLES_FOR_SCALE) & (s > 0)
     no_volume = torch.nonzero(~measured).flatten().tolist()
     m = s[measured]
+    no_volume_reason = "no class has a measured volume (>= 2 samples and a non-zero scale)"
     summary: dict = {"num_classes": int(s.numel()), "num_classes_with_volume": int(measured.sum())}
     if m.numel():
         summary.update(
@@ -164,7 +165,7 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
         )
     else:
         for key in ("scale_min", "scale_max", "scale_mean", "scale_std", "max_min_ratio", "coefficient_of_variation"):
-            summary[key] = keep(key, (None, "no class has a measured volume (>= 2 samples and a non-zero scale)"))
+            summary[key] = keep(key, (None, no_volume_reason))
     summary.update(
         {
             "classes_without_volume": no_volume,
@@ -181,12 +182,12 @@ def imbalance_summary(scales: Tensor, counts: Tensor, per_class_accuracy: Tensor
         if acc.shape != s.shape:
             raise ValueError(f"per_class_accuracy has {acc.numel()} classes, scales {s.numel()}")
         for name, values, accuracy in (("scale", m, acc[measured]), ("count", n, acc)):
-            summary[f"pearson_{name}_accuracy"] = keep(
-                f"pearson_{name}_accuracy", _named(pearson(values, accuracy), name)
-            )
-            summary[f"spearman_{name}_accuracy"] = keep(
-                f"spearman_{name}_accuracy", _named(spearman(values, accuracy), name)
-            )
+            for kind, correlation in (("pearson", pearson), ("spearman", spearman)):
+                key = f"{kind}_{name}_accuracy"
+                if values.numel():
+                    summary[key] = keep(key, _named(correlation(values, accuracy), name))
+                else:  # the scale correlations when no class has volume
+                    summary[key] = keep(key, (None, no_volume_reason))
     summary["notes"] = notes
     return summary
 

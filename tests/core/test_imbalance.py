@@ -125,6 +125,14 @@ def test_single_class_correlation_is_undefined():
     assert value is None and "fewer than 2" in reason
 
 
+def test_no_measured_class_gives_no_scale_accuracy_correlation():
+    out = imbalance_summary(torch.zeros(2), torch.tensor([1, 1]), per_class_accuracy=torch.tensor([0.2, 0.9]))
+    assert out["pearson_scale_accuracy"] is None and out["spearman_scale_accuracy"] is None
+    assert "no class has a measured volume" in out["notes"]["spearman_scale_accuracy"]
+    assert out["pearson_count_accuracy"] is None  # constant counts: its own reason
+    json.dumps(out, allow_nan=False)
+
+
 def test_all_zero_scales():
     out = imbalance_summary(torch.zeros(3), torch.tensor([0, 1, 1]))
     assert out["coefficient_of_variation"] is None and out["max_min_ratio"] is None and out["scale_mean"] is None
