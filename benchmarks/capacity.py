@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_semscale.core.scale import _chunk_elements, _plan_chunks, class_semantic_scales  # noqa: E402
-from hf_semscale.dsb.comm import gather_labelled_features, shard_classes_by_cost  # noqa: E402
+from hf_semscale.dsb.comm import class_owners, gather_labelled_features, shard_classes_by_cost  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool, estimate_pool_bytes, pool_capacities  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -156,11 +156,17 @@ class TimeModel:
         return self._flops_seconds(chunks, dim) + len(chunks) * self.overhead
 
 
+def process_shards(capacities: list[int], dim: int, processes: int) -> list[list[int]]:
+    """The classes each process stores: the class-cost split with several processes (classes of fewer than 2 rows
+    nowhere), every class with one (an unsharded pool)."""
+    return shard_classes_by_cost(capacities, dim, processes) if processes > 1 else [list(range(len(capacities)))]
+
+
 def predict(counts: list[int], dim: int, dtype: str, processes: int, capacity: int, global_batch: int,
             update_interval: int) -> dict:  # fmt: skip
     """The model's numbers for one configuration (memory and work of the busiest process)."""
     caps = pool_capacities(torch.tensor(counts), capacity).tolist()
-    shards = shard_classes_by_cost(caps, dim, processes) if processes > 1 else [list(range(len(caps)))]
+    shards = process_shards(caps, dim, processes)
     rows = [sum(caps[c] for c in shard) for shard in shards]
     work = [sum(volume_flops(caps[c], dim) for c in shard) for shard in shards]
     per_rank_batch = math.ceil(global_batch / processes)
@@ -194,9 +200,7 @@ class CountingComm:
 
 def check_memory(counts: list[int], dim: int, dtype: str, processes: int, capacity: int) -> dict:
     caps = pool_capacities(torch.tensor(counts), capacity)
-    owner = torch.full((len(counts),), -1, dtype=torch.long)
-    for rank, shard in enumerate(shard_classes_by_cost(caps.tolist(), dim, processes)):
-        owner[shard] = rank
+    owner = class_owners(caps.tolist(), dim, processes)
     measured = max(
         FeaturePool(caps, dim, dtype, stored=(owner == r) if processes > 1 else None).nbytes for r in range(processes)
     )
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
                 counts, profile["dim"], args.dtype, p, args.capacity, profile["global_batch"], args.update_interval
             )
             row.update(profile=name, dim=profile["dim"], processes=p, global_batch=profile["global_batch"])
-            shards = shard_classes_by_cost(caps, profile["dim"], p) if p > 1 else [list(range(len(caps)))]
+            shards = process_shards(caps, profile["dim"], p)
             row["seconds_per_update_busiest"] = max(seconds([caps[c] for c in s], profile["dim"]) for s in shards)
             row["seconds_per_step_busiest"] = row["seconds_per_update_busiest"] / args.update_interval
             table.append(row)

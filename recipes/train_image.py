@@ -20,6 +20,7 @@ collator (:func:`augment_batch`); ``--augmentation per_item`` is the per-image `
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -248,8 +249,8 @@ class UInt8Images:
 
     def view(self, augment: bool) -> UInt8Images:
         """The same tensors with another ``augment`` (e.g. training images evaluated without augmentation)."""
-        other = object.__new__(UInt8Images)
-        other.images, other.labels, other.augment = self.images, self.labels, augment
+        other = copy.copy(self)  # shares the tensors
+        other.augment = augment
         return other
 
 

@@ -43,10 +43,10 @@ from ..core.weighting import (
 )
 from .comm import (
     assert_same_on_all_processes,
+    class_owners,
     gather_labelled_features,
     gather_rows,
     owned_class_scales,
-    shard_classes_by_cost,
     sharded_class_scales,
 )
 from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
@@ -159,6 +159,7 @@ class SemanticScaleBalancer:
         )
         self.capacities = pool_capacities(self.class_counts, s.pool_capacity)
         self._budget_checked_dim: int | None = None
+        self._owner: tuple[int, Tensor] | None = None  # (feature_dim, class_owner(feature_dim))
         self._warmup_steps: int | None = None
         self._fill_max_steps: int | None = None
         self.reset()
@@ -180,12 +181,11 @@ class SemanticScaleBalancer:
 
     def class_owner(self, feature_dim: int) -> Tensor:
         """``[C]`` long: the process storing (and measuring) each class in a sharded pool, -1 for classes of fewer
-        than 2 rows (scale 0); the class-cost split of the capacities, the same on every process."""
-        shards = shard_classes_by_cost(self.capacities.tolist(), feature_dim, self.comm.num_processes)
-        owner = torch.full((self.num_classes,), -1, dtype=torch.long)
-        for rank, classes in enumerate(shards):
-            owner[classes] = rank
-        return owner
+        than 2 rows (scale 0); the class-cost split of the capacities, the same on every process. Computed once
+        per feature size (every weight update asks)."""
+        if self._owner is None or self._owner[0] != feature_dim:
+            self._owner = (feature_dim, class_owners(self.capacities.tolist(), feature_dim, self.comm.num_processes))
+        return self._owner[1]
 
     def _stored_classes(self, feature_dim: int) -> Tensor | None:
         """``[C]`` bool: this process's classes in a sharded pool; None for an unsharded one."""

@@ -35,6 +35,7 @@ __all__ = [
     "TorchDistributedComm",
     "gather_labelled_features",
     "shard_classes_by_cost",
+    "class_owners",
     "sharded_class_scales",
     "owned_class_scales",
     "gather_rows",
@@ -235,8 +236,17 @@ def owned_class_scales(
         local.to(accelerator.device)[None],
     ).cpu()  # [P, C]
     scales = gathered.gather(0, owner.clamp_min(0)[None])[0]
-    scales[owner < 0] = 0.0
+    scales[owner < 0] = 0.0  # fewer than 2 rows: no volume, 0 on every process
     return scales.to(features.device)
+
+
+def class_owners(class_sizes: list[int], feature_dim: int, num_processes: int) -> Tensor:
+    """``[C]`` long: the rank that measures each class under :func:`shard_classes_by_cost`, -1 for classes of
+    fewer than 2 rows (no volume)."""
+    owner = torch.full((len(class_sizes),), -1, dtype=torch.long)
+    for rank, classes in enumerate(shard_classes_by_cost(class_sizes, feature_dim, num_processes)):
+        owner[classes] = rank
+    return owner
 
 
 def shard_classes_by_cost(class_sizes: list[int], feature_dim: int, num_shards: int) -> list[list[int]]:
@@ -278,30 +288,11 @@ def sharded_class_scales(
         return class_semantic_scales(features, labels, num_classes, normalize=normalize, alpha=alpha)
     labels = labels.to(torch.long)
     sizes = torch.bincount(labels.cpu(), minlength=num_classes).tolist()
-    shards = shard_classes_by_cost(sizes, features.shape[1], accelerator.num_processes)
-    owner = torch.full((num_classes,), -1, dtype=torch.long)
-    for rank, classes in enumerate(shards):
-        owner[classes] = rank
-    mine = owner == accelerator.process_index
-    rows = mine.to(labels.device)[labels]
-    local = class_semantic_scales(
-        features[rows],
-        labels[rows],
-        num_classes,
-        normalize=normalize,
-        alpha=alpha,
-        classes=shards[accelerator.process_index],
+    owner = class_owners(sizes, features.shape[1], accelerator.num_processes)
+    rows = (owner == accelerator.process_index).to(labels.device)[labels]
+    return owned_class_scales(
+        accelerator, features[rows], labels[rows], num_classes, owner, normalize=normalize, alpha=alpha, step=step
     )
-    gathered = _collective(
-        accelerator,
-        "gather of the per-class semantic scales",
-        step,
-        accelerator.gather,
-        local.to(accelerator.device)[None],
-    ).cpu()  # [P, C]
-    scales = gathered.gather(0, owner.clamp_min(0)[None])[0]
-    scales[owner < 0] = 0.0  # fewer than 2 rows: no volume, 0 on every process
-    return scales.to(features.device)
 
 
 def assert_same_on_all_processes(accelerator: Any, what: str, step: int | None = None, **values: int) -> None:

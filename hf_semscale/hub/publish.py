@@ -125,7 +125,8 @@ def build_model_card(
     if base_model is not None:
         _check_hub_id(base_model, "base_model")
     values = {**_long_tail_metrics(report.get("metrics") or {}), **_long_tail_metrics(metrics or {})}
-    task_type = task_type or _task_from_config(output_dir)
+    config = _model_config(output_dir)
+    task_type = task_type or _task_from_config(config)
     title = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     eval_results = None
     if values and dataset_name:
@@ -174,7 +175,7 @@ def build_model_card(
         dataset_split=dataset_split,
         metric_rows=[(LONG_TAIL_METRICS[name], f"{value:.4f}") for name, value in values.items()],
         report=_report_context(report),
-        usage=_usage(output_dir, repo_id or title),
+        usage=_usage(config, repo_id or title),
         collapse_above=COLLAPSE_TABLE_ABOVE,
         plots=_plots(output_dir),
         citation=CITATION,
@@ -224,24 +225,24 @@ def _long_tail_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return found
 
 
-def _task_from_config(model_dir: Path) -> str | None:
-    """The pipeline task of the head named in ``config.json``'s ``architectures``, if it is a known one."""
+def _model_config(model_dir: Path) -> dict[str, Any]:
+    """``model_dir/config.json`` as a dict (empty without one)."""
     config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        return None
-    architectures = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
-    for architecture in architectures:
+    return json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+
+
+def _task_from_config(config: Mapping[str, Any]) -> str | None:
+    """The pipeline task of the head named in the config's ``architectures``, if it is a known one."""
+    for architecture in config.get("architectures") or []:
         for suffix, task in TASK_BY_HEAD_SUFFIX.items():
             if architecture.endswith(suffix):
                 return task
     return None
 
 
-def _usage(model_dir: Path, repo_id: str) -> dict[str, Any]:
-    """What the card's "How to use" snippet needs: the Auto class of the head in ``config.json``, whether it
+def _usage(config: Mapping[str, Any], repo_id: str) -> dict[str, Any]:
+    """What the card's "How to use" snippet needs: the Auto class of the head in the model config, whether it
     needs a tokenizer, and whether the architecture is one of hf_semscale's own (registered on import)."""
-    config_path = model_dir / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     architectures = config.get("architectures") or []
     text = any(a.endswith("ForSequenceClassification") for a in architectures)
     return {
