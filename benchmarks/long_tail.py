@@ -1,7 +1,9 @@
 """Long-tail benchmark: every baseline and every DSB variant in one harness (SemScaleTrainer + the recipes).
 
     python benchmarks/long_tail.py --tier cpu            # CPU tier (2 workers, short stated schedule)
-    python benchmarks/long_tail.py --tier gpu --workers 3  # paper-scale CIFAR-10-LT schedule (Cao et al. 2019)
+    python benchmarks/long_tail.py --tier gpu --workers 8  # paper-scale CIFAR-10-LT schedule (Cao et al. 2019)
+    python benchmarks/long_tail.py --tier gpu --dry-run    # time the recipe here; the tier's wall time and budget
+    bash benchmarks/gpu_session.sh                         # on a lent GPU: the part of the tier one session fits
     python benchmarks/long_tail.py --tier text           # the regime study: MiniLM on CLINC150(-LT), BANKING77-LT
     python benchmarks/long_tail.py --tier cifar_balanced # the regime study: sample-balanced CIFAR-10
     python benchmarks/long_tail.py --report-only         # rebuild the tables from finished runs
@@ -34,6 +36,8 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -160,11 +164,11 @@ ABLATIONS = {
 }
 
 GPU_WORKERS = 8  # concurrent runs on the one GPU: a ResNet-32 at batch 128 uses a sliver of an H100 / H200
-GPU_COMMAND = (
-    f'python benchmarks/long_tail.py --tier gpu --workers {GPU_WORKERS} --machine "one NVIDIA H200, 16 CPU cores"'
-)
-GPU_TRAIN_IMAGES = 12_156  # CIFAR-10-LT IF=100 after carving 100/class for validation
-GPU_BUDGET_S = 600.0  # the device time a session gets
+# One device session (15 min: start-up, install, data, timing, the runs): benchmarks/gpu_session.sh, which runs
+# `long_tail.py --tier gpu --workers 8 --budget-min 6` on data packed by benchmarks/gpu_kit.py.
+GPU_COMMAND = "bash benchmarks/gpu_session.sh"
+ESTIMATE_FILENAME = "long_tail_{tier}_estimate.json"  # a tier's last --dry-run estimate, quoted by the report
+GPU_BUDGET_S = 600.0  # the issue's "ten minutes of one H200": what --dry-run compares the whole tier with
 
 
 def tier_settings(tier: str) -> list[dict[str, Any]]:
@@ -222,10 +226,19 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "recipe": "train_image",
                 "config": "recipes/configs/cifar10_lt.yaml",
                 "imbalance_factor": imf,
-                "prepare": {"data_dir": "cifar10", "imbalance_factor": imf, "validation_per_class": 100, "n_max": None},
+                # A balanced 500/class test subset (as on the CPU tier) keeps the packed data under the device
+                # tool's 64 MiB (benchmarks/gpu_kit.py); it estimates the same balanced accuracy as all 10,000.
+                "prepare": {
+                    "data_dir": "cifar10",
+                    "imbalance_factor": imf,
+                    "validation_per_class": 100,
+                    "n_max": None,
+                    "test_per_class": 500,
+                },
                 "schedule": (
                     "GPU tier (Cao et al. 2019): ResNet-32, 200 epochs, SGD lr 0.1 momentum 0.9 wd 2e-4, batch 128, "
-                    "5 linear warm-up epochs, lr x0.01 at epochs 160 and 180; validation 100/class carved from train"
+                    "5 linear warm-up epochs, lr x0.01 at epochs 160 and 180; validation 100/class carved from train; "
+                    "balanced test subset of 500/class (5,000)"
                 ),
                 "overrides": [
                     "--depth",
@@ -434,79 +447,6 @@ def cifar_balanced_setting() -> dict[str, Any]:
     }
 
 
-def tier_run_count(tier: str) -> tuple[int, int, int]:
-    """(final runs, tuning runs, optimizer steps per run) of a tier's first setting at the default seeds."""
-    setting = tier_settings(tier)[0]
-    finals = len(setting["methods"]) * len(DEFAULT_SEEDS)
-    tuning = sum(len(method_grid(setting, m)) for m in tuned_methods(setting))
-    epochs = int(setting["overrides"][setting["overrides"].index("--num_train_epochs") + 1])
-    batch = int(setting["overrides"][setting["overrides"].index("--per_device_train_batch_size") + 1])
-    return finals, tuning, epochs * math.ceil(GPU_TRAIN_IMAGES / batch)
-
-
-def _timed_resnet32_steps(steps: int, queue: Any) -> None:
-    """One process: ``steps`` training steps of the GPU tier's ResNet-32 (batch 128, data and augmentation on the
-    device, SGD), after 5 untimed ones; puts (start, end) wall times on ``queue``."""
-    import torch
-
-    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
-    from recipes.train_image import augment_batch
-
-    torch.set_num_threads(1)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = CifarResNetForImageClassification(CifarResNetConfig(depth=32, num_labels=10)).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    images = torch.randint(0, 256, (4096, 32, 32, 3), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (4096,), device=device)
-
-    def step() -> None:
-        rows = torch.randint(0, images.shape[0], (128,), device=device)
-        x = augment_batch(images[rows], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, labels[rows])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    for _ in range(5):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.time()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    queue.put((start, time.time(), str(torch.cuda.get_device_name(0)) if device.type == "cuda" else "cpu"))
-
-
-def dry_run(tier: str, workers: int, steps: int = 20) -> str:
-    """The tier's run count, and its wall time estimated from ResNet-32 steps measured here with ``workers``
-    concurrent processes on the device (the GPU if there is one); runs nothing else."""
-    finals, tuning, steps_per_run = tier_run_count(tier)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_timed_resnet32_steps, args=(steps, queue)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    spans = [queue.get(timeout=1800) for _ in procs]
-    for proc in procs:
-        proc.join()
-    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-    throughput = workers * steps / wall  # optimizer steps per second, all processes together
-    total_steps = (finals + tuning) * steps_per_run
-    estimate = total_steps / throughput
-    device = spans[0][2]
-    verdict = "fits" if estimate <= GPU_BUDGET_S else "does NOT fit"
-    return (
-        f"{tier} tier: {finals} final runs + {tuning} tuning runs x {steps_per_run:,} optimizer steps = {total_steps:,} "
-        f"steps. Measured on {device}: {workers} concurrent ResNet-32 processes (batch 128, data and augmentation on "
-        f"the device) make {throughput:.1f} steps/s together ({wall / steps:.3f} s per step each). Estimate: "
-        f"{estimate / 60:.1f} min of wall time, so the tier {verdict} {GPU_BUDGET_S / 60:.0f} minutes "
-        f"(evaluation and start-up not included; fitting needs {total_steps / GPU_BUDGET_S:,.0f} steps/s). "
-        f"Run it: `{GPU_COMMAND}`."
-    )
-
-
 # --------------------------------------------------------------------------- data preparation
 
 
@@ -514,7 +454,13 @@ def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Pat
     """Build train (long-tailed) / validation (carved from train) / test once and ``save_to_disk`` them."""
     import datasets
 
-    from hf_semscale.data import class_counts, load_dataset_any, long_tail_indices, train_validation_split
+    from hf_semscale.data import (
+        class_counts,
+        limit_per_class,
+        load_dataset_any,
+        long_tail_indices,
+        train_validation_split,
+    )
 
     prep = setting["prepare"]
     target = cache_root / f"{setting['name']}_data"
@@ -535,14 +481,28 @@ def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Pat
             num_classes=len(train.features["label"].names),
         )
     )
+    if prep.get("test_per_class"):
+        test = limit_per_class(test, prep["test_per_class"], seed=0)
     dd = datasets.DatasetDict(
         {"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test}
     )
-    tmp = target.with_name(target.name + ".tmp")
-    dd.save_to_disk(str(tmp))
-    os.replace(tmp, target)
+    save_dataset_dict(dd, target)
     logger.info("prepared %s: train counts %s", target, class_counts(train))
     return target
+
+
+def save_dataset_dict(dd: Any, target: Path) -> None:
+    """``dd.save_to_disk`` into a temporary folder beside ``target``, then rename it into place: concurrent or
+    interrupted preparations never leave a half-written ``target``."""
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        dd.save_to_disk(str(tmp))
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "dataset_dict.json").is_file():  # else another process put a complete copy there first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- running
@@ -795,6 +755,11 @@ def ablation_jobs(
     return jobs
 
 
+def fills_a_cache(setting: dict[str, Any]) -> bool:
+    """Whether the setting's first run fills a cache (the text recipes' encoder outputs) that the others read."""
+    return setting["recipe"] == "train_text"
+
+
 def run_tier(
     tier: str,
     work_dir: Path,
@@ -807,8 +772,10 @@ def run_tier(
 ) -> None:
     """Run (or finish) a tier; ``only`` / ``methods`` restrict it to some settings / methods (the report lists them all).
 
-    Order: per setting, its first untuned run (it fills the data and embedding caches the others then read); then every
-    tuning run and the other untuned runs; each tuned method's final runs once its grid is done; the ablations last."""
+    Order: per text setting, its first untuned run alone (it fills the embedding cache the others then read; an image
+    setting's data is prepared before any run); then every tuning run and the other untuned runs; each tuned method's
+    final runs once its grid and the grids before it are done; the ablations last. ``benchmarks/tier_budget.py``
+    simulates this order to estimate a tier's wall time."""
     settings = [s for s in tier_settings(tier) if not only or s["name"] in only]
     if methods:
         unknown = sorted(set(methods) - set(METHODS))
@@ -826,14 +793,21 @@ def run_tier(
             )
             for s, a in prepared
         }
-        for handle in [pool.apply_async(_run_one, (jobs[0],)) for jobs in untuned.values() if jobs]:
+        warmers = {s["name"] for s, _ in prepared if fills_a_cache(s)}
+        for handle in [
+            pool.apply_async(_run_one, (jobs[0],)) for name, jobs in untuned.items() if name in warmers and jobs
+        ]:
             handle.wait()
         tuning = [
             (s, a, method, [pool.apply_async(_run_one, (job,)) for job in tuning_jobs(work_dir, tier, s, a, method)])
             for s, a in prepared
             for method in tuned_methods(s)
         ]
-        finals = [pool.apply_async(_run_one, (job,)) for jobs in untuned.values() for job in jobs[1:]]
+        finals = [
+            pool.apply_async(_run_one, (job,))
+            for name, jobs in untuned.items()
+            for job in (jobs[1:] if name in warmers else jobs)
+        ]
         for setting, data_args, method, handles in tuning:
             for h in handles:
                 h.wait()
@@ -1033,11 +1007,18 @@ def write_report(
             if all(r["status"] == "not yet run" for r in rows):
                 if tier == "gpu":
                     lines += [
-                        f"**not yet run** (no GPU was lent to the sessions so far). Command: `{GPU_COMMAND}`; "
-                        "`python benchmarks/long_tail.py --tier gpu --dry-run` on the GPU machine prints the "
-                        "estimate from step times measured there.",
+                        f"**not yet run** (no GPU was lent to the sessions so far). Command: `{GPU_COMMAND}` on the "
+                        "GPU machine (after `python benchmarks/gpu_kit.py pack` here; it runs the part of the tier "
+                        "that fits one device session). `python benchmarks/long_tail.py --tier gpu --dry-run` times "
+                        "the tier's recipe where it runs and prints the estimate.",
                         "",
                     ]
+                    estimate = load_result(out_dir / ESTIMATE_FILENAME.format(tier=tier))
+                    if estimate:
+                        lines += [
+                            f"Last estimate (`{estimate['command']}`, {estimate['machine']}): {estimate['text']}",
+                            "",
+                        ]
                 else:
                     lines += [f"**not yet run**. Command: `python benchmarks/long_tail.py --tier {tier}`.", ""]
                 continue
@@ -1092,7 +1073,7 @@ def append_run_info(path: Path, entry: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=["cpu", "gpu", *STUDY_TIERS, "tiny"], default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {DEFAULT_SEEDS}")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each on CPU)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument(
@@ -1115,8 +1096,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the tier's run count and its wall time estimated from ResNet-32 steps measured on this machine "
-        "with --workers concurrent processes; run nothing",
+        help="time the tier's recipe here with --workers runs at once, print the whole tier's wall time and what fits "
+        "--budget-min (default 10); run nothing (benchmarks/tier_budget.py)",
+    )
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="time the recipe as --dry-run does, then run only the methods and seeds that fit this many minutes of "
+        "wall time (every method at seed 0 first, then more seeds; finished runs are skipped)",
     )
     parser.add_argument(
         "--machine",
@@ -1127,11 +1115,28 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if args.dry_run:
-        if args.tier not in ("cpu", "gpu"):
-            parser.error("--dry-run estimates the CIFAR-10-LT tiers: --tier cpu or --tier gpu")
-        print(dry_run(args.tier, args.workers))
-        return
+    if args.dry_run or args.budget_min is not None:
+        if args.tier not in ("cpu", "gpu", "tiny"):
+            parser.error("--dry-run and --budget-min time the CIFAR-10-LT tiers: --tier cpu or --tier gpu")
+        if args.budget_min is not None and (args.methods or args.seeds or args.only):
+            parser.error("--budget-min chooses the methods and seeds itself: drop --methods, --seeds and --only")
+        if args.budget_min is not None and args.budget_min <= 0:
+            parser.error(f"--budget-min must be positive, got {args.budget_min}")
+        from benchmarks.tier_budget import plan
+
+        budget_s = 60 * args.budget_min if args.budget_min is not None else GPU_BUDGET_S
+        setting, fit = plan(args.tier, args.work_dir, args.data_root, args.source, args.workers, budget_s)
+        if args.dry_run:
+            command = shlex.join(["python", "benchmarks/long_tail.py", *(argv if argv is not None else sys.argv[1:])])
+            estimate = {"command": command, "machine": args.machine, "text": fit["text"]}
+            write_json_atomic(args.out_dir / ESTIMATE_FILENAME.format(tier=args.tier), estimate)
+            return
+        if not fit["methods"]:
+            print("nothing runs: not one run fits the budget")
+            return
+        args.only, args.methods, args.seeds = [setting["name"]], fit["methods"], fit["seeds"]
+        budget_note = f"budget {args.budget_min:g} min: {fit['text']}"
+    args.seeds = args.seeds or DEFAULT_SEEDS
     start, load_at_start = time.time(), os.getloadavg()
     if not args.report_only:
         run_tier(
@@ -1148,6 +1153,7 @@ def main(argv: list[str] | None = None) -> None:
                 "methods": args.methods,
                 "load_average_1min": [load_at_start[0], os.getloadavg()[0]],
                 "machine": args.machine,
+                **({"note": budget_note} if args.budget_min is not None else {}),
             },
         )
     # The CPU and GPU tiers share one report, whichever was run: running one never drops the other's tables.

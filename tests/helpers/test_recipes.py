@@ -805,16 +805,12 @@ def test_image_recipe_with_images_on_the_training_device(cifar100_standin, tmp_p
     assert record["test"]["num_samples"] == 100 and 0.0 <= record["test"]["balanced_accuracy"] <= 1.0
 
 
-def test_gpu_tier_keeps_data_on_the_device_and_counts_its_runs():
+def test_gpu_tier_keeps_data_on_the_device():
     from benchmarks import long_tail as lt
 
     overrides = lt.tier_settings("gpu")[0]["overrides"]
     flags = {flag: overrides[i + 1] for i, flag in enumerate(overrides) if flag.startswith("--")}
     assert flags["--augmentation"] == "batched" and flags["--images_on_device"] == "true"
     assert flags["--dataloader_num_workers"] == "0" and flags["--dataloader_pin_memory"] == "false"
-    finals, tuning, steps = lt.tier_run_count("gpu")
-    setting = lt.tier_settings("gpu")[0]
-    assert finals == len(setting["methods"]) * len(lt.DEFAULT_SEEDS) and tuning > 0
-    assert steps == lt.GPU_EPOCHS * -(-lt.GPU_TRAIN_IMAGES // 128)  # 200 epochs of ceil(12,156 / 128) steps
     with pytest.raises(SystemExit):
         lt.main(["--tier", "text", "--dry-run"])  # only the CIFAR-10-LT tiers are estimated

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device session of the GPU tier: the whole of it, or the part that fits BUDGET_MIN minutes of runs.
+#
+#   here (with ../shared/data):  python benchmarks/gpu_kit.py pack
+#   device tool:                 run(command="bash benchmarks/gpu_session.sh", carry=[".gpu_kit"], timeout_s=600)
+#
+# A session has 15 device minutes and one command at most 10: start-up, install (~20 s), unpacking (~30 s) and
+# the timing runs (~1 min) leave the runs BUDGET_MIN=6 minutes. Finished runs are skipped, so a later session
+# with runs/ restored (RUNS_TGZ, from this one's $OUT/gpu_runs.tgz) continues where this one stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_session_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu_kit/wheels/*.whl
+export PYTHONPATH="/tmp/site:$PWD"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -m pip list 2>/dev/null | grep -i -E "^(torch|torchvision|transformers|datasets|accelerate|pyarrow|numpy) "
+} | tee "$OUT/machine.txt"
+if [ -n "${RUNS_TGZ:-}" ]; then tar xzf "$RUNS_TGZ"; fi
+python3 benchmarks/gpu_kit.py unpack
+machine="one $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPU cores"
+status=0
+python3 benchmarks/long_tail.py --tier gpu --workers "${WORKERS:-8}" --budget-min "${BUDGET_MIN:-6}" \
+  --machine "$machine" >"$OUT/gpu_tier.log" 2>&1 || status=$?
+grep -E "tier, |\[benchmark\]|nothing runs|Error" "$OUT/gpu_tier.log" | tail -40 || true
+find benchmarks/runs/gpu -name results.json -o -name run_info.json -o -name error.txt | tar czf "$OUT/gpu_runs.tgz" -T -
+cp benchmarks/results/long_tail.md benchmarks/results/long_tail.json "$OUT/"
+exit "$status"
