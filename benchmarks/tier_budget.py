@@ -6,8 +6,9 @@
 The cost of one run is measured, not modelled: ``workers`` processes at once each run the tier's own recipe
 (``dsb_ce``, the tier's overrides and data, validation and test evaluated) three times, for ``short``, ``short``
 and ``long`` optimizer steps. The first run pays the process's one-off start-up (CUDA context, kernel choice); the
-other two give the marginal seconds per step under that concurrency, ``(T_long - T_short) / (long - short)``, and
-the fixed seconds per run (model, data, evaluation), ``T_short - short * step``. A tier's wall time is then the
+other two give the marginal seconds per step under that concurrency, from their training loops' own times,
+``(T_long - T_short) / (long - short)``, and the fixed seconds per run (model, data, evaluation) from the short
+run's whole time, ``W_short - short * step``. A timing that gives no positive step time stops the plan. A tier's wall time is then the
 simulated schedule of ``long_tail.run_tier`` (its order, its dependencies, ``workers`` at once, finished runs
 skipped) with every run costing ``fixed + steps * step``.
 
@@ -45,7 +46,7 @@ BUDGET_PRIORITY = [
     "mix_dsb_cb_ce",
 ]
 TIMED_METHOD = "dsb_ce"  # the timing runs: pool capture and re-measurements included
-TIMED_STEPS = {"cuda": (20, 220), "cpu": (2, 6)}  # (short, long) optimizer steps of the timing runs
+TIMED_STEPS = {"cuda": (20, 220), "cpu": (2, 10)}  # (short, long) optimizer steps of the timing runs
 
 
 def steps_per_run(setting: dict[str, Any], train_images: int) -> int:
@@ -57,7 +58,8 @@ def steps_per_run(setting: dict[str, Any], train_images: int) -> int:
 
 
 def _timed_runs(setting: dict[str, Any], data_args: list[str], out: str, steps: list[int], queue: Any) -> None:
-    """One worker: the recipe for each of ``steps`` optimizer steps in turn; puts (device, [seconds]) on ``queue``."""
+    """One worker: the recipe for each of ``steps`` optimizer steps in turn; puts (device, [(whole run s, training
+    loop s)]) on ``queue``."""
     import torch
 
     from recipes.train_image import main
@@ -68,8 +70,8 @@ def _timed_runs(setting: dict[str, Any], data_args: list[str], out: str, steps: 
             setting, TIMED_METHOD, 0, Path(out) / f"run{i}", data_args, ["--max_steps", str(n), "--eval_test", "true"]
         )
         start = time.perf_counter()
-        main(argv)
-        seconds.append(time.perf_counter() - start)
+        record = main(argv)
+        seconds.append((time.perf_counter() - start, record["train_runtime_s"]))
     queue.put((torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", seconds))
 
 
@@ -103,16 +105,21 @@ def measure_run_cost(
         queue.close()
         queue.join_thread()
         shutil.rmtree(scratch, ignore_errors=True)
-    step_s = max((s[2] - s[1]) / (long - short) for _, s in spans)
-    fixed_s = max(max(0.0, s[1] - short * step_s) for _, s in spans)
-    return {
-        "device": spans[0][0],
-        "workers": workers,
-        "short_steps": short,
-        "long_steps": long,
-        "step_s": step_s,
-        "fixed_s": fixed_s,
-    }
+    return {"device": spans[0][0], "workers": workers, **run_cost([s for _, s in spans], short, long)}
+
+
+def run_cost(timings: list[list[tuple[float, float]]], short: int, long: int) -> dict[str, Any]:
+    """``{"short_steps", "long_steps", "step_s", "fixed_s"}`` from each worker's (whole run s, training loop s) of
+    its start-up, ``short``- and ``long``-step runs: the slowest worker's step time from the training loops (the
+    evaluation and loading jitter left out) and its fixed time from the short run's whole time."""
+    step_s = max((t[2][1] - t[1][1]) / (long - short) for t in timings)
+    if not step_s > 0:
+        raise RuntimeError(
+            f"the {long}-step timing runs trained no longer than the {short}-step ones ({timings}): the timing is "
+            "noise on this machine; run again on a quieter machine"
+        )
+    fixed_s = max(max(0.0, t[1][0] - short * step_s) for t in timings)
+    return {"short_steps": short, "long_steps": long, "step_s": step_s, "fixed_s": fixed_s}
 
 
 def _finished(out: Path) -> bool:

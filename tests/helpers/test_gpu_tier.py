@@ -108,6 +108,16 @@ def test_steps_per_run_of_the_gpu_tier():
     assert gpu["prepare"]["test_per_class"] == 500
 
 
+def test_run_cost_from_the_timing_runs():
+    # two workers: (whole run s, training loop s) for start-up, 2 steps, 10 steps
+    timings = [[(30.0, 9.0), (12.0, 2.0), (20.0, 10.0)], [(31.0, 9.0), (13.0, 2.5), (22.0, 12.5)]]
+    cost = tb.run_cost(timings, 2, 10)
+    assert cost["step_s"] == pytest.approx(1.25) and cost["fixed_s"] == pytest.approx(13.0 - 2 * 1.25)
+    noisy = [[(30.0, 9.0), (12.0, 2.0), (11.0, 1.9)]]  # the long run trained no longer: no estimate at all
+    with pytest.raises(RuntimeError, match="the timing is noise on this machine"):
+        tb.run_cost(noisy, 2, 10)
+
+
 def test_timing_refuses_text_settings_and_bad_step_counts(tmp_path):
     banking = next(s for s in lt.tier_settings("cpu") if s["recipe"] == "train_text")
     with pytest.raises(ValueError, match="only image settings are timed"):
