@@ -1104,7 +1104,8 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="time the recipe as --dry-run does, then run only the methods and seeds that fit this many minutes of "
-        "wall time (every method at seed 0 first, then more seeds; finished runs are skipped)",
+        "wall time (each method at seed 0 that still fits, in benchmarks/tier_budget.py's priority order, then more "
+        "seeds; finished runs are skipped)",
     )
     parser.add_argument(
         "--machine",

@@ -8,9 +8,9 @@ The cost of one run is measured, not modelled: ``workers`` processes at once eac
 and ``long`` optimizer steps. The first run pays the process's one-off start-up (CUDA context, kernel choice); the
 other two give the marginal seconds per step under that concurrency, from their training loops' own times,
 ``(T_long - T_short) / (long - short)``, and the fixed seconds per run (model, data, evaluation) from the short
-run's whole time, ``W_short - short * step``. A timing that gives no positive step time stops the plan. A tier's wall time is then the
-simulated schedule of ``long_tail.run_tier`` (its order, its dependencies, ``workers`` at once, finished runs
-skipped) with every run costing ``fixed + steps * step``.
+run's whole time, ``W_short - short * step``; a timing that gives no positive step time stops the plan. A tier's
+wall time is then the simulated schedule of ``long_tail.run_tier`` (its order, its dependencies, ``workers`` at
+once, finished runs skipped) with every run costing ``fixed + steps * step``.
 
 A budget is filled in a fixed priority order: each method at seed 0 (``BUDGET_PRIORITY``: CE, the count
 baseline, DSB-CE, then the rest) that still fits, then seeds 1 and 2 of those; finished runs cost nothing, so a
@@ -130,8 +130,9 @@ def planned_runs(
     work_dir: Path, tier: str, setting: dict[str, Any], methods: list[str], seeds: list[int]
 ) -> list[tuple[str, list[bool]]]:
     """``run_tier``'s submission groups for ``methods`` x ``seeds`` of one setting, in its order, each a
-    (kind, [already finished? per run]) with kind ``"warm"`` (runs alone first), ``"queue"`` (submitted at once)
-    or ``"after:<method>"`` (submitted once ``<method>``'s tuning grid and the grids before it are done)."""
+    (kind, [already finished? per run]) with kind ``"warm"`` (runs alone first), ``"tune:<method>"`` (the method's
+    grid) and ``"queue"`` (both submitted at once after it), or ``"after:<method>"`` (submitted once ``<method>``'s
+    grid and the grids before it are done)."""
     tuned = [m for m in lt.tuned_methods(setting) if m in methods]
     untuned = [m for m in setting["methods"] if m in methods and m not in tuned]
     untuned_runs = [_finished(lt.run_dir(work_dir, tier, setting, m, s)) for m in untuned for s in seeds]
