@@ -38,7 +38,11 @@ machine="one $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(n
 status=0
 # The report goes to $OUT: its CPU section is empty there (the CPU runs are not on the device); its GPU section
 # and the runs in gpu_runs.tgz are what to bring into benchmarks/results/long_tail.{md,json}.
-python3 benchmarks/long_tail.py --tier gpu --workers "${WORKERS:-8}" --budget-min "${BUDGET_MIN:-6}" \
+# RUN_LIMIT_S stops an estimate that was too short before the device tool's 10 minutes do, so the finished runs
+# are still tarred below (the report is then missing: rebuild it from the runs with --report-only).
+budget=${BUDGET_MIN:-6}
+timeout "${RUN_LIMIT_S:-$(python3 -c "print(int(60 * $budget + 90))")}" \
+  python3 benchmarks/long_tail.py --tier gpu --workers "${WORKERS:-8}" --budget-min "$budget" \
   --machine "$machine" --out-dir "$OUT" >"$OUT/gpu_tier.log" 2>&1 || status=$?
 grep -E "tier, |\[benchmark\]|nothing runs|Error" "$OUT/gpu_tier.log" | tail -40 || true
 find benchmarks/runs/gpu \( -name results.json -o -name run_info.json -o -name error.txt \) -print \
