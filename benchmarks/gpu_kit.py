@@ -50,14 +50,6 @@ TRAVEL_LIMIT = 64 * 2**20  # what one device call may carry: repository + kit
 PIP_PLATFORM = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:", "--no-deps"]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pack_dataset(folder: Path, kit: Path, preparation: dict[str, Any]) -> dict[str, Any]:
     """Write ``folder``'s (a saved DatasetDict with ``image`` / ``label``) splits into ``kit/DATA_FILE`` and
     ``kit/MANIFEST_FILE``; returns the manifest."""
@@ -72,15 +64,16 @@ def pack_dataset(folder: Path, kit: Path, preparation: dict[str, Any]) -> dict[s
         sizes[split] = len(part)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
+    packed = lzma.compress(buffer.getvalue(), preset=6)
     kit.mkdir(parents=True, exist_ok=True)
     with atomic_path(kit / DATA_FILE) as tmp:
-        tmp.write_bytes(lzma.compress(buffer.getvalue(), preset=6))
+        tmp.write_bytes(packed)
     manifest = {
         "features": dd["train"].features.to_dict(),
         "class_names": dd["train"].features["label"].names,
         "sizes": sizes,
         "preparation": preparation,
-        "sha256": sha256_file(kit / DATA_FILE),
+        "sha256": hashlib.sha256(packed).hexdigest(),
     }
     with atomic_path(kit / MANIFEST_FILE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -99,11 +92,12 @@ def unpack_dataset(kit: Path, target: Path) -> Path:
             "on the machine with the data, and carry the folder"
         )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if sha256_file(data_path) != manifest["sha256"]:
+    packed = data_path.read_bytes()
+    if hashlib.sha256(packed).hexdigest() != manifest["sha256"]:
         raise ValueError(
             f"{data_path} does not match its manifest's sha256 (a broken copy or a re-pack half done): pack again"
         )
-    with np.load(io.BytesIO(lzma.decompress(data_path.read_bytes()))) as arrays:
+    with np.load(io.BytesIO(lzma.decompress(packed))) as arrays:
         features = datasets.Features.from_dict(manifest["features"])
         dd = datasets.DatasetDict(
             {

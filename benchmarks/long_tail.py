@@ -37,7 +37,6 @@ import math
 import multiprocessing as mp
 import os
 import shlex
-import shutil
 import sys
 import time
 import traceback
@@ -48,6 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.atomic import atomic_folder  # noqa: E402
 from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 from recipes.methods import (  # noqa: E402
@@ -492,17 +492,14 @@ def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Pat
 
 
 def save_dataset_dict(dd: Any, target: Path) -> None:
-    """``dd.save_to_disk`` into a temporary folder beside ``target``, then rename it into place: concurrent or
-    interrupted preparations never leave a half-written ``target``."""
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    """``dd.save_to_disk`` through :func:`~hf_semscale.atomic.atomic_folder`: concurrent or interrupted
+    preparations never leave a half-written ``target``."""
     try:
-        dd.save_to_disk(str(tmp))
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            dd.save_to_disk(str(tmp))
     except OSError:
         if not (target / "dataset_dict.json").is_file():  # else another process put a complete copy there first
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- running

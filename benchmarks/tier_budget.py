@@ -49,12 +49,17 @@ TIMED_METHOD = "dsb_ce"  # the timing runs: pool capture and re-measurements inc
 TIMED_STEPS = {"cuda": (20, 220), "cpu": (2, 10)}  # (short, long) optimizer steps of the timing runs
 
 
-def steps_per_run(setting: dict[str, Any], train_images: int) -> int:
-    """Optimizer steps of one full run of ``setting`` on ``train_images`` training images."""
-    overrides = setting["overrides"]
-    epochs = float(overrides[overrides.index("--num_train_epochs") + 1])
-    batch = int(overrides[overrides.index("--per_device_train_batch_size") + 1])
-    return int(math.ceil(epochs * math.ceil(train_images / batch)))
+def steps_per_run(setting: dict[str, Any], data_args: list[str], train_images: int) -> int:
+    """Optimizer steps of one full run of ``setting`` on ``train_images`` training images: its argv parsed by the
+    image recipe, steps counted by the recipe's own rule (``recipes.common.steps_per_epoch``)."""
+    from recipes.common import parse_yaml_then_cli, steps_per_epoch
+    from recipes.train_image import make_parser
+
+    argv = lt.build_argv(setting, TIMED_METHOD, 0, Path("unused"), data_args, [])
+    args = parse_yaml_then_cli(make_parser(), argv)[-1]
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    return int(math.ceil(args.num_train_epochs * steps_per_epoch(train_images, args)))
 
 
 def _timed_runs(setting: dict[str, Any], data_args: list[str], out: str, steps: list[int], queue: Any) -> None:
@@ -213,10 +218,10 @@ def fit_budget(
 
 
 def estimate_text(
-    work_dir: Path, tier: str, setting: dict[str, Any], cost: dict[str, Any], train_images: int, budget_s: float
+    work_dir: Path, tier: str, setting: dict[str, Any], cost: dict[str, Any], steps: int, budget_s: float
 ) -> tuple[str, dict[str, Any]]:
-    """The printed estimate of the whole tier and of what fits ``budget_s``, and that fitting selection."""
-    steps = steps_per_run(setting, train_images)
+    """The printed estimate of the whole tier (runs of ``steps`` optimizer steps) and of what fits ``budget_s``, and
+    that fitting selection."""
     run_s = cost["fixed_s"] + steps * cost["step_s"]
     everything = planned_runs(work_dir, tier, setting, setting["methods"], lt.DEFAULT_SEEDS)
     wall, todo = simulate_wall(everything, run_s, cost["workers"])
@@ -250,6 +255,7 @@ def plan(
     data_args = lt.data_args_for(setting, data_root, work_dir / tier / "cache", source)
     train_images = len(datasets.load_from_disk(data_args[data_args.index("--data_dir") + 1])["train"])
     cost = measure_run_cost(setting, data_args, work_dir / tier / "_timing", workers)
-    text, fit = estimate_text(work_dir, tier, setting, cost, train_images, budget_s)
+    steps = steps_per_run(setting, data_args, train_images)
+    text, fit = estimate_text(work_dir, tier, setting, cost, steps, budget_s)
     print(text, flush=True)
     return setting, {**fit, "text": text}

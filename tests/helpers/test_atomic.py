@@ -1,10 +1,10 @@
-"""atomic_path: the one atomic-write rule (report, state files, history, recipe caches)."""
+"""atomic_path / atomic_folder: the one atomic-write rule (report, state files, history, recipe caches, prepared data)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hf_semscale.atomic import atomic_path
+from hf_semscale.atomic import atomic_folder, atomic_path
 
 
 def test_a_clean_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -31,3 +31,18 @@ def test_two_writers_never_share_a_temporary(tmp_path):
         first.write_text("a")
         second.write_text("b")
     assert target.read_text() == "a"  # the outer block renames last
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "prepared"
+    with atomic_folder(target) as tmp:
+        assert tmp.is_dir() and tmp.parent == target.parent and not target.exists()
+        (tmp / "part.arrow").write_text("rows")
+    assert (target / "part.arrow").read_text() == "rows" and [p.name for p in target.parent.iterdir()] == ["prepared"]
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_folder(tmp_path / "other") as tmp:
+        (tmp / "half").write_text("h")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+    with pytest.raises(OSError), atomic_folder(target) as tmp:  # a complete folder is never replaced
+        (tmp / "part.arrow").write_text("other rows")
+    assert (target / "part.arrow").read_text() == "rows" and [p.name for p in target.parent.iterdir()] == ["prepared"]

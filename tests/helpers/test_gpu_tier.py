@@ -104,7 +104,7 @@ def test_budget_takes_methods_at_seed_0_in_priority_order_then_more_seeds(tmp_pa
 
 def test_steps_per_run_of_the_gpu_tier():
     gpu = lt.tier_settings("gpu")[0]
-    assert tb.steps_per_run(gpu, 12_156) == lt.GPU_EPOCHS * 95  # 200 epochs of ceil(12,156 / 128) steps
+    assert tb.steps_per_run(gpu, [], 12_156) == lt.GPU_EPOCHS * 95  # 200 epochs of ceil(12,156 / 128) steps
     assert gpu["prepare"]["test_per_class"] == 500
 
 
