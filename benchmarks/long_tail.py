@@ -9,7 +9,7 @@
     python benchmarks/long_tail.py --report-only         # rebuild the tables from finished runs
 
 Each run is ``recipes/train_image.py`` / ``recipes/train_text.py`` with a method of
-``recipes/methods.py``; its ``results.json`` lands in ``<work_dir>/<tier>/<dataset>/<method>/seed<k>/``
+``hf_semscale/select/methods.py``; its ``results.json`` lands in ``<work_dir>/<tier>/<dataset>/<method>/seed<k>/``
 and finished runs are skipped when the benchmark is restarted. DSB's own knobs (``semscale_gamma``,
 ``semscale_warmup_ratio``) are chosen for each ``dsb_*`` method separately, on the VALIDATION split
 (carved from training data, seed 0) from a small grid; the test split is never used for choices. A
@@ -49,8 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from hf_semscale.atomic import atomic_folder  # noqa: E402
 from hf_semscale.hub.report import write_json_atomic  # noqa: E402
-from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
-from recipes.methods import (  # noqa: E402
+from hf_semscale.select.methods import (  # noqa: E402
     BASELINES,
     DRW_DEFERRAL,
     DSB_COUNTERPART,
@@ -59,6 +58,7 @@ from recipes.methods import (  # noqa: E402
     TUNED_METHODS,
     describe,
 )
+from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_tail")
 

@@ -276,8 +276,8 @@ def balanced_cifar_phenomena(
     import torch
 
     from hf_semscale.core.scale import class_semantic_scales, marginal_effect_curves
+    from hf_semscale.data import DataArguments, load_splits
     from hf_semscale.features import extract_features, extract_sample_vectors, load_model_for_features
-    from recipes.common import DataArguments, load_splits
 
     result = _load_json(run_dir / "results.json")
     if not result or not (run_dir / "config.json").is_file():

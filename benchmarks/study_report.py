@@ -30,9 +30,9 @@ from benchmarks.long_tail import (
     tuned_methods,
 )
 from hf_semscale.core.imbalance import spearman
+from hf_semscale.select.methods import COUNT_TUNED_METHODS, SCALE_METHODS
 from hf_semscale.trainer import HISTORY_FILENAME
 from recipes.common import RESULTS_FILENAME
-from recipes.methods import COUNT_TUNED_METHODS, SCALE_METHODS
 
 SCALE_DERIVED = tuple(m for m in SCALE_METHODS if m != "reverse_dsb_ce")  # reverse is a control, not a candidate
 BASES = {"ce": "dsb_ce", "focal": "dsb_focal", "balanced_softmax": "dsb_balanced_softmax"}

@@ -23,7 +23,9 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -46,6 +48,8 @@ __all__ = [
     "load_builtin_digits",
     "class_counts",
     "class_names",
+    "DataArguments",
+    "load_splits",
 ]
 
 DATA_DIR_ENV = "HF_SEMSCALE_DATA_DIR"
@@ -511,3 +515,141 @@ def load_builtin_digits(
     train = datasets.Dataset.from_dict({"pixel_values": x_train, "labels": y_train}, features=features)
     test = datasets.Dataset.from_dict({"pixel_values": x_test, "labels": y_test}, features=features)
     return make_long_tailed(train, imbalance_factor, label_column="labels", seed=seed), test
+
+
+# --------------------------------------------------------------------------- train / validation / test
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how the long-tailed training set is built."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local dataset folder (shared-style, e.g. ../shared/data/cifar10, or a datasets.save_to_disk folder)."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A datasets Hub id (used when data_dir is not set)."}
+    )
+    train_split: str = field(
+        default="train", metadata={"help": "Split the training (and carved validation) data come from."}
+    )
+    test_split: str = field(default="test", metadata={"help": "Held-out split; stays balanced / untouched."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "An existing split of TRAINING-side data to use for validation; None: carve from train_split."
+        },
+    )
+    validation_per_class: int = field(
+        default=0,
+        metadata={
+            "help": "Rows per class carved from the training data for validation (before the long tail); 0: none."
+        },
+    )
+    imbalance_factor: float | None = field(
+        default=None,
+        metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."},
+    )
+    long_tail_n_max: int | None = field(
+        default=None, metadata={"help": "Head-class size of the long-tailed subset; None: the smallest class's size."}
+    )
+    long_tail_order: str = field(
+        default="index",
+        metadata={
+            "help": "Rank of each class in the long-tail profile: 'index' (class id order, CIFAR-LT) or 'count' "
+            "(most available samples first, so every class can fill its quota).",
+            "choices": ["index", "count"],
+        },
+    )
+    subset_seed: int = field(
+        default=0,
+        metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."},
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: image / img)."})
+    text_column: str | None = field(
+        default=None, metadata={"help": "Text column (default: text / sentence / content)."}
+    )
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: label / labels)."})
+    max_train_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Cap rows per class of the training split before anything else (quick runs)."}
+    )
+    max_eval_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Cap rows per class of validation / test (quick runs)."}
+    )
+
+    @property
+    def source(self) -> str:
+        source = self.data_dir or self.dataset_name or os.environ.get("HF_SEMSCALE_DATA_SOURCE")
+        if not source:
+            raise ValueError("No data: pass --data_dir <folder> or --dataset_name <hub id>.")
+        return source
+
+
+def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
+    """Load train / validation / test, carve validation from TRAIN data, then make train long-tailed.
+
+    Classes of the label set with no training row (CLINC150's ``oos``) are dropped from every split, with a
+    warning; they are listed in ``"dropped_classes"``.
+
+    Returns ``{"train", "validation" (or None), "test", "class_names", "train_class_counts", "dropped_classes"}``
+    with columns renamed to ``image``/``text`` and ``label``.
+    """
+
+    columns = {"label_column": data.label_column}
+    columns["image_column" if kind == "image" else "text_column"] = (
+        data.image_column if kind == "image" else data.text_column
+    )
+    train = load_dataset_any(data.source, data.train_split, **columns)
+    test = load_dataset_any(data.source, data.test_split, **columns)
+    if data.max_train_samples_per_class:
+        train = limit_per_class(train, data.max_train_samples_per_class, seed=data.subset_seed)
+    validation = None
+    if data.validation_split:
+        validation = load_dataset_any(data.source, data.validation_split, **columns)
+    all_names = class_names(train)
+    counts = class_counts(train, len(all_names))
+    present = [c for c, n in enumerate(counts) if n > 0]
+    dropped = [all_names[c] for c, n in enumerate(counts) if n == 0]
+    if dropped:
+        train, _ = keep_classes(train, present)
+        test, test_rows = keep_classes(test, present)
+        val_rows = 0
+        if validation is not None:
+            validation, val_rows = keep_classes(validation, present)
+        logger.warning(
+            "classes %s have no row in the training split %r: dropped from the label set (and %d test / %d "
+            "validation rows of them); %d classes remain",
+            dropped,
+            data.train_split,
+            test_rows,
+            val_rows,
+            len(present),
+        )
+    elif data.validation_per_class > 0:
+        parts = train_validation_split(train, data.validation_per_class, seed=data.subset_seed)
+        train, validation = parts["train"], parts["validation"]
+    if data.imbalance_factor is not None and data.imbalance_factor > 1:
+        train = make_long_tailed(
+            train,
+            data.imbalance_factor,
+            label_column="label",
+            seed=data.subset_seed,
+            n_max=data.long_tail_n_max,
+            class_order=data.long_tail_order,
+        )
+    if data.max_eval_samples_per_class:
+        test = limit_per_class(test, data.max_eval_samples_per_class, seed=data.subset_seed)
+        if validation is not None:
+            validation = limit_per_class(validation, data.max_eval_samples_per_class, seed=data.subset_seed)
+    names = class_names(train)
+    return {
+        "train": train,
+        "validation": validation,
+        "test": test,
+        "class_names": names,
+        "train_class_counts": class_counts(train, len(names)),
+        "dropped_classes": dropped,
+    }

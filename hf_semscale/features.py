@@ -34,6 +34,7 @@ __all__ = [
     "extract_features",
     "extract_sample_vectors",
     "resolve_device",
+    "sentence_embeddings",
 ]
 
 Modality = Literal["text", "image"]
@@ -398,3 +399,24 @@ def extract_sample_vectors(
             tokens = embedding(encoded["input_ids"].to(device)).float()
             vectors.append(((tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)).cpu().numpy())
     return np.concatenate(vectors)
+
+
+def sentence_embeddings(model_path: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Mean-pooled (over non-pad tokens), L2-normalised last hidden states ``[N, d]`` float32."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoder = AutoModel.from_pretrained(model_path).eval()
+    order = np.argsort([len(t) for t in texts])  # similar lengths per batch: less padding
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out

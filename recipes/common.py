@@ -2,7 +2,7 @@
 
 Parsing follows trl's ``TrlParser``: the YAML file's values become the argparse defaults of the
 ``HfArgumentParser`` and the command line is parsed on top, so ``--key value`` overrides the file.
-A ``method`` (see ``recipes/methods.py``) sits between the two: YAML < method < command line.
+A ``method`` (see ``hf_semscale/select/methods.py``) sits between the two: YAML < method < command line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +27,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make ``recipes`` importab
     sys.path.insert(0, str(REPO_ROOT))
 
 from hf_semscale.atomic import atomic_path  # noqa: E402
+from hf_semscale.data import DataArguments  # noqa: E402
 from hf_semscale.hub.report import write_json_atomic  # noqa: E402
-from recipes.methods import method_overrides  # noqa: E402
+from hf_semscale.select.methods import method_overrides  # noqa: E402
 
 logger = logging.getLogger("recipes")
 
@@ -41,80 +41,12 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_sh
 
 
 @dataclass
-class DataArguments:
-    """Where the data comes from and how the long-tailed training set is built."""
-
-    data_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Local dataset folder (shared-style, e.g. ../shared/data/cifar10, or a datasets.save_to_disk folder)."
-        },
-    )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "A datasets Hub id (used when data_dir is not set)."}
-    )
-    train_split: str = field(
-        default="train", metadata={"help": "Split the training (and carved validation) data come from."}
-    )
-    test_split: str = field(default="test", metadata={"help": "Held-out split; stays balanced / untouched."})
-    validation_split: str | None = field(
-        default=None,
-        metadata={
-            "help": "An existing split of TRAINING-side data to use for validation; None: carve from train_split."
-        },
-    )
-    validation_per_class: int = field(
-        default=0,
-        metadata={
-            "help": "Rows per class carved from the training data for validation (before the long tail); 0: none."
-        },
-    )
-    imbalance_factor: float | None = field(
-        default=None,
-        metadata={"help": "n_max / n_min of the long-tailed training subset (Cao et al.); None or 1: keep as is."},
-    )
-    long_tail_n_max: int | None = field(
-        default=None, metadata={"help": "Head-class size of the long-tailed subset; None: the smallest class's size."}
-    )
-    long_tail_order: str = field(
-        default="index",
-        metadata={
-            "help": "Rank of each class in the long-tail profile: 'index' (class id order, CIFAR-LT) or 'count' "
-            "(most available samples first, so every class can fill its quota).",
-            "choices": ["index", "count"],
-        },
-    )
-    subset_seed: int = field(
-        default=0,
-        metadata={"help": "Seeds the validation carve and the long-tailed subset (fixed across training seeds)."},
-    )
-    image_column: str | None = field(default=None, metadata={"help": "Image column (default: image / img)."})
-    text_column: str | None = field(
-        default=None, metadata={"help": "Text column (default: text / sentence / content)."}
-    )
-    label_column: str | None = field(default=None, metadata={"help": "Label column (default: label / labels)."})
-    max_train_samples_per_class: int | None = field(
-        default=None, metadata={"help": "Cap rows per class of the training split before anything else (quick runs)."}
-    )
-    max_eval_samples_per_class: int | None = field(
-        default=None, metadata={"help": "Cap rows per class of validation / test (quick runs)."}
-    )
-
-    @property
-    def source(self) -> str:
-        source = self.data_dir or self.dataset_name or os.environ.get("HF_SEMSCALE_DATA_SOURCE")
-        if not source:
-            raise ValueError("No data: pass --data_dir <folder> or --dataset_name <hub id>.")
-        return source
-
-
-@dataclass
 class RunArguments:
     """Method, optimisation schedule and outputs shared by the recipes."""
 
     method: str | None = field(
         default=None,
-        metadata={"help": "A method of recipes/methods.py (sets semscale_weighting / semscale_loss / ...)."},
+        metadata={"help": "A method of hf_semscale/select/methods.py (sets semscale_weighting / semscale_loss / ...)."},
     )
     optimizer: str = field(
         default="sgd",
@@ -191,82 +123,6 @@ def parse_yaml_then_cli(parser: HfArgumentParser, argv: Sequence[str] | None = N
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
-    """Load train / validation / test, carve validation from TRAIN data, then make train long-tailed.
-
-    Classes of the label set with no training row (CLINC150's ``oos``) are dropped from every split, with a
-    warning; they are listed in ``"dropped_classes"``.
-
-    Returns ``{"train", "validation" (or None), "test", "class_names", "train_class_counts", "dropped_classes"}``
-    with columns renamed to ``image``/``text`` and ``label``.
-    """
-    from hf_semscale.data import (
-        class_counts,
-        class_names,
-        keep_classes,
-        limit_per_class,
-        load_dataset_any,
-        make_long_tailed,
-        train_validation_split,
-    )
-
-    columns = {"label_column": data.label_column}
-    columns["image_column" if kind == "image" else "text_column"] = (
-        data.image_column if kind == "image" else data.text_column
-    )
-    train = load_dataset_any(data.source, data.train_split, **columns)
-    test = load_dataset_any(data.source, data.test_split, **columns)
-    if data.max_train_samples_per_class:
-        train = limit_per_class(train, data.max_train_samples_per_class, seed=data.subset_seed)
-    validation = None
-    if data.validation_split:
-        validation = load_dataset_any(data.source, data.validation_split, **columns)
-    all_names = class_names(train)
-    counts = class_counts(train, len(all_names))
-    present = [c for c, n in enumerate(counts) if n > 0]
-    dropped = [all_names[c] for c, n in enumerate(counts) if n == 0]
-    if dropped:
-        train, _ = keep_classes(train, present)
-        test, test_rows = keep_classes(test, present)
-        val_rows = 0
-        if validation is not None:
-            validation, val_rows = keep_classes(validation, present)
-        logger.warning(
-            "classes %s have no row in the training split %r: dropped from the label set (and %d test / %d "
-            "validation rows of them); %d classes remain",
-            dropped,
-            data.train_split,
-            test_rows,
-            val_rows,
-            len(present),
-        )
-    elif data.validation_per_class > 0:
-        parts = train_validation_split(train, data.validation_per_class, seed=data.subset_seed)
-        train, validation = parts["train"], parts["validation"]
-    if data.imbalance_factor is not None and data.imbalance_factor > 1:
-        train = make_long_tailed(
-            train,
-            data.imbalance_factor,
-            label_column="label",
-            seed=data.subset_seed,
-            n_max=data.long_tail_n_max,
-            class_order=data.long_tail_order,
-        )
-    if data.max_eval_samples_per_class:
-        test = limit_per_class(test, data.max_eval_samples_per_class, seed=data.subset_seed)
-        if validation is not None:
-            validation = limit_per_class(validation, data.max_eval_samples_per_class, seed=data.subset_seed)
-    names = class_names(train)
-    return {
-        "train": train,
-        "validation": validation,
-        "test": test,
-        "class_names": names,
-        "train_class_counts": class_counts(train, len(names)),
-        "dropped_classes": dropped,
-    }
 
 
 def text_cache_file(

@@ -35,19 +35,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.data import load_splits  # noqa: E402
+from hf_semscale.select.methods import uses_normed_head  # noqa: E402
 from recipes.common import (  # noqa: E402
     DataArguments,
     RunArguments,
     apply_threads,
     build_optimizers,
-    load_splits,
     make_compute_metrics,
     parse_yaml_then_cli,
     setup_logging,
     summary_line,
     train_evaluate_and_record,
 )
-from recipes.methods import uses_normed_head  # noqa: E402
 
 logger = logging.getLogger("recipes.train_image")
 

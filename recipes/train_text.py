@@ -33,12 +33,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from hf_semscale.data import load_splits  # noqa: E402
+from hf_semscale.features import sentence_embeddings  # noqa: E402
 from recipes.common import (  # noqa: E402
     DataArguments,
     RunArguments,
     apply_threads,
     build_optimizers,
-    load_splits,
     make_compute_metrics,
     parse_yaml_then_cli,
     save_cache_atomic,
@@ -96,28 +97,6 @@ def resolve_model_path(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- frozen_cached
-
-
-def sentence_embeddings(model_path: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """Mean-pooled (over non-pad tokens), L2-normalised last hidden states ``[N, d]`` float32."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    encoder = AutoModel.from_pretrained(model_path).eval()
-    order = np.argsort([len(t) for t in texts])  # similar lengths per batch: less padding
-    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
 
 
 def embed_split(dataset: Any, margs: TextModelArguments, model_path: str) -> Any:

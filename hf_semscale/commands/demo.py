@@ -22,7 +22,7 @@ DEMO_METHODS = {
     "balanced_softmax": {"semscale_weighting": "none", "semscale_loss": "balanced_softmax"},
     "dsb_ce": {"semscale_weighting": "dsb", "semscale_loss": "ce"},
 }
-"""The demo's methods: ``SemScaleConfig`` overrides (the names of ``recipes/methods.py``)."""
+"""The demo's methods: ``SemScaleConfig`` overrides (the names of ``hf_semscale/select/methods.py``)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from recipes.common import RESULTS_FILENAME, RunArguments, lr_lambda_for, parse_yaml_then_cli  # noqa: E402
-from recipes.methods import (  # noqa: E402
+from hf_semscale.select.methods import (  # noqa: E402
     BASELINES,
     COUNT_TUNED_METHODS,
     DSB_METHODS,
@@ -23,6 +22,7 @@ from recipes.methods import (  # noqa: E402
     SCALE_METHODS,
     method_overrides,
 )
+from recipes.common import RESULTS_FILENAME, RunArguments, lr_lambda_for, parse_yaml_then_cli  # noqa: E402
 
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 
@@ -514,7 +514,7 @@ def test_benchmark_gpu_report_keeps_the_cpu_tables(tmp_path):
 
 def test_benchmark_starts_the_mix_weights_where_cb_ce_starts_its_own(tmp_path):
     from benchmarks import long_tail as lt
-    from recipes.methods import DRW_DEFERRAL
+    from hf_semscale.select.methods import DRW_DEFERRAL
 
     setting = next(s for s in lt.tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
     assert "mix_dsb_cb_ce" in lt.tuned_methods(setting) and "cb_ce" not in lt.tuned_methods(setting)

@@ -1,6 +1,8 @@
-"""The method table of the long-tail benchmark: one name -> the ``SemScaleConfig`` overrides that define it.
+"""The method table: one name -> the ``SemScaleConfig`` overrides that define it.
 
-Every method runs in the same harness (``SemScaleTrainer``); only the fields below differ. The knobs
+Shared by ``hf-semscale select``, the recipes (``--method``) and the benchmarks: every method runs in the same harness
+(``SemScaleTrainer``); only the fields below differ. ``ce_posthoc_la`` trains as ``ce`` and adjusts its logits after
+training (:mod:`hf_semscale.core.posthoc`). The knobs
 that are ours (DSB's ``semscale_gamma`` and ``semscale_warmup_ratio``) are NOT set here: they come
 from the recipe config / command line, tuned on a validation split carved from training data.
 
@@ -29,6 +31,7 @@ __all__ = [
     "SCALE_METHODS",
     "COUNT_TUNED_METHODS",
     "TUNED_METHODS",
+    "POSTHOC_METHODS",
     "DRW_DEFERRAL",
     "method_overrides",
     "uses_normed_head",
@@ -87,6 +90,8 @@ METHODS: dict[str, dict[str, Any]] = {
         "semscale_loss": "balanced_softmax",
         "semscale_logit_adjust_tau": 1.0,
     },
+    # --- plain CE, then post-hoc logit adjustment with tau chosen on validation (Menon et al. 2021); no retraining
+    "ce_posthoc_la": {"semscale_weighting": "none", "semscale_loss": "ce"},
     # --- controls / hypotheses derived from the scale (not dsb_<base>)
     "reverse_dsb_ce": {"semscale_weighting": "reverse_scale", "semscale_loss": "ce"},
     "scalecount_cb_ce": {
@@ -103,6 +108,8 @@ MIXED_METHODS = tuple(name for name in METHODS if name.startswith("mix_"))
 SCALE_METHODS = DSB_METHODS + MIXED_METHODS + ("reverse_dsb_ce", "scalecount_cb_ce")
 """Methods whose weights come from semantic scales (alone or mixed): they fill a pool."""
 TUNED_METHODS = SCALE_METHODS + COUNT_TUNED_METHODS  # knobs chosen on a validation split
+POSTHOC_METHODS = {"ce_posthoc_la": "ce"}
+"""Methods that reuse another method's trained runs and only change prediction: name -> the method they reuse."""
 
 # The baseline each DSB variant is compared with (same base loss; LDAM's counterpart is LDAM-DRW).
 DSB_COUNTERPART = {
@@ -131,6 +138,7 @@ _DESCRIPTIONS = {
     "cb_ce_tuned": "CE + effective-number weights beta 0.9999, start of re-weighting tuned",
     "pow_ce_tuned": "CE + weights n_c^-p, p and start of re-weighting tuned",
     "pow_bs_tuned": "balanced softmax + weights n_c^-p, p and start tuned: the count control for dsb_balanced_softmax",
+    "ce_posthoc_la": "CE, then logits - tau * log prior at prediction, tau chosen on validation (Menon et al.)",
     "reverse_dsb_ce": "a control, not DSB: CE + weights GROWING with the scale, (S_c / max S)^gamma",
     "scalecount_cb_ce": "CE + effective-number weights of scale-equivalent counts (head classes' marginal-effect curve)",
 }
