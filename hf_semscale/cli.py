@@ -1,4 +1,4 @@
-"""``hf-semscale``: ``measure`` (scales of a dataset + model), ``push`` (publish), ``demo`` (the main job).
+"""``hf-semscale``: ``measure`` (scales of a dataset + model), ``select`` (a method for it), ``push``, ``demo``.
 
 Each subcommand lives in ``hf_semscale/commands/<name>.py`` and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when chosen.
@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = {
     "measure": "Measure per-class semantic scales of a dataset with a model; write JSON, plots and a table.",
+    "select": "Which method suits this dataset: regime diagnosis and a validated comparison on its own training data.",
     "push": "Publish a trained output directory (model, semantic_scales.json, model card) to the Hub.",
     "demo": "Train CE vs DSB on a long-tailed built-in dataset (no download) and print the comparison.",
 }

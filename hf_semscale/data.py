@@ -43,6 +43,7 @@ __all__ = [
     "make_long_tailed",
     "limit_per_class",
     "train_validation_split",
+    "carve_validation",
     "load_local_dataset",
     "load_dataset_any",
     "load_builtin_digits",
@@ -653,3 +654,35 @@ def load_splits(data: DataArguments, kind: str) -> dict[str, Any]:
         "train_class_counts": class_counts(train, len(names)),
         "dropped_classes": dropped,
     }
+
+
+def carve_validation(
+    dataset: datasets.Dataset, fraction: float = 0.15, seed: int = 0, label_column: str = "label"
+) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
+    """A stratified validation split carved off TRAINING data, for a dataset that has none.
+
+    Each class gives ``floor(fraction * n_c)`` seeded-random rows, at least one, as long as two stay in training; a
+    class of fewer than 3 rows gives none: it stays whole in training and is left out of the validation metric (no
+    validation row). Returns ``(train, validation, names of the classes kept whole in training)``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    labels = _labels_array(dataset, label_column)
+    names = class_names(dataset, label_column)
+    rng = np.random.default_rng(seed)
+    picked, kept_whole = [], []
+    for c in range(len(names)):
+        rows = np.flatnonzero(labels == c)
+        if rows.size == 0:
+            continue
+        take = min(max(1, int(fraction * rows.size)), rows.size - 2)
+        if take < 1:
+            kept_whole.append(names[c])
+            continue
+        picked.append(rng.permutation(rows)[:take])
+    if not picked:
+        raise ValueError(
+            "no class has the 3 training rows needed to give one to validation. Fix: pass a validation split of your own."
+        )
+    validation = np.sort(np.concatenate(picked))
+    train = np.setdiff1d(np.arange(labels.size), validation)
+    return dataset.select(train), dataset.select(validation), kept_whole

@@ -166,3 +166,17 @@ AutoConfig.register(CifarResNetConfig.model_type, CifarResNetConfig, exist_ok=Tr
 AutoConfig.register(MLPClassifierConfig.model_type, MLPClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(CifarResNetConfig, CifarResNetForImageClassification, exist_ok=True)
 AutoModelForImageClassification.register(MLPClassifierConfig, MLPForClassification, exist_ok=True)
+
+
+def bake_posthoc_adjustment(model: nn.Module, class_counts: list[int] | Tensor, tau: float) -> str:
+    """Fold post-hoc logit adjustment (``logits - tau * log prior``) into ``model``'s classifier bias, in place, and
+    record ``tau`` and the counts in ``model.config`` (``posthoc_logit_adjustment``) so a saved or pushed model says
+    what it predicts. Returns the head's module name. Heads that are not an ``nn.Linear`` are refused."""
+    from .core.posthoc import bake_logit_adjustment
+    from .dsb.capture import find_classification_head
+
+    name, head = find_classification_head(model, len(class_counts))
+    bake_logit_adjustment(head, class_counts, tau)
+    if getattr(model, "config", None) is not None:
+        model.config.posthoc_logit_adjustment = {"tau": float(tau), "class_counts": [int(n) for n in class_counts]}
+    return name

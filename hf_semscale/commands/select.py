@@ -1,0 +1,154 @@
+"""``hf-semscale select``: which method for THIS dataset, measured on a validation split of its own training data.
+
+    hf-semscale select --dataset ../shared/data/banking77 --imbalance-factor 20 --output-dir out/select
+    hf-semscale select --config recipes/configs/clinc150_frozen.yaml --imbalance-factor 50 --output-dir out/select
+
+Prints the regime, the time estimate, a progress bar, the table and the chosen ``SemScaleConfig`` arguments; writes
+``selection.json``, ``selection.md``, ``recommended.yaml`` and ``selection.png``. Started again on the same output
+folder, it re-runs only the runs that did not finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..select.candidates import DEFAULT_CANDIDATES, GridSpec
+
+_DATA_KEYS = {
+    "data_dir",
+    "dataset_name",
+    "train_split",
+    "test_split",
+    "validation_split",
+    "validation_per_class",
+    "imbalance_factor",
+    "long_tail_n_max",
+    "long_tail_order",
+    "subset_seed",
+    "text_column",
+    "label_column",
+    "max_train_samples_per_class",
+    "max_eval_samples_per_class",
+}
+_SCHEDULE_KEYS = {
+    "num_train_epochs": "epochs",
+    "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay",
+    "per_device_train_batch_size": "batch_size",
+    "head_hidden_dims": "hidden_dims",
+    "head_dropout": "dropout",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("data and model")
+    src.add_argument(
+        "--config", help="A recipe config (YAML, as recipes/train_text.py takes): data, encoder, schedule."
+    )
+    src.add_argument("--dataset", help="A local data folder or a datasets Hub id (instead of / over --config's data).")
+    src.add_argument("--model", help="Frozen text encoder: 'minilm' (offline, the default), a folder or a Hub id.")
+    src.add_argument("--validation-split", help="The dataset's own validation split (default: carved from train).")
+    src.add_argument("--validation-fraction", type=float, default=0.15, help="Share of each class carved off train.")
+    src.add_argument("--imbalance-factor", type=float, help="Make the training split long-tailed (n_max / n_min).")
+    src.add_argument("--text-column", help="Text column (default: text / sentence / content).")
+    src.add_argument("--label-column", help="Label column (default: label / labels).")
+    sel = parser.add_argument_group("selection")
+    sel.add_argument("--output-dir", default="outputs/select", help="Where runs and reports go (a rerun resumes).")
+    sel.add_argument(
+        "--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), help="Methods of the method table to compare."
+    )
+    sel.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds (knobs tuned at the first)."
+    )
+    sel.add_argument(
+        "--starts", type=float, nargs="+", default=list(GridSpec.starts), help="Start-of-re-weighting grid."
+    )
+    sel.add_argument(
+        "--gammas", type=float, nargs="+", default=list(GridSpec.gammas), help="gamma grid (scale weights)."
+    )
+    sel.add_argument("--powers", type=float, nargs="+", default=list(GridSpec.powers), help="p grid (count weights).")
+    sel.add_argument("--epochs", type=float, help="Training epochs per run (default: the config's, else 10).")
+    sel.add_argument("--workers", type=int, default=2, help="Runs at once (worker processes).")
+    sel.add_argument("--budget-min", type=float, help="Run only the candidates that fit this many minutes.")
+
+
+def load_recipe(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path}: expected a mapping of recipe fields to values")
+    mode = config.get("encoder_mode", "frozen_cached")
+    if mode != "frozen_cached":
+        raise SystemExit(
+            f"{path}: encoder_mode={mode!r}. select trains the frozen_cached schedule here (a frozen encoder's embeddings "
+            "+ an MLP head, minutes on a CPU). Fix: set encoder_mode: frozen_cached, or run your fine-tuning recipe "
+            "per method with the grid printed by `hf-semscale select --help`."
+        )
+    return config
+
+
+def selection_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
+    """``(DataArguments, schedule fields, recipe config, encoder)`` from ``--config`` with the flags on top."""
+    from ..data import DataArguments
+
+    recipe = load_recipe(args.config)
+    data_fields = {k: v for k, v in recipe.items() if k in _DATA_KEYS}
+    for flag, key in (
+        ("validation_split", "validation_split"),
+        ("imbalance_factor", "imbalance_factor"),
+        ("text_column", "text_column"),
+        ("label_column", "label_column"),
+    ):
+        if getattr(args, flag) is not None:
+            data_fields[key] = getattr(args, flag)
+    if args.dataset is not None:
+        data_fields.pop("data_dir", None)
+        data_fields.pop("dataset_name", None)
+        data_fields["data_dir" if Path(args.dataset).exists() else "dataset_name"] = args.dataset
+    if not (data_fields.get("data_dir") or data_fields.get("dataset_name")):
+        raise SystemExit("no data: pass --dataset <folder or Hub id> or --config <recipe.yaml>")
+    schedule = {ours: recipe[theirs] for theirs, ours in _SCHEDULE_KEYS.items() if theirs in recipe}
+    if "hidden_dims" in schedule:
+        schedule["hidden_dims"] = tuple(schedule["hidden_dims"])
+    if args.epochs is not None:
+        schedule["epochs"] = args.epochs
+    model = args.model or recipe.get("model_name_or_path", "minilm")
+    return DataArguments(**data_fields), schedule, recipe, model
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..select.pipeline import select_text
+    from ..select.report import config_kwargs, format_table
+    from ..select.selection import SelectionSettings
+
+    data, schedule, recipe, model = selection_inputs(args)
+    settings = SelectionSettings(
+        candidates=tuple(args.candidates),
+        seeds=tuple(args.seeds),
+        grid=GridSpec(tuple(args.starts), tuple(args.gammas), tuple(args.powers)),
+        workers=args.workers,
+        budget_min=args.budget_min,
+    )
+    result = select_text(
+        args.output_dir,
+        data,
+        model=model,
+        settings=settings,
+        schedule=schedule,
+        validation_fraction=args.validation_fraction,
+        recipe=recipe or None,
+    )
+    print()
+    print(format_table(result))
+    print(f"\nChosen: {result['chosen']} — {result['rule']}")
+    print(f"SemScaleConfig(..., **{config_kwargs(result)})")
+    print(
+        f"Wrote {args.output_dir}/selection.md, selection.json, recommended.yaml, selection.png "
+        f"({result['runs_executed']} runs executed, {result['runs_total']} in all)"
+    )
+    return 0

@@ -1,0 +1,319 @@
+"""Choose a method for the user's data: tune each candidate on validation, compare over seeds, pick by a stated rule.
+
+    schedule = HeadSchedule(features_file, class_names)          # or any Schedule
+    result = select_method(schedule, "out/selection", SelectionSettings())
+
+1. Tuning: every candidate's grid points at the first seed; each keeps the point with the best VALIDATION balanced
+   accuracy (ties: the first in grid order). ``ce_posthoc_la`` tunes tau on the ``ce`` run's validation logits.
+2. Finals: the chosen point at the other seeds.
+3. The rule: the best mean validation balanced accuracy over seeds wins, except that every candidate within one seed
+   std of it (the best's std) counts as tied, and a tie goes to the simpler candidate (no feature pool before a pool,
+   then fewer tuned knobs; :attr:`Candidate.complexity`). Test metrics, where a test split exists, are reported and
+   never used for a choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
+from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
+from .runs import Job, RunStore, Schedule, run_jobs
+
+__all__ = ["SelectionSettings", "SelectionError", "select_method", "estimate_seconds", "METRICS"]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("balanced_accuracy", "accuracy", "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")
+
+
+class SelectionError(ValueError):
+    """A selection that cannot run as asked (bad input, a budget nothing fits in)."""
+
+
+@dataclass
+class SelectionSettings:
+    """What a selection compares and how long it may take."""
+
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    grid: GridSpec = field(default_factory=GridSpec)
+    workers: int = 2
+    budget_min: float | None = None
+    taus: tuple[float, ...] = DEFAULT_TAUS
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise SelectionError(f"seeds must be distinct and non-empty, got {list(self.seeds)}")
+        if self.workers < 1:
+            raise SelectionError(f"workers must be >= 1, got {self.workers}")
+        if self.budget_min is not None and not self.budget_min > 0:
+            raise SelectionError(f"budget_min must be positive minutes, got {self.budget_min}")
+
+
+def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24)) -> tuple[float, float]:
+    """``(fixed seconds per run, seconds per step)`` from two short DSB runs (the dearest kind: it fills a pool).
+
+    Raises :class:`SelectionError` when the timing is not positive (a noisy machine), rather than plan on it."""
+    probe = {"semscale_weighting": "dsb", "semscale_warmup_ratio": 0.0, "semscale_fill_max_steps": 1}
+    times = []
+    for steps in probe_steps:
+        start = time.perf_counter()
+        schedule.train(probe, seed=0, max_steps=steps)
+        times.append(time.perf_counter() - start)
+    per_step = (times[1] - times[0]) / (probe_steps[1] - probe_steps[0])
+    fixed = times[0] - per_step * probe_steps[0]
+    if not per_step > 0:
+        per_step = times[1] / probe_steps[1]  # the machine's noise swamped the difference: an upper bound
+    return max(fixed, 0.0), per_step
+
+
+def _check_counts(counts: list[int], names: list[str]) -> None:
+    present = [c for c, n in enumerate(counts) if n > 0]
+    if len(present) < 2:
+        raise SelectionError(
+            f"the training split has samples of {len(present)} class(es) only ({names[present[0]] if present else 'none'}): "
+            "there is nothing to balance. Fix: check the label column, or use a dataset with at least 2 classes."
+        )
+    if all(counts[c] <= 1 for c in present):
+        raise SelectionError(
+            "every class has at most one training sample: no method can be validated on such data. Fix: collect more "
+            "samples per class (a handful each at least)."
+        )
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _plan(
+    candidates: list[Candidate], seeds: tuple[int, ...], run_s: float, settings: SelectionSettings
+) -> tuple[list[Candidate], list[str]]:
+    """The candidates whose runs fit ``budget_min`` (in order; a candidate fits whole or not at all) and the skipped."""
+    if settings.budget_min is None:
+        return candidates, []
+    capacity_s = settings.budget_min * 60.0 * min(settings.workers, os.cpu_count() or 1)
+    kept, skipped, used, planned = [], [], 0.0, set()
+    for cand in candidates:
+        source = cand.trains_as or cand.name
+        runs = 0 if source in planned else len(cand.points) + len(seeds) - 1
+        cost = runs * run_s
+        if used + cost <= capacity_s:
+            kept.append(cand)
+            used += cost
+            planned.add(source)
+        else:
+            skipped.append(cand.name)
+    if not kept:
+        raise SelectionError(
+            f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {run_s:.0f} s and the cheapest "
+            f"candidate ({candidates[0].name}) needs {len(candidates[0].points) + len(seeds) - 1} runs. Fix: raise the "
+            "budget, or use fewer seeds / candidates."
+        )
+    return kept, skipped
+
+
+def select_method(
+    schedule: Schedule,
+    output_dir: str | Path,
+    settings: SelectionSettings | None = None,
+    class_names: list[str] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run (or resume) a selection in ``output_dir`` and return its result (also ``selection.json``).
+
+    ``schedule`` trains one run (:class:`~hf_semscale.select.frozen.HeadSchedule`); ``log`` prints progress lines."""
+    settings = settings or SelectionSettings()
+    counts = schedule.class_counts()
+    names = class_names or list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))]))
+    _check_counts(counts, names)
+    candidates = build_candidates(settings.candidates, getattr(schedule, "epochs", 1.0), settings.grid)
+    store = RunStore(Path(output_dir) / "runs")
+    seeds = tuple(settings.seeds)
+
+    fixed_s, step_s = estimate_seconds(schedule)
+    run_s = fixed_s + step_s * schedule.steps_per_run()
+    candidates, skipped = _plan(candidates, seeds, run_s, settings)
+    tuning = {c.name: [Job.of(p, seeds[0]) for p in c.points] for c in candidates}
+    all_jobs = list(dict.fromkeys(j for jobs in tuning.values() for j in jobs))
+    finals_count = sum(len(seeds) - 1 for c in candidates if c.trains_as is None)
+    total = len(all_jobs) + finals_count
+    pending = sum(store.record(j) is None for j in all_jobs)
+    parallel = min(settings.workers, os.cpu_count() or 1)
+    log(
+        f"{total} runs ({len(all_jobs)} tuning at seed {seeds[0]}, {finals_count} finals; {len(all_jobs) - pending} "
+        f"tuning runs finished before): about {run_s:.1f} s per run ({fixed_s:.1f} s fixed + {step_s * 1000:.1f} ms x "
+        f"{schedule.steps_per_run()} steps), so about {math.ceil((pending + finals_count) * run_s / parallel / 60)} min "
+        f"with {settings.workers} worker(s)" + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
+    )
+    started = time.perf_counter()
+    executed = run_jobs(schedule, all_jobs, store, settings.workers, _progress(log, "tuning"))
+
+    chosen: dict[str, dict[str, Any]] = {}
+    grids: dict[str, list[dict[str, Any]]] = {}
+    for cand in candidates:
+        if cand.trains_as is None:
+            chosen[cand.name], grids[cand.name] = _choose_point(cand, tuning[cand.name], store)
+    finals = {cand.name: [Job.of(chosen[cand.name], s) for s in seeds] for cand in candidates if cand.trains_as is None}
+    executed += run_jobs(
+        schedule, [j for jobs in finals.values() for j in jobs], store, settings.workers, _progress(log, "finals")
+    )
+
+    rows = []
+    for cand in candidates:
+        if cand.trains_as is None:
+            records = [store.record(j) for j in finals[cand.name]]
+            rows.append(_row(cand, chosen[cand.name], records, grids[cand.name]))
+        else:
+            source_jobs = finals[cand.trains_as] if cand.trains_as in finals else None
+            if source_jobs is None:  # the method it reuses is not a candidate itself: train it too
+                point = cand.points[0]
+                source_jobs = [Job.of(point, s) for s in seeds]
+                executed += run_jobs(schedule, source_jobs, store, settings.workers, _progress(log, cand.trains_as))
+            rows.append(_posthoc_row(cand, schedule, store, source_jobs, counts, settings.taus))
+    winner, rule = choose_winner(rows, {c.name: c for c in candidates})
+    return {
+        "candidates": rows,
+        "chosen": winner,
+        "rule": rule,
+        "skipped_for_budget": skipped,
+        "seeds": list(seeds),
+        "grid": asdict(settings.grid),
+        "runs_total": total,
+        "runs_executed": executed,
+        "estimate": {"fixed_s": fixed_s, "per_step_s": step_s, "run_s": run_s},
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def _progress(log: Any, phase: str):
+    from tqdm.auto import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=f"runs ({phase})", unit="run", initial=done, leave=False)
+        else:
+            bar["bar"].update(done - bar["bar"].n)
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def _validation_score(record: dict[str, Any] | None) -> float | None:
+    return None if record is None or not record.get("validation") else record["validation"]["balanced_accuracy"]
+
+
+def _choose_point(cand: Candidate, jobs: list[Job], store: RunStore) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid point with the best validation balanced accuracy at the first seed (ties: first in grid order)."""
+    rows, best, best_score = [], cand.points[0], -math.inf
+    for point, job in zip(cand.points, jobs):
+        score = _validation_score(store.record(job))
+        rows.append({"knobs": _knobs(cand, point), "validation_balanced_accuracy": score})
+        if score is not None and score > best_score:
+            best, best_score = point, score
+    return dict(best), rows
+
+
+def _knobs(cand: Candidate, point: dict[str, Any]) -> dict[str, Any]:
+    """The knobs that vary over the candidate's grid (the tuned ones)."""
+    return {k: v for k, v in point.items() if len({repr(p.get(k)) for p in cand.points}) > 1}
+
+
+def _summary(metrics_per_seed: dict[str, list[dict[str, Any] | None]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split, per_seed in metrics_per_seed.items():
+        for metric in METRICS:
+            mean, std = _mean_std([m[metric] if m else None for m in per_seed])
+            out[f"{split}_{metric}_mean"], out[f"{split}_{metric}_std"] = mean, std
+    return out
+
+
+def _row(cand: Candidate, point: dict[str, Any], records: list[dict[str, Any]], grid_rows: list) -> dict[str, Any]:
+    return {
+        "method": cand.name,
+        "uses_pool": cand.uses_pool,
+        "knobs": _knobs(cand, point),
+        "config": dict(point),
+        **_summary({"validation": [r.get("validation") for r in records], "test": [r.get("test") for r in records]}),
+        "final_class_weights": records[0].get("final_class_weights"),
+        "final_semantic_scales": records[0].get("final_semantic_scales"),
+        "grid": grid_rows,
+    }
+
+
+def _posthoc_row(
+    cand: Candidate,
+    schedule: Any,
+    store: RunStore,
+    source_jobs: list[Job],
+    counts: list[int],
+    taus: tuple[float, ...],
+) -> dict[str, Any]:
+    """``ce_posthoc_la``: tau chosen on the first seed's validation logits, then applied to every seed."""
+    arrays = schedule.arrays()
+    first = store.logits(source_jobs[0])
+    tau, scores = choose_tau(first["validation_logits"], arrays["validation_y"], counts, taus)
+    per_split: dict[str, list[dict[str, Any] | None]] = {"validation": [], "test": []}
+    for job in source_jobs:
+        logits = store.logits(job)
+        for split in per_split:
+            key = f"{split}_logits"
+            if key not in logits:
+                per_split[split].append(None)
+                continue
+            adjusted = adjust_logits(_tensor(logits[key]), counts, tau).numpy()
+            per_split[split].append(schedule.metrics(adjusted, arrays[f"{split}_y"]))
+    return {
+        "method": cand.name,
+        "uses_pool": False,
+        "knobs": {"tau": tau},
+        "config": {**cand.points[0], "posthoc_logit_adjustment_tau": tau},
+        **_summary(per_split),
+        "grid": [{"knobs": {"tau": t}, "validation_balanced_accuracy": s} for t, s in zip(taus, scores)],
+    }
+
+
+def _tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(array))
+
+
+def choose_winner(rows: list[dict[str, Any]], candidates: dict[str, Candidate]) -> tuple[str, str]:
+    """The rule of the module docstring: ``(method name, the rule in words with its numbers)``."""
+    scored = [r for r in rows if r["validation_balanced_accuracy_mean"] is not None]
+    if not scored:
+        raise SelectionError("no candidate has a validation score (no validation rows?)")
+    best = max(scored, key=lambda r: r["validation_balanced_accuracy_mean"])
+    margin = best["validation_balanced_accuracy_std"] or 0.0
+    tied = [
+        r
+        for r in scored
+        if r["validation_balanced_accuracy_mean"] >= best["validation_balanced_accuracy_mean"] - margin
+    ]
+    pick = min(tied, key=lambda r: (candidates[r["method"]].complexity, -r["validation_balanced_accuracy_mean"]))
+    rule = (
+        f"best mean validation balanced accuracy: {best['method']} {100 * best['validation_balanced_accuracy_mean']:.2f}"
+        f" (seed std {100 * margin:.2f}); within one std of it: {', '.join(r['method'] for r in tied)}"
+    )
+    if pick is not best:
+        rule += (
+            f"; the simplest of those wins (no feature pool before a pool, then fewer tuned knobs): {pick['method']} "
+            f"{100 * pick['validation_balanced_accuracy_mean']:.2f}"
+        )
+    return pick["method"], rule
