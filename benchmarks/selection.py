@@ -69,6 +69,7 @@ def run_setting(name: str, data_root: Path, work_dir: Path, settings: SelectionS
         data,
         settings=settings,
         schedule={"epochs": 1.0} if smoke else {},
+        cache_dir=work_dir / "embedding_cache",
         log=lambda line: print(f"[{name}] {line}", flush=True),
     )
     result["wall_time_s_total"] = time.time() - start

@@ -14,7 +14,7 @@ SUBCOMMANDS = {
     "measure": "Measure per-class semantic scales of a dataset with a model; write JSON, plots and a table.",
     "select": "Which method suits this dataset: regime diagnosis and a validated comparison on its own training data.",
     "push": "Publish a trained output directory (model, semantic_scales.json, model card) to the Hub.",
-    "demo": "Train CE vs DSB on a long-tailed built-in dataset (no download) and print the comparison.",
+    "demo": "The main job on bundled long-tailed intents (offline): regime, validated comparison, recommendation.",
 }
 
 

@@ -18,6 +18,7 @@ A bare folder name such as ``"cifar10"`` is looked up under ``$HF_SEMSCALE_DATA_
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -262,7 +263,7 @@ def _folder_kind(data_dir: Path) -> str | None:
     """``"npz"`` or ``"jsonl"`` for a shared-style folder, else None."""
     if any(data_dir.glob("*.npz")):
         return "npz"
-    if (data_dir / "labels.json").is_file() and any(data_dir.glob("*.jsonl")):
+    if (data_dir / "labels.json").is_file() and (any(data_dir.glob("*.jsonl")) or any(data_dir.glob("*.jsonl.gz"))):
         return "jsonl"
     return None
 
@@ -277,8 +278,9 @@ def _split_files(data_dir: Path) -> tuple[str, dict[str, list[Path]]]:
             "'images' and 'labels', or <split>.jsonl files with labels.json."
         )
     splits: dict[str, list[Path]] = {}
-    for path in sorted(data_dir.glob(f"*.{kind}")):
-        splits.setdefault(_PART_SUFFIX.sub("", path.stem), []).append(path)
+    for suffix in (f".{kind}", f".{kind}.gz") if kind == "jsonl" else (f".{kind}",):
+        for path in sorted(data_dir.glob(f"*{suffix}")):
+            splits.setdefault(_PART_SUFFIX.sub("", path.name.removesuffix(suffix)), []).append(path)
     return kind, splits
 
 
@@ -341,7 +343,7 @@ def _check_label_range(labels: np.ndarray, num_names: int, data_dir: Path) -> No
 def _load_jsonl_split(files: list[Path], data_dir: Path) -> datasets.Dataset:
     rows = []
     for path in files:
-        with open(path, encoding="utf-8") as fh:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:
             rows += [json.loads(line) for line in fh if line.strip()]
     if not rows or "text" not in rows[0] or "label" not in rows[0]:
         raise DatasetLoadError(f"{files[0]}: expected non-empty JSON lines with 'text' and 'label'")

@@ -32,31 +32,42 @@ _ARRAYS: dict[str, dict[str, np.ndarray]] = {}  # per worker process: the featur
 
 
 def embed_splits(
-    splits: dict[str, Any], model_path: str, cache_dir: str | Path, max_length: int = 64, batch_size: int = 128
+    splits: dict[str, Any],
+    model_path: str,
+    cache_dir: str | Path,
+    max_length: int = 64,
+    batch_size: int = 128,
 ) -> Path:
-    """Embed the ``text`` column of each split (``datasets.Dataset`` or None) once; ``<cache_dir>/embeddings-<key>.npz``
-    holds ``{split}_x [N, d] float32`` and ``{split}_y [N] int64``. The key hashes the model, texts and labels, so a
-    changed dataset is embedded again and an unchanged one is read back."""
+    """Embed the ``text`` column of each split (``datasets.Dataset`` or None) once.
+
+    Each split's embeddings are cached under ``cache_dir`` by a hash of the model, ``max_length`` and its texts (so
+    splits shared between datasets, e.g. one test split under several training subsets, are embedded once); the
+    returned ``features-<key>.npz`` holds ``{split}_x [N, d] float32`` and ``{split}_y [N] int64``."""
     from ..features import sentence_embeddings
 
-    present = {name: splits[name] for name in SPLITS if splits.get(name) is not None}
-    digest = hashlib.sha256(str(Path(model_path).resolve() if Path(model_path).exists() else model_path).encode())
-    digest.update(str(max_length).encode())
-    for name, dataset in present.items():
-        digest.update(name.encode())
-        digest.update("\x00".join(dataset["text"]).encode("utf-8"))
-        digest.update(np.asarray(dataset["label"], dtype=np.int64).tobytes())
-    path = Path(cache_dir) / f"embeddings-{digest.hexdigest()[:16]}.npz"
-    if path.is_file():
-        return path
-    arrays = {}
-    for name, dataset in present.items():
-        arrays[f"{name}_x"] = sentence_embeddings(model_path, list(dataset["text"]), max_length, batch_size)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    model_key = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+    arrays, combined = {}, hashlib.sha256()
+    for name in SPLITS:
+        dataset = splits.get(name)
+        if dataset is None:
+            continue
+        texts = list(dataset["text"])
+        key = hashlib.sha256("\x00".join([model_key, str(max_length), *texts]).encode("utf-8")).hexdigest()[:20]
+        path = cache / f"embeddings-{key}.npy"
+        if not path.is_file():
+            embeddings = sentence_embeddings(model_path, texts, max_length, batch_size)
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, embeddings)
+        arrays[f"{name}_x"] = np.load(path)
         arrays[f"{name}_y"] = np.asarray(dataset["label"], dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    return path
+        combined.update(f"{name}:{key}:".encode() + arrays[f"{name}_y"].tobytes())
+    features = cache / f"features-{combined.hexdigest()[:20]}.npz"
+    if not features.is_file():
+        with atomic_path(features) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return features
 
 
 @contextlib.contextmanager

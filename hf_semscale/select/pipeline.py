@@ -44,12 +44,14 @@ def select_text(
     schedule: dict[str, Any] | None = None,
     validation_fraction: float = 0.15,
     recipe: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Diagnose the regime, run (or resume) the selection in ``output_dir`` and write its report; returns the result.
 
     ``schedule``: :class:`HeadSchedule` fields (epochs, learning_rate, hidden_dims, ...); ``recipe``: the recipe
-    config the recommendation extends (the YAML the user gave, else one built from ``data`` and ``model``)."""
+    config the recommendation extends (the YAML the user gave, else one built from ``data`` and ``model``);
+    ``cache_dir``: where embeddings are cached (default ``output_dir/cache``)."""
     settings = settings or SelectionSettings()
     out = Path(output_dir)
     splits = load_splits(data, "text")
@@ -70,7 +72,7 @@ def select_text(
     else:
         note = f"Validation: the dataset's own validation split ({len(splits['validation'])} rows)."
     log(note)
-    features = embed_splits(splits, resolve_encoder(model), out / "cache")
+    features = embed_splits(splits, resolve_encoder(model), cache_dir or out / "cache")
     head = HeadSchedule(str(features), splits["class_names"], **(schedule or {}))
     counts = head.class_counts()
     regime = diagnose_regime(counts, head.feature_dim)
