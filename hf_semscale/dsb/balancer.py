@@ -223,7 +223,7 @@ class SemanticScaleBalancer:
         self.stage = "warmup"
         self.num_updates = 0
         self._fill_start_step = -1
-        self._reweight_start_step = -1
+        self._reweight_began_step = -1
         self._last_update_step = -1
         self._step = -1
         self._loss_weights: Tensor | None = None
@@ -244,7 +244,6 @@ class SemanticScaleBalancer:
         s = self.settings
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self._warmup_steps = s.warmup_steps if s.warmup_steps >= 0 else int(s.warmup_ratio * max_steps)
         if s.fill_max_steps >= 0:
             self._fill_max_steps = s.fill_max_steps
         elif steps_per_epoch is not None:
@@ -256,8 +255,86 @@ class SemanticScaleBalancer:
                 "SemanticScaleBalancer.start: the fill stage is one epoch, but neither steps_per_epoch nor "
                 "global_batch_size was given. Fix: pass one of them, or set settings.fill_max_steps."
             )
+        self._warmup_steps = self._planned_warmup_steps(max_steps)
         if reset:
             self.reset()
+        if self.settings.weighting != "none" and self.stage != "reweight":  # 'none' never re-weights by design
+            self._warn_if_reweighting_cannot_start(max_steps)
+
+    def _planned_warmup_steps(self, max_steps: int) -> int:
+        """Optimizer steps of stage 1: up to ``reweight_start`` (less the fill for pool modes), else the
+        ``warmup_steps`` / ``warmup_ratio`` of ``max_steps``. Needs ``_fill_max_steps``."""
+        s = self.settings
+        if s.reweight_start is None:
+            return s.warmup_steps if s.warmup_steps >= 0 else int(s.warmup_ratio * max_steps)
+        start_step = round(s.reweight_start * max_steps)
+        if not self.uses_pool:
+            return start_step
+        fill_steps = self._fill_steps()
+        if start_step < fill_steps:
+            logger.warning(
+                "SemanticScaleBalancer: %sreweight_start=%g asks for class weights from step %d, but the fill stage "
+                "before it takes up to %d optimizer steps from step 0: re-weighting starts at step %d at the latest "
+                "(earlier once the pool is full). Fix: a later %sreweight_start, or a shorter fill (%sfill_max_steps, "
+                "%spool_capacity).",
+                self.knob_prefix,
+                s.reweight_start,
+                start_step,
+                fill_steps,
+                fill_steps,
+                *[self.knob_prefix] * 3,
+            )
+        return max(0, start_step - fill_steps)
+
+    def _fill_steps(self) -> int:
+        """Most optimizer steps of stage 2: the fill is checked from the step after its first batch."""
+        return max(1, self.fill_max_steps)
+
+    @property
+    def reweight_start_step(self) -> int:
+        """The optimizer step by which class weights apply (stage 3): the end of warm-up for static modes, plus the
+        fill for pool modes (which starts re-weighting earlier if the pool is full sooner). Needs :meth:`start`."""
+        return self.warmup_steps + (self._fill_steps() if self.uses_pool else 0)
+
+    def _warn_if_reweighting_cannot_start(self, max_steps: int) -> None:
+        """Warn when the planned start of re-weighting is at or after ``max_steps``: the run would end unweighted."""
+        start_step, warmup_steps, p = self.reweight_start_step, self.warmup_steps, self.knob_prefix
+        if start_step < max_steps:
+            return
+        final_stage = "warmup" if warmup_steps >= max_steps or not self.uses_pool else "fill"
+        plan = f"the warm-up ends at step {warmup_steps}"
+        if self.uses_pool:
+            plan += f" and the fill stage (up to {self._fill_steps()} steps) at step {start_step}"
+            if final_stage == "fill" and self.settings.pool_capacity > 0:
+                plan += f", unless the pool of min(n_c, {self.settings.pool_capacity}) rows per class is full sooner"
+        fixes = []
+        if not self.uses_pool or self._fill_steps() < max_steps:
+            earliest = self._fill_steps() if self.uses_pool else 0
+            fraction = math.ceil(max(0.4, earliest / max_steps) * 1000) / 1000
+            if round(fraction * max_steps) < max_steps:
+                instead = (
+                    f" in place of {p}warmup_steps / {p}warmup_ratio" if self.settings.reweight_start is None else ""
+                )
+                fixes.append(
+                    f"set {p}reweight_start={fraction:g}{instead} (weights from step {round(fraction * max_steps)})"
+                )
+        if self.uses_pool:
+            fixes.append(f"a shorter fill ({p}fill_max_steps, or a smaller {p}pool_capacity that fills sooner)")
+        if self.settings.reweight_start is None:
+            fixes.append(f"fewer warm-up steps ({p}warmup_steps / {p}warmup_ratio)")
+        fixes.append("more training steps")
+        logger.warning(
+            "SemanticScaleBalancer: re-weighting can never start in this run of max_steps=%d optimizer steps: %s. "
+            "Training will end in stage '%s' with every class weight 1 (the plain %s loss, %sweighting=%r unused). "
+            "Fix: %s.",
+            max_steps,
+            plan,
+            final_stage,
+            self.settings.loss,
+            p,
+            self.settings.weighting,
+            ", or ".join(fixes),
+        )
 
     def begin_step(self, step: int) -> UpdateRecord | None:
         """Stage transitions and weight updates for optimizer step ``step``; the same decisions on every process.
@@ -281,7 +358,7 @@ class SemanticScaleBalancer:
             self.stage == "reweight"
             and self.uses_pool
             and self.pool is not None
-            and (step - self._reweight_start_step) % self.settings.update_interval == 0
+            and (step - self._reweight_began_step) % self.settings.update_interval == 0
             and step != self._last_update_step
         ):
             self._update_weights(step, logs)
@@ -313,7 +390,7 @@ class SemanticScaleBalancer:
         if stage == "fill":
             self._fill_start_step = step
         elif stage == "reweight":
-            self._reweight_start_step = step
+            self._reweight_began_step = step
             if not self.uses_pool:
                 self._set_weights(self._static_weights(), logs)
             elif self.pool is not None:
@@ -548,7 +625,7 @@ class SemanticScaleBalancer:
         of processes."""
         counters = [
             self._fill_start_step,
-            self._reweight_start_step,
+            self._reweight_began_step,
             self._last_update_step,
             self.num_updates,
             STAGES.index(self.stage),
@@ -606,7 +683,7 @@ class SemanticScaleBalancer:
                 pool = pool.resharded(stored)  # keep this process's classes
         # Everything checked: restore.
         self.pool = pool  # None: saved before the first observed batch
-        self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates, stage = counters
+        self._fill_start_step, self._reweight_began_step, self._last_update_step, self.num_updates, stage = counters
         self.stage = STAGES[stage]
         self.semantic_scales, self.class_weights = scales, weights
         self._loss_weights = None

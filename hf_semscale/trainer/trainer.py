@@ -540,6 +540,8 @@ def _check_processes_agree(trainer: SemScaleTrainer, resume_from_checkpoint: str
         class_counts_hash=int.from_bytes(digest[:7], "little"),
         weighting=WEIGHTING_MODES.index(a.semscale_weighting),
         warmup_steps=a.semscale_warmup_steps,
+        warmup_ratio_ppm=round(a.semscale_warmup_ratio * 1e6),
+        reweight_start_ppm=-1 if a.semscale_reweight_start is None else round(a.semscale_reweight_start * 1e6),
         fill_max_steps=a.semscale_fill_max_steps,
         update_interval=a.semscale_update_interval,
         pool_capacity=a.semscale_pool_capacity,

@@ -147,6 +147,95 @@ def test_start_is_required_and_fill_needs_an_epoch_length():
 
 
 @pytest.mark.parametrize(
+    "weighting, pool_capacity, max_steps, warmup_steps, first_weighted_step",
+    [
+        ("inverse_frequency", 0, 20, 8, 8),  # static: the warm-up ends at round(0.4 * 20)
+        ("inverse_frequency", 0, 7, 3, 3),  # round(2.8)
+        ("dsb", 0, 20, 5, 8),  # pool: the fill (one epoch = 3 steps) just before step 8; full after 3 batches
+        ("dsb", 2, 20, 5, 7),  # K = 2 fills in 2 batches: weights from one step earlier
+        ("dsb", 0, 5, 0, 3),  # round(2) < one epoch: the fill starts at step 0 and re-weighting after it
+    ],
+)
+def test_reweight_start_places_the_first_weights_at_that_fraction_of_training(
+    weighting, pool_capacity, max_steps, warmup_steps, first_weighted_step
+):
+    features, labels = _blobs()
+    settings = BalancerSettings(weighting=weighting, reweight_start=0.4, pool_capacity=pool_capacity)
+    balancer = SemanticScaleBalancer(COUNTS, settings)
+    balancer.start(max_steps=max_steps, steps_per_epoch=3)
+    assert balancer.warmup_steps == warmup_steps
+    assert balancer.reweight_start_step == (8 if max_steps == 20 else first_weighted_step)
+    records = _run(balancer, features, labels, range(max_steps))
+    assert [r.step for r in records if r.stage_changed and r.stage == "reweight"] == [first_weighted_step]
+    if weighting == "dsb" and warmup_steps > 0:
+        assert [r.step for r in records if r.stage == "fill"] == [warmup_steps]
+    assert not torch.allclose(balancer.class_weights, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "settings, max_steps, steps_per_epoch, final_stage, needles",
+    [
+        (  # the run: max_steps 3 (gradient accumulation already counted in), a warm-up of 10 steps
+            dict(warmup_steps=10),
+            3,
+            1,
+            "warmup",
+            ["max_steps=3", "warm-up ends at step 10", "stage 'warmup'", "reweight_start=0.4 in place of warmup_steps"],
+        ),
+        (  # the default warm-up on a run shorter than warm-up + one fill epoch
+            dict(),
+            4,
+            3,
+            "fill",
+            ["warm-up ends at step 1", "fill stage (up to 3 steps) at step 4", "stage 'fill'", "reweight_start=0.75"],
+        ),
+        (
+            dict(weighting="effective_number", reweight_start=1.0),
+            10,
+            8,
+            "warmup",
+            ["warm-up ends at step 10.", "stage 'warmup'", "effective_number", "Fix: set reweight_start=0.4 (weights"],
+        ),
+        (  # the fill alone is longer than the run: no reweight_start can help
+            dict(warmup_steps=0),
+            3,
+            3,
+            "fill",
+            ["fill stage (up to 3 steps) at step 3", "Fix: a shorter fill (fill_max_steps"],
+        ),
+    ],
+)
+def test_reweighting_that_can_never_start_warns_at_start(
+    caplog, settings, max_steps, steps_per_epoch, final_stage, needles
+):
+    features, labels = _blobs()
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(**settings))
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        balancer.start(max_steps=max_steps, steps_per_epoch=steps_per_epoch)
+    assert "re-weighting can never start" in caplog.text and "every class weight 1" in caplog.text
+    for needle in needles:
+        assert needle in caplog.text, needle
+    assert balancer.reweight_start_step >= max_steps
+    _run(balancer, features, labels, range(max_steps))  # the warning's prediction holds
+    assert balancer.stage == final_stage and balancer.num_updates == 0
+
+
+@pytest.mark.parametrize(
+    "settings, max_steps",
+    [
+        (dict(weighting="none", warmup_steps=10), 3),  # never re-weights by design
+        (dict(reweight_start=0.4), 20),
+        (dict(weighting="count_power", warmup_steps=2), 3),
+    ],
+)
+def test_reweighting_that_starts_in_the_run_does_not_warn(caplog, settings, max_steps):
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(**settings))
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        balancer.start(max_steps=max_steps, steps_per_epoch=3)
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
     "bad, needle",
     [
         (dict(gamma=-1.0), "gamma must be finite and >= 0"),
@@ -154,6 +243,9 @@ def test_start_is_required_and_fill_needs_an_epoch_length():
         (dict(weighting="static"), "weighting='static' needs class_weights"),
         (dict(weighting="static", class_weights=[1.0, 0.0, 2.0]), "one finite positive weight per class"),
         (dict(pool_dtype="int8"), r"pool_dtype='int8' is not one of"),
+        (dict(reweight_start=1.5), r"reweight_start must be a fraction of training in \[0, 1\]"),
+        (dict(reweight_start=0.4, warmup_steps=5), "reweight_start=0.4 and warmup_steps=5 both say.*Fix: set only"),
+        (dict(reweight_start=0.4, warmup_ratio=0.5), "reweight_start=0.4 and warmup_ratio=0.5 both say"),
     ],
 )
 def test_bad_settings_name_the_knob(bad, needle):
@@ -183,6 +275,9 @@ def test_config_fields_share_the_settings_defaults_help_and_rules():
     )
     with pytest.raises(ValueError, match="semscale_gamma must be finite"):  # the same rule, with the field's name
         SemScaleConfig(output_dir="unused", semscale_gamma=-1.0)
+    with pytest.raises(ValueError, match="semscale_reweight_start=0.4 and semscale_warmup_steps=3"):
+        SemScaleConfig(output_dir="unused", semscale_reweight_start=0.4, semscale_warmup_steps=3)
+    assert SemScaleConfig(output_dir="unused", semscale_reweight_start=0.4).balancer_settings().reweight_start == 0.4
 
 
 # ------------------------------------------------------------------ Accelerate and the Trainer

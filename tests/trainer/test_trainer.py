@@ -821,6 +821,42 @@ def test_fill_stage_lasts_one_epoch_of_optimizer_steps_with_max_steps(tmp_path):
     assert recorder.stages[2:5] == ["fill"] * 3 and recorder.stages[5] == "reweight"
 
 
+def test_reweighting_that_can_never_start_is_announced_at_train_start(tmp_path, caplog):
+    # the run: max_steps 3 with gradient accumulation 4 and a warm-up of 10 optimizer steps
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        trainer, recorder = train(
+            tmp_path, max_steps=3, gradient_accumulation_steps=4, semscale_warmup_steps=10, semscale_weighting="dsb"
+        )
+    text = caplog.text
+    assert "re-weighting can never start in this run of max_steps=3" in text and "warm-up ends at step 10" in text
+    assert "stage 'warmup' with every class weight 1" in text
+    # one epoch is 2 optimizer steps here: the suggested start leaves the fill room before it
+    assert "semscale_reweight_start=0.667 in place of semscale_warmup_steps" in text and "from step 2)" in text
+    assert recorder.stages == ["warmup"] * 3 and trainer.balancer.reweight_start_step >= 3
+
+
+@pytest.mark.parametrize(
+    "weighting, expected_stages",
+    [
+        ("inverse_frequency", ["warmup"] * 9 + ["reweight"] * 3),  # weights from round(0.75 * 12) = 9
+        ("dsb", ["warmup"] * 3 + ["fill"] * 6 + ["reweight"] * 3),  # one epoch (6 steps) of fill before step 9
+    ],
+)
+def test_reweight_start_is_when_the_weights_start(tmp_path, weighting, expected_stages):
+    trainer, recorder = train(
+        tmp_path,
+        max_steps=12,
+        learning_rate=0.0,
+        semscale_weighting=weighting,
+        semscale_warmup_steps=-1,
+        semscale_reweight_start=0.75,
+    )
+    assert recorder.stages == expected_stages and trainer.balancer.reweight_start_step == 9
+    assert torch.equal(recorder.weights[8], torch.ones(4, dtype=torch.float64))
+    assert not torch.equal(recorder.weights[9], torch.ones(4, dtype=torch.float64))
+    assert trainer.scale_report()["settings"]["semscale_reweight_start"] == 0.75
+
+
 def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, caplog):
     stream = make_dataset().to_iterable_dataset()
     with pytest.raises(ValueError, match=r"IterableDataset \(streamed.*Fix: pass class_counts="):
