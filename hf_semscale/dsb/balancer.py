@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.losses import build_base_loss, check_class_labels, weighted_reduce
+from ..core.losses import IGNORE_INDEX, build_base_loss, check_class_labels, weighted_reduce
 from ..core.scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
 from ..core.weighting import (
     count_power_weights,
@@ -52,11 +52,21 @@ from .comm import (
 from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
 from .settings import BalancerSettings
 
-__all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "classes_with_volume"]
+__all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "stage_number", "classes_with_volume", "json_weights"]
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("warmup", "fill", "reweight")
+
+
+def stage_number(stage: str) -> int:
+    """The stage's number as docs/method.md counts them: 1 warm-up, 2 fill, 3 re-weight (logged ``semscale/stage``)."""
+    return STAGES.index(stage) + 1
+
+
+def json_weights(weights: Tensor) -> list[float | None]:
+    """``[C]`` class weights for JSON files: NaN (a class without training samples, no weight) as None (null)."""
+    return [None if math.isnan(w) else w for w in weights.tolist()]
 
 
 def classes_with_volume(scales: Tensor, pool_counts: Tensor) -> Tensor:
@@ -72,8 +82,8 @@ class UpdateRecord:
     """What :meth:`SemanticScaleBalancer.begin_step` changed at optimizer step ``step``.
 
     ``measured``: the scales were re-measured (one line of ``semscale_history.jsonl``); ``scales`` ``[C]`` bits,
-    ``weights`` ``[C]``, ``pool_counts`` ``[C]`` rows (None without a pool); ``logs``: ``semscale/*`` values for a
-    training logger.
+    ``weights`` ``[C]`` (None for classes without training samples), ``pool_counts`` ``[C]`` rows (None without a
+    pool); ``logs``: ``semscale/*`` values for a training logger (``semscale/stage``: :func:`stage_number`).
     """
 
     step: int
@@ -81,7 +91,7 @@ class UpdateRecord:
     stage_changed: bool
     measured: bool
     scales: list[float]
-    weights: list[float]
+    weights: list[float | None]
     pool_counts: list[int] | None
     logs: dict[str, float]
 
@@ -110,7 +120,9 @@ class SemanticScaleBalancer:
         knob_prefix: how error messages spell the settings (``"semscale_"`` for ``SemScaleConfig`` users).
 
     Attributes:
-        class_weights: ``[C]`` float64, the weights the loss uses in stage ``reweight`` (ones before).
+        class_weights: ``[C]`` float64, the weights the loss uses in stage ``reweight`` (ones before); NaN for a
+            class without training samples (``class_counts`` 0): no loss term ever carries its label, so it has no
+            weight, and no summary counts it. The loss refuses such a label in a weighted (training) batch.
         semantic_scales: ``[C]`` float64 bits, the latest measured scales (zeros before the first).
         equivalent_counts: ``[C]`` float64 for ``weighting='scale_equivalent_count'``, else None.
         stage: ``"warmup"``, ``"fill"`` or ``"reweight"``.
@@ -216,7 +228,7 @@ class SemanticScaleBalancer:
 
     def reset(self) -> None:
         """The state of a run that has not started: stage warm-up, no pool, unit weights, zero scales."""
-        self.class_weights = torch.ones(self.num_classes, dtype=torch.float64)
+        self.class_weights = self._absent_as_nan(torch.ones(self.num_classes, dtype=torch.float64))
         self.semantic_scales = torch.zeros(self.num_classes, dtype=torch.float64)
         self.equivalent_counts: Tensor | None = None
         self.pool: FeaturePool | None = None
@@ -371,7 +383,7 @@ class SemanticScaleBalancer:
             stage_changed=stage_changed,
             measured=measured,
             scales=self.semantic_scales.tolist(),
-            weights=self.class_weights.tolist(),
+            weights=json_weights(self.class_weights),
             pool_counts=self.pool.filled.tolist() if self.pool is not None else None,
             logs=logs,
         )
@@ -386,7 +398,7 @@ class SemanticScaleBalancer:
     def _enter_stage(self, stage: str, step: int, logs: dict[str, float]) -> None:
         logger.info("SemanticScaleBalancer: stage %s -> %s at step %d", self.stage, stage, step)
         self.stage = stage
-        logs["semscale/stage"] = float(STAGES.index(stage))
+        logs["semscale/stage"] = float(stage_number(stage))
         if stage == "fill":
             self._fill_start_step = step
         elif stage == "reweight":
@@ -429,10 +441,25 @@ class SemanticScaleBalancer:
             )
         return torch.ones(self.num_classes, dtype=torch.float64)
 
+    def _absent_as_nan(self, weights: Tensor) -> Tensor:
+        """``weights [C]`` float64 with NaN for the classes without training samples."""
+        return weights.masked_fill(self.class_counts == 0, math.nan)
+
     def _set_weights(self, weights: Tensor, logs: dict[str, float]) -> None:
-        self.class_weights = weights.to(torch.float64).cpu()
+        """Keep ``weights [C]`` of the present classes (renormalised over them when a class is absent, so its weight
+        takes no share of a 'sum' normalisation), NaN for absent ones; log their summary over present classes."""
+        weights = weights.to(torch.float64).cpu()
+        present = self.class_counts > 0
+        if not bool(present.all()):
+            weights = weights.clone()
+            weights[present] = normalize_weights(
+                weights[present], self.class_counts[present], self.settings.normalization
+            )
+        self.class_weights = self._absent_as_nan(weights)
         self._loss_weights = None
-        logs.update({"semscale/weight_min": float(weights.min()), "semscale/weight_max": float(weights.max())})
+        logs.update(
+            {"semscale/weight_min": float(weights[present].min()), "semscale/weight_max": float(weights[present].max())}
+        )
 
     def _update_weights(self, step: int, logs: dict[str, float]) -> None:
         s = self.settings
@@ -531,6 +558,7 @@ class SemanticScaleBalancer:
                 "pass. Fix: capture the input of the module that the classifier reads (feature_module)."
             )
         check_class_labels(labels, self.num_classes)
+        self._refuse_labels_without_samples(labels)
         features = features.detach().float()
         if self.settings.normalize_features:
             features = F.normalize(features, dim=-1)
@@ -542,6 +570,22 @@ class SemanticScaleBalancer:
             self.pool.add(features, labels)  # refuses values its dtype cannot hold (float16 > 65504)
         except ValueError as err:
             raise ValueError(f"At step {self._step}: {err}") from None
+
+    def _refuse_labels_without_samples(self, labels: Tensor) -> None:
+        """Raise ``ValueError`` if training ``labels [B]`` hold a class that ``class_counts`` says has no sample (it
+        has no pool rows and no weight). One host sync, only when some class is absent."""
+        absent = self.class_counts == 0
+        if not bool(absent.any()):
+            return
+        labelled = labels[labels != IGNORE_INDEX].to(torch.long)
+        found = absent.to(labelled.device)[labelled]
+        if bool(found.any()):
+            classes = sorted(set(labelled[found].tolist()))
+            raise ValueError(
+                f"A training batch holds labels {classes}, but class_counts gives these classes 0 training samples, "
+                "so they have no pool rows and no class weight. Fix: pass class_counts counted on the whole training "
+                "set (every process, every shard)."
+            )
 
     def _create_pool(self, feature_dim: int) -> None:
         assert_same_on_all_processes(
@@ -562,8 +606,10 @@ class SemanticScaleBalancer:
         ``weighted`` (pass ``weighted=False`` for evaluation losses)."""
         weights = None
         if weighted and self.stage == "reweight":
+            self._refuse_labels_without_samples(labels)
             if self._loss_weights is None or self._loss_weights.device != logits.device:
-                self._loss_weights = self.class_weights.to(device=logits.device, dtype=torch.float32)
+                # absent classes' NaN as 0: finite even for an IGNORE_INDEX row indexed as class 0
+                self._loss_weights = self.class_weights.nan_to_num(0.0).to(device=logits.device, dtype=torch.float32)
             weights = self._loss_weights
         return weighted_reduce(self.base_loss(logits, labels), labels, weights, num_items_in_batch)
 
@@ -661,8 +707,12 @@ class SemanticScaleBalancer:
         weights = state["semscale.class_weights"].to(torch.float64).cpu()
         scales = state["semscale.semantic_scales"].to(torch.float64).cpu()
         counters = state["semscale.counters"].tolist()
-        if not bool((torch.isfinite(weights) & (weights > 0)).all()):
-            raise PoolFileError(f"{source}: semscale.class_weights must be finite and positive, got {weights.tolist()}")
+        present = self.class_counts > 0
+        if not bool((torch.isfinite(weights[present]) & (weights[present] > 0)).all()):
+            raise PoolFileError(
+                f"{source}: semscale.class_weights must be finite and positive for the classes with training samples, "
+                f"got {weights.tolist()}"
+            )
         if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
             raise PoolFileError(f"{source}: semscale.semantic_scales must be finite and >= 0, got {scales.tolist()}")
         if not 0 <= counters[-1] < len(STAGES):
@@ -685,7 +735,7 @@ class SemanticScaleBalancer:
         self.pool = pool  # None: saved before the first observed batch
         self._fill_start_step, self._reweight_began_step, self._last_update_step, self.num_updates, stage = counters
         self.stage = STAGES[stage]
-        self.semantic_scales, self.class_weights = scales, weights
+        self.semantic_scales, self.class_weights = scales, self._absent_as_nan(weights)  # older states: finite there
         self._loss_weights = None
         self._step = -1
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +103,66 @@ def test_loss_is_weighted_only_in_the_reweight_stage_and_when_asked():
     torch.testing.assert_close(balancer.loss(logits, labels), (w * per_sample).sum() / 2)
     torch.testing.assert_close(balancer.loss(logits, labels, weighted=False), per_sample.mean())
     torch.testing.assert_close(balancer.loss(logits, labels, num_items_in_batch=4), (w * per_sample).sum() / 4)
+
+
+@pytest.mark.parametrize("weighting, normalization", [("dsb", "mean"), ("inverse_frequency", "sum")])
+def test_a_class_without_training_samples_has_no_weight_and_no_share_in_the_summaries(weighting, normalization):
+    features, labels = _blobs()  # classes 0-2; class 3 has no sample
+    settings = BalancerSettings(weighting=weighting, normalization=normalization, warmup_steps=1, update_interval=1)
+    balancer = SemanticScaleBalancer(COUNTS + [0], settings)
+    balancer.start(max_steps=6, steps_per_epoch=3)
+    assert math.isnan(balancer.class_weights[3]) and balancer.class_weights[:3].tolist() == [1.0] * 3
+    records = _run(balancer, features, labels, range(6))
+    weights = balancer.class_weights
+    assert math.isnan(weights[3]) and bool((torch.isfinite(weights[:3]) & (weights[:3] > 0)).all())
+    if weighting == "dsb":  # the present classes weigh as in a run without the absent class
+        expected = semantic_scale_weights(balancer.semantic_scales[:3], 1.0, torch.tensor(COUNTS), "mean", 0.05)
+    else:  # 'sum' over the present classes: sum_c w_c = 3
+        expected = torch.tensor([1 / 12, 1 / 6, 1 / 3], dtype=torch.float64)
+        expected = expected * 3 / expected.sum()
+    torch.testing.assert_close(weights[:3], expected)
+    logs = [r.logs for r in records if "semscale/weight_max" in r.logs][-1]
+    assert logs["semscale/weight_max"] == float(weights[:3].max()) and logs["semscale/weight_min"] == float(
+        weights[:3].min()
+    )
+    line = records[-1].history_line()
+    assert line["weights"][:3] == weights[:3].tolist() and line["weights"][3] is None
+    json.dumps(line, allow_nan=False)
+    # the loss never sees the NaN: finite with an ignored row, refused for a label that class_counts says is absent
+    logits = torch.randn(3, 4)
+    assert math.isfinite(float(balancer.loss(logits, torch.tensor([0, 2, -100]))))
+    assert math.isfinite(float(balancer.loss(logits, torch.tensor([3, 3, 0]), weighted=False)))  # evaluation
+    with pytest.raises(
+        ValueError, match=r"labels \[3\], but class_counts gives these classes 0.*Fix: pass class_counts"
+    ):
+        balancer.loss(logits, torch.tensor([0, 3, 3]))
+    # a state keeps the NaN; a state saved with a finite weight there (older versions) loads as NaN
+    state = balancer.state_dict()
+    state["semscale.class_weights"] = state["semscale.class_weights"].nan_to_num(14.23)
+    restored = SemanticScaleBalancer(COUNTS + [0], settings)
+    restored.start(max_steps=6, steps_per_epoch=3, reset=False)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.class_weights[:3], weights[:3]) and math.isnan(restored.class_weights[3])
+
+
+def test_observing_a_label_without_training_samples_is_refused():
+    balancer = SemanticScaleBalancer([4, 0, 2], BalancerSettings(warmup_steps=0))
+    balancer.start(max_steps=4, steps_per_epoch=2)
+    balancer.begin_step(0)
+    with pytest.raises(ValueError, match=r"labels \[1\], but class_counts gives these classes 0"):
+        balancer.observe(torch.randn(3, 5), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    "weighting, expected",
+    [("dsb", [(1, "fill", 2.0), (4, "reweight", 3.0)]), ("effective_number", [(1, "reweight", 3.0)])],
+)
+def test_logged_stage_numbers_are_the_docs_1_2_3(weighting, expected):
+    features, labels = _blobs()
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(weighting=weighting, warmup_steps=1))
+    balancer.start(max_steps=6, steps_per_epoch=3)
+    records = _run(balancer, features, labels, range(6))
+    assert [(r.step, r.stage, r.logs["semscale/stage"]) for r in records if r.stage_changed] == expected
 
 
 def test_state_dict_mid_run_resumes_identically():
