@@ -282,19 +282,21 @@ class SemanticScaleBalancer:
         start_step = round(s.reweight_start * max_steps)
         if not self.uses_pool:
             return start_step
-        fill_steps = self._fill_steps()
+        fill_steps, p = self._fill_steps(), self.knob_prefix
         if start_step < fill_steps:
             logger.warning(
                 "SemanticScaleBalancer: %sreweight_start=%g asks for class weights from step %d, but the fill stage "
                 "before it takes up to %d optimizer steps from step 0: re-weighting starts at step %d at the latest "
                 "(earlier once the pool is full). Fix: a later %sreweight_start, or a shorter fill (%sfill_max_steps, "
                 "%spool_capacity).",
-                self.knob_prefix,
+                p,
                 s.reweight_start,
                 start_step,
                 fill_steps,
                 fill_steps,
-                *[self.knob_prefix] * 3,
+                p,
+                p,
+                p,
             )
         return max(0, start_step - fill_steps)
 

@@ -58,10 +58,11 @@ def _knob(default: Any, help: str, choices: tuple[str, ...] | None = None) -> An
 class BalancerSettings:
     """How :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` stages, measures and weights (docs/method.md).
 
-    Stages: ``warmup`` (plain base loss) for ``warmup_steps`` (or up to ``reweight_start`` less the fill); ``fill`` (features enter the per-class pool, loss
+    Stages: ``warmup`` (plain base loss) for ``warmup_steps``; ``fill`` (features enter the per-class pool, loss
     still plain) until every class's pool holds ``min(n_c, K)`` rows or ``fill_max_steps`` have passed;
     ``reweight`` (weights re-measured every ``update_interval`` optimizer steps). Static modes skip the pool and
-    apply their weights from the end of warm-up (deferred re-weighting). Steps are optimizer steps.
+    apply their weights from the end of warm-up (deferred re-weighting). ``reweight_start`` places the start of
+    ``reweight`` directly (the warm-up then ends where it, less the fill, says). Steps are optimizer steps.
     """
 
     weighting: str = _knob(

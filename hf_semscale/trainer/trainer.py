@@ -110,7 +110,8 @@ class SemScaleTrainer(Trainer):
     Attributes:
         balancer: the :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` doing the method's work.
         class_weights, semantic_scales, stage, pool: the balancer's (``[C]`` float64 weights, NaN for classes
-            without training samples; ``[C]`` float64 bits, ``"warmup"``/``"fill"``/``"reweight"``, the feature pool or None).
+            without training samples; ``[C]`` float64 bits; ``"warmup"``/``"fill"``/``"reweight"``; the feature
+            pool or None).
     """
 
     # compute_loss normalises by num_items_in_batch, counted over the accumulated micro-batches.
