@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from hf_semscale import BalancerSettings, HeadInputCapture, SemanticScaleBalancer
+from hf_semscale.dsb.balancer import json_weights
 from hf_semscale.modeling import MLPClassifierConfig, MLPForClassification
 
 CLASS_COUNTS = (48, 24, 12, 6, 3)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             "stage": balancer.stage,
             "updates": balancer.num_updates,
             "scales": [round(s, 3) for s in balancer.semantic_scales.tolist()],
-            "weights": [round(w, 3) for w in balancer.class_weights.tolist()],
+            "weights": json_weights(balancer.class_weights.round(decimals=3)),  # null: a class without samples
         }
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "balancer_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

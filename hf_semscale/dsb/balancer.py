@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.losses import build_base_loss, check_class_labels, weighted_reduce
+from ..core.losses import IGNORE_INDEX, build_base_loss, check_class_labels, weighted_reduce
 from ..core.scale import MIN_SAMPLES_FOR_SCALE, check_finite_features, marginal_effect_curves
 from ..core.weighting import (
     count_power_weights,
@@ -52,11 +52,21 @@ from .comm import (
 from .pool import FeaturePool, PoolFileError, estimate_pool_bytes, pool_capacities
 from .settings import BalancerSettings
 
-__all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "classes_with_volume"]
+__all__ = ["SemanticScaleBalancer", "UpdateRecord", "STAGES", "stage_number", "classes_with_volume", "json_weights"]
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("warmup", "fill", "reweight")
+
+
+def stage_number(stage: str) -> int:
+    """The stage's number as docs/method.md counts them: 1 warm-up, 2 fill, 3 re-weight (logged ``semscale/stage``)."""
+    return STAGES.index(stage) + 1
+
+
+def json_weights(weights: Tensor) -> list[float | None]:
+    """``[C]`` class weights for JSON files: NaN (a class without training samples, no weight) as None (null)."""
+    return [None if math.isnan(w) else w for w in weights.tolist()]
 
 
 def classes_with_volume(scales: Tensor, pool_counts: Tensor) -> Tensor:
@@ -72,8 +82,8 @@ class UpdateRecord:
     """What :meth:`SemanticScaleBalancer.begin_step` changed at optimizer step ``step``.
 
     ``measured``: the scales were re-measured (one line of ``semscale_history.jsonl``); ``scales`` ``[C]`` bits,
-    ``weights`` ``[C]``, ``pool_counts`` ``[C]`` rows (None without a pool); ``logs``: ``semscale/*`` values for a
-    training logger.
+    ``weights`` ``[C]`` (None for classes without training samples), ``pool_counts`` ``[C]`` rows (None without a
+    pool); ``logs``: ``semscale/*`` values for a training logger (``semscale/stage``: :func:`stage_number`).
     """
 
     step: int
@@ -81,7 +91,7 @@ class UpdateRecord:
     stage_changed: bool
     measured: bool
     scales: list[float]
-    weights: list[float]
+    weights: list[float | None]
     pool_counts: list[int] | None
     logs: dict[str, float]
 
@@ -110,7 +120,9 @@ class SemanticScaleBalancer:
         knob_prefix: how error messages spell the settings (``"semscale_"`` for ``SemScaleConfig`` users).
 
     Attributes:
-        class_weights: ``[C]`` float64, the weights the loss uses in stage ``reweight`` (ones before).
+        class_weights: ``[C]`` float64, the weights the loss uses in stage ``reweight`` (ones before); NaN for a
+            class without training samples (``class_counts`` 0): no loss term ever carries its label, so it has no
+            weight, and no summary counts it. The loss refuses such a label in a weighted (training) batch.
         semantic_scales: ``[C]`` float64 bits, the latest measured scales (zeros before the first).
         equivalent_counts: ``[C]`` float64 for ``weighting='scale_equivalent_count'``, else None.
         stage: ``"warmup"``, ``"fill"`` or ``"reweight"``.
@@ -216,14 +228,14 @@ class SemanticScaleBalancer:
 
     def reset(self) -> None:
         """The state of a run that has not started: stage warm-up, no pool, unit weights, zero scales."""
-        self.class_weights = torch.ones(self.num_classes, dtype=torch.float64)
+        self.class_weights = self._absent_as_nan(torch.ones(self.num_classes, dtype=torch.float64))
         self.semantic_scales = torch.zeros(self.num_classes, dtype=torch.float64)
         self.equivalent_counts: Tensor | None = None
         self.pool: FeaturePool | None = None
         self.stage = "warmup"
         self.num_updates = 0
         self._fill_start_step = -1
-        self._reweight_start_step = -1
+        self._reweight_began_step = -1
         self._last_update_step = -1
         self._step = -1
         self._loss_weights: Tensor | None = None
@@ -244,7 +256,6 @@ class SemanticScaleBalancer:
         s = self.settings
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self._warmup_steps = s.warmup_steps if s.warmup_steps >= 0 else int(s.warmup_ratio * max_steps)
         if s.fill_max_steps >= 0:
             self._fill_max_steps = s.fill_max_steps
         elif steps_per_epoch is not None:
@@ -256,8 +267,88 @@ class SemanticScaleBalancer:
                 "SemanticScaleBalancer.start: the fill stage is one epoch, but neither steps_per_epoch nor "
                 "global_batch_size was given. Fix: pass one of them, or set settings.fill_max_steps."
             )
+        self._warmup_steps = self._planned_warmup_steps(max_steps)
         if reset:
             self.reset()
+        if self.settings.weighting != "none" and self.stage != "reweight":  # 'none' never re-weights by design
+            self._warn_if_reweighting_cannot_start(max_steps)
+
+    def _planned_warmup_steps(self, max_steps: int) -> int:
+        """Optimizer steps of stage 1: up to ``reweight_start`` (less the fill for pool modes), else the
+        ``warmup_steps`` / ``warmup_ratio`` of ``max_steps``. Needs ``_fill_max_steps``."""
+        s = self.settings
+        if s.reweight_start is None:
+            return s.warmup_steps if s.warmup_steps >= 0 else int(s.warmup_ratio * max_steps)
+        start_step = round(s.reweight_start * max_steps)
+        if not self.uses_pool:
+            return start_step
+        fill_steps, p = self._fill_steps(), self.knob_prefix
+        if start_step < fill_steps:
+            logger.warning(
+                "SemanticScaleBalancer: %sreweight_start=%g asks for class weights from step %d, but the fill stage "
+                "before it takes up to %d optimizer steps from step 0: re-weighting starts at step %d at the latest "
+                "(earlier once the pool is full). Fix: a later %sreweight_start, or a shorter fill (%sfill_max_steps, "
+                "%spool_capacity).",
+                p,
+                s.reweight_start,
+                start_step,
+                fill_steps,
+                fill_steps,
+                p,
+                p,
+                p,
+            )
+        return max(0, start_step - fill_steps)
+
+    def _fill_steps(self) -> int:
+        """Most optimizer steps of stage 2: the fill is checked from the step after its first batch."""
+        return max(1, self.fill_max_steps)
+
+    @property
+    def reweight_start_step(self) -> int:
+        """The optimizer step by which class weights apply (stage 3): the end of warm-up for static modes, plus the
+        fill for pool modes (which starts re-weighting earlier if the pool is full sooner). Needs :meth:`start`."""
+        return self.warmup_steps + (self._fill_steps() if self.uses_pool else 0)
+
+    def _warn_if_reweighting_cannot_start(self, max_steps: int) -> None:
+        """Warn when the planned start of re-weighting is at or after ``max_steps``: the run would end unweighted."""
+        start_step, warmup_steps, p = self.reweight_start_step, self.warmup_steps, self.knob_prefix
+        if start_step < max_steps:
+            return
+        final_stage = "warmup" if warmup_steps >= max_steps or not self.uses_pool else "fill"
+        plan = f"the warm-up ends at step {warmup_steps}"
+        if self.uses_pool:
+            plan += f" and the fill stage (up to {self._fill_steps()} steps) at step {start_step}"
+            if final_stage == "fill" and self.settings.pool_capacity > 0:
+                plan += f", unless the pool of min(n_c, {self.settings.pool_capacity}) rows per class is full sooner"
+        fixes = []
+        if not self.uses_pool or self._fill_steps() < max_steps:
+            earliest = self._fill_steps() if self.uses_pool else 0
+            fraction = math.ceil(max(0.4, earliest / max_steps) * 1000) / 1000
+            if round(fraction * max_steps) < max_steps:
+                instead = (
+                    f" in place of {p}warmup_steps / {p}warmup_ratio" if self.settings.reweight_start is None else ""
+                )
+                fixes.append(
+                    f"set {p}reweight_start={fraction:g}{instead} (weights from step {round(fraction * max_steps)})"
+                )
+        if self.uses_pool:
+            fixes.append(f"a shorter fill ({p}fill_max_steps, or a smaller {p}pool_capacity that fills sooner)")
+        if self.settings.reweight_start is None:
+            fixes.append(f"fewer warm-up steps ({p}warmup_steps / {p}warmup_ratio)")
+        fixes.append("more training steps")
+        logger.warning(
+            "SemanticScaleBalancer: re-weighting can never start in this run of max_steps=%d optimizer steps: %s. "
+            "Training will end in stage '%s' with every class weight 1 (the plain %s loss, %sweighting=%r unused). "
+            "Fix: %s.",
+            max_steps,
+            plan,
+            final_stage,
+            self.settings.loss,
+            p,
+            self.settings.weighting,
+            ", or ".join(fixes),
+        )
 
     def begin_step(self, step: int) -> UpdateRecord | None:
         """Stage transitions and weight updates for optimizer step ``step``; the same decisions on every process.
@@ -281,7 +372,7 @@ class SemanticScaleBalancer:
             self.stage == "reweight"
             and self.uses_pool
             and self.pool is not None
-            and (step - self._reweight_start_step) % self.settings.update_interval == 0
+            and (step - self._reweight_began_step) % self.settings.update_interval == 0
             and step != self._last_update_step
         ):
             self._update_weights(step, logs)
@@ -294,7 +385,7 @@ class SemanticScaleBalancer:
             stage_changed=stage_changed,
             measured=measured,
             scales=self.semantic_scales.tolist(),
-            weights=self.class_weights.tolist(),
+            weights=json_weights(self.class_weights),
             pool_counts=self.pool.filled.tolist() if self.pool is not None else None,
             logs=logs,
         )
@@ -309,11 +400,11 @@ class SemanticScaleBalancer:
     def _enter_stage(self, stage: str, step: int, logs: dict[str, float]) -> None:
         logger.info("SemanticScaleBalancer: stage %s -> %s at step %d", self.stage, stage, step)
         self.stage = stage
-        logs["semscale/stage"] = float(STAGES.index(stage))
+        logs["semscale/stage"] = float(stage_number(stage))
         if stage == "fill":
             self._fill_start_step = step
         elif stage == "reweight":
-            self._reweight_start_step = step
+            self._reweight_began_step = step
             if not self.uses_pool:
                 self._set_weights(self._static_weights(), logs)
             elif self.pool is not None:
@@ -352,10 +443,25 @@ class SemanticScaleBalancer:
             )
         return torch.ones(self.num_classes, dtype=torch.float64)
 
+    def _absent_as_nan(self, weights: Tensor) -> Tensor:
+        """``weights [C]`` float64 with NaN for the classes without training samples."""
+        return weights.masked_fill(self.class_counts == 0, math.nan)
+
     def _set_weights(self, weights: Tensor, logs: dict[str, float]) -> None:
-        self.class_weights = weights.to(torch.float64).cpu()
+        """Keep ``weights [C]`` of the present classes (renormalised over them when a class is absent, so its weight
+        takes no share of a 'sum' normalisation), NaN for absent ones; log their summary over present classes."""
+        weights = weights.to(torch.float64).cpu()
+        present = self.class_counts > 0
+        if not bool(present.all()):
+            weights = weights.clone()
+            weights[present] = normalize_weights(
+                weights[present], self.class_counts[present], self.settings.normalization
+            )
+        self.class_weights = self._absent_as_nan(weights)
         self._loss_weights = None
-        logs.update({"semscale/weight_min": float(weights.min()), "semscale/weight_max": float(weights.max())})
+        logs.update(
+            {"semscale/weight_min": float(weights[present].min()), "semscale/weight_max": float(weights[present].max())}
+        )
 
     def _update_weights(self, step: int, logs: dict[str, float]) -> None:
         s = self.settings
@@ -454,6 +560,7 @@ class SemanticScaleBalancer:
                 "pass. Fix: capture the input of the module that the classifier reads (feature_module)."
             )
         check_class_labels(labels, self.num_classes)
+        self._refuse_labels_without_samples(labels)
         features = features.detach().float()
         if self.settings.normalize_features:
             features = F.normalize(features, dim=-1)
@@ -465,6 +572,22 @@ class SemanticScaleBalancer:
             self.pool.add(features, labels)  # refuses values its dtype cannot hold (float16 > 65504)
         except ValueError as err:
             raise ValueError(f"At step {self._step}: {err}") from None
+
+    def _refuse_labels_without_samples(self, labels: Tensor) -> None:
+        """Raise ``ValueError`` if training ``labels [B]`` hold a class that ``class_counts`` says has no sample (it
+        has no pool rows and no weight). One host sync, only when some class is absent."""
+        absent = self.class_counts == 0
+        if not bool(absent.any()):
+            return
+        labelled = labels[labels != IGNORE_INDEX].to(torch.long)
+        found = absent.to(labelled.device)[labelled]
+        if bool(found.any()):
+            classes = sorted(set(labelled[found].tolist()))
+            raise ValueError(
+                f"A training batch holds labels {classes}, but class_counts gives these classes 0 training samples, "
+                "so they have no pool rows and no class weight. Fix: pass class_counts counted on the whole training "
+                "set (every process, every shard)."
+            )
 
     def _create_pool(self, feature_dim: int) -> None:
         assert_same_on_all_processes(
@@ -485,8 +608,10 @@ class SemanticScaleBalancer:
         ``weighted`` (pass ``weighted=False`` for evaluation losses)."""
         weights = None
         if weighted and self.stage == "reweight":
+            self._refuse_labels_without_samples(labels)
             if self._loss_weights is None or self._loss_weights.device != logits.device:
-                self._loss_weights = self.class_weights.to(device=logits.device, dtype=torch.float32)
+                # absent classes' NaN as 0: finite even for an IGNORE_INDEX row indexed as class 0
+                self._loss_weights = self.class_weights.nan_to_num(0.0).to(device=logits.device, dtype=torch.float32)
             weights = self._loss_weights
         return weighted_reduce(self.base_loss(logits, labels), labels, weights, num_items_in_batch)
 
@@ -548,7 +673,7 @@ class SemanticScaleBalancer:
         of processes."""
         counters = [
             self._fill_start_step,
-            self._reweight_start_step,
+            self._reweight_began_step,
             self._last_update_step,
             self.num_updates,
             STAGES.index(self.stage),
@@ -584,8 +709,12 @@ class SemanticScaleBalancer:
         weights = state["semscale.class_weights"].to(torch.float64).cpu()
         scales = state["semscale.semantic_scales"].to(torch.float64).cpu()
         counters = state["semscale.counters"].tolist()
-        if not bool((torch.isfinite(weights) & (weights > 0)).all()):
-            raise PoolFileError(f"{source}: semscale.class_weights must be finite and positive, got {weights.tolist()}")
+        present = self.class_counts > 0
+        if not bool((torch.isfinite(weights[present]) & (weights[present] > 0)).all()):
+            raise PoolFileError(
+                f"{source}: semscale.class_weights must be finite and positive for the classes with training samples, "
+                f"got {weights.tolist()}"
+            )
         if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
             raise PoolFileError(f"{source}: semscale.semantic_scales must be finite and >= 0, got {scales.tolist()}")
         if not 0 <= counters[-1] < len(STAGES):
@@ -606,9 +735,9 @@ class SemanticScaleBalancer:
                 pool = pool.resharded(stored)  # keep this process's classes
         # Everything checked: restore.
         self.pool = pool  # None: saved before the first observed batch
-        self._fill_start_step, self._reweight_start_step, self._last_update_step, self.num_updates, stage = counters
+        self._fill_start_step, self._reweight_began_step, self._last_update_step, self.num_updates, stage = counters
         self.stage = STAGES[stage]
-        self.semantic_scales, self.class_weights = scales, weights
+        self.semantic_scales, self.class_weights = scales, self._absent_as_nan(weights)  # older states: finite there
         self._loss_weights = None
         self._step = -1
 

@@ -61,7 +61,8 @@ class BalancerSettings:
     Stages: ``warmup`` (plain base loss) for ``warmup_steps``; ``fill`` (features enter the per-class pool, loss
     still plain) until every class's pool holds ``min(n_c, K)`` rows or ``fill_max_steps`` have passed;
     ``reweight`` (weights re-measured every ``update_interval`` optimizer steps). Static modes skip the pool and
-    apply their weights from the end of warm-up (deferred re-weighting). Steps are optimizer steps.
+    apply their weights from the end of warm-up (deferred re-weighting). ``reweight_start`` places the start of
+    ``reweight`` directly (the warm-up then ends where it, less the fill, says). Steps are optimizer steps.
     """
 
     weighting: str = _knob(
@@ -81,6 +82,13 @@ class BalancerSettings:
         0.3,
         "Stage-1 length as a fraction of max_steps, used when warmup_steps is -1. 0.3 won the validation grid "
         "{0.3, 0.5} on CIFAR-10-LT and tied on BANKING77 (benchmarks/results/long_tail.md).",
+    )
+    reweight_start: float | None = _knob(
+        None,
+        "Fraction of training (of max_steps) at which class weights start to apply (stage 3), in [0, 1], for any run "
+        "length. For pool modes the fill stage (one epoch, or fill_max_steps) is placed just before it (warm-up = "
+        "max(0, start_step - fill_steps)); for static modes (count weights, 'static') the warm-up ends there. "
+        "None: use warmup_steps / warmup_ratio (set only one of the two ways).",
     )
     update_interval: int = _knob(20, "Optimizer steps between two re-measurements of the scales (stage 3).")
     fill_max_steps: int = _knob(
@@ -173,6 +181,17 @@ def validate_settings(values: dict[str, Any], prefix: str = "") -> None:
         fail("{p}warmup_steps must be >= 0, or -1 to use {p}warmup_ratio")
     if not 0.0 <= v["warmup_ratio"] <= 1.0:
         fail(f"{{p}}warmup_ratio must be in [0, 1], got {v['warmup_ratio']}")
+    start = v["reweight_start"]
+    if start is not None:
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 <= start <= 1.0:
+            fail(f"{{p}}reweight_start must be a fraction of training in [0, 1] or None, got {start!r}")
+        defaults = BalancerSettings.__dataclass_fields__
+        also_set = [name for name in ("warmup_steps", "warmup_ratio") if v[name] != defaults[name].default]
+        if also_set:
+            fail(
+                f"{{p}}reweight_start={start} and {{p}}{also_set[0]}={v[also_set[0]]} both say when re-weighting "
+                f"starts. Fix: set only {{p}}reweight_start, or drop it and keep {{p}}{also_set[0]}."
+            )
     if not 0.0 < v["weight_floor"] <= 1.0:
         fail(f"{{p}}weight_floor must be in (0, 1], got {v['weight_floor']}")
     if not (math.isfinite(v["gamma"]) and v["gamma"] >= 0):

@@ -36,6 +36,7 @@ class SemScaleConfig(TrainingArguments):
     semscale_loss: str = knob_field("loss")
     semscale_warmup_steps: int = knob_field("warmup_steps")
     semscale_warmup_ratio: float = knob_field("warmup_ratio")
+    semscale_reweight_start: float | None = knob_field("reweight_start")
     semscale_update_interval: int = knob_field("update_interval")
     semscale_fill_max_steps: int = knob_field("fill_max_steps")
     semscale_pool_capacity: int = knob_field("pool_capacity")

@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from ..core.imbalance import imbalance_summary
 from ..core.losses import IGNORE_INDEX, check_class_labels
-from ..dsb.balancer import SemanticScaleBalancer, UpdateRecord, classes_with_volume
+from ..dsb.balancer import SemanticScaleBalancer, UpdateRecord, classes_with_volume, json_weights
 from ..dsb.capture import HeadInputCapture
 from ..dsb.comm import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
 from ..dsb.pool import PoolFileError
@@ -109,8 +109,9 @@ class SemScaleTrainer(Trainer):
 
     Attributes:
         balancer: the :class:`~hf_semscale.dsb.balancer.SemanticScaleBalancer` doing the method's work.
-        class_weights, semantic_scales, stage, pool: the balancer's (``[C]`` float64 weights, ``[C]`` float64
-            bits, ``"warmup"``/``"fill"``/``"reweight"``, the feature pool or None).
+        class_weights, semantic_scales, stage, pool: the balancer's (``[C]`` float64 weights, NaN for classes
+            without training samples; ``[C]`` float64 bits; ``"warmup"``/``"fill"``/``"reweight"``; the feature
+            pool or None).
     """
 
     # compute_loss normalises by num_items_in_batch, counted over the accumulated micro-batches.
@@ -153,8 +154,9 @@ class SemScaleTrainer(Trainer):
         absent = [c for c, n in enumerate(counts.tolist()) if n == 0]
         if absent:
             logger.warning(
-                "Classes %s have no training samples: they get no pool rows and no measured scale; the report lists "
-                "them in classes_without_volume with weight null (their weight never touches the loss).",
+                "Classes %s have no training samples: they get no pool rows, no measured scale and no weight (NaN in "
+                "class_weights, null in the report and history, left out of semscale/weight_*); the report lists "
+                "them in classes_without_volume.",
                 absent,
             )
         self.class_counts = counts
@@ -336,17 +338,16 @@ class SemScaleTrainer(Trainer):
         """The current ``semantic_scales.json`` content.
 
         ``summary`` covers the classes with a measured volume (as the logged ``semscale/scale_*``); classes
-        without training samples report ``weight: null`` (their weight never reaches the loss)."""
+        without training samples report ``weight: null`` (NaN in ``class_weights``: they have no weight)."""
         b = self.balancer
         pool_counts = b.pool.filled if b.pool is not None else torch.zeros(self.num_labels, dtype=torch.long)
         summary = imbalance_summary(b.semantic_scales, pool_counts) if b.num_updates else {}
-        present = self.class_counts > 0
         return build_scale_report(
             source="trainer",
             scales=b.semantic_scales.tolist(),
             counts=pool_counts.tolist(),
             class_names=self.class_names,
-            weights=[w if keep else None for w, keep in zip(b.class_weights.tolist(), present.tolist())],
+            weights=json_weights(b.class_weights),
             feature_dim=b.pool.feature_dim if b.pool is not None else None,
             step=self.state.global_step,
             stage=b.stage,
@@ -540,6 +541,8 @@ def _check_processes_agree(trainer: SemScaleTrainer, resume_from_checkpoint: str
         class_counts_hash=int.from_bytes(digest[:7], "little"),
         weighting=WEIGHTING_MODES.index(a.semscale_weighting),
         warmup_steps=a.semscale_warmup_steps,
+        warmup_ratio_ppm=round(a.semscale_warmup_ratio * 1e6),
+        reweight_start_ppm=-1 if a.semscale_reweight_start is None else round(a.semscale_reweight_start * 1e6),
         fill_max_steps=a.semscale_fill_max_steps,
         update_interval=a.semscale_update_interval,
         pool_capacity=a.semscale_pool_capacity,

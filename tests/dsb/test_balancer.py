@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,66 @@ def test_loss_is_weighted_only_in_the_reweight_stage_and_when_asked():
     torch.testing.assert_close(balancer.loss(logits, labels, num_items_in_batch=4), (w * per_sample).sum() / 4)
 
 
+@pytest.mark.parametrize("weighting, normalization", [("dsb", "mean"), ("inverse_frequency", "sum")])
+def test_a_class_without_training_samples_has_no_weight_and_no_share_in_the_summaries(weighting, normalization):
+    features, labels = _blobs()  # classes 0-2; class 3 has no sample
+    settings = BalancerSettings(weighting=weighting, normalization=normalization, warmup_steps=1, update_interval=1)
+    balancer = SemanticScaleBalancer(COUNTS + [0], settings)
+    balancer.start(max_steps=6, steps_per_epoch=3)
+    assert math.isnan(balancer.class_weights[3]) and balancer.class_weights[:3].tolist() == [1.0] * 3
+    records = _run(balancer, features, labels, range(6))
+    weights = balancer.class_weights
+    assert math.isnan(weights[3]) and bool((torch.isfinite(weights[:3]) & (weights[:3] > 0)).all())
+    if weighting == "dsb":  # the present classes weigh as in a run without the absent class
+        expected = semantic_scale_weights(balancer.semantic_scales[:3], 1.0, torch.tensor(COUNTS), "mean", 0.05)
+    else:  # 'sum' over the present classes: sum_c w_c = 3
+        expected = torch.tensor([1 / 12, 1 / 6, 1 / 3], dtype=torch.float64)
+        expected = expected * 3 / expected.sum()
+    torch.testing.assert_close(weights[:3], expected)
+    logs = [r.logs for r in records if "semscale/weight_max" in r.logs][-1]
+    assert logs["semscale/weight_max"] == float(weights[:3].max()) and logs["semscale/weight_min"] == float(
+        weights[:3].min()
+    )
+    line = records[-1].history_line()
+    assert line["weights"][:3] == weights[:3].tolist() and line["weights"][3] is None
+    json.dumps(line, allow_nan=False)
+    # the loss never sees the NaN: finite with an ignored row, refused for a label that class_counts says is absent
+    logits = torch.randn(3, 4)
+    assert math.isfinite(float(balancer.loss(logits, torch.tensor([0, 2, -100]))))
+    assert math.isfinite(float(balancer.loss(logits, torch.tensor([3, 3, 0]), weighted=False)))  # evaluation
+    with pytest.raises(
+        ValueError, match=r"labels \[3\], but class_counts gives these classes 0.*Fix: pass class_counts"
+    ):
+        balancer.loss(logits, torch.tensor([0, 3, 3]))
+    # a state keeps the NaN; a state saved with a finite weight there (older versions) loads as NaN
+    state = balancer.state_dict()
+    state["semscale.class_weights"] = state["semscale.class_weights"].nan_to_num(14.23)
+    restored = SemanticScaleBalancer(COUNTS + [0], settings)
+    restored.start(max_steps=6, steps_per_epoch=3, reset=False)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.class_weights[:3], weights[:3]) and math.isnan(restored.class_weights[3])
+
+
+def test_observing_a_label_without_training_samples_is_refused():
+    balancer = SemanticScaleBalancer([4, 0, 2], BalancerSettings(warmup_steps=0))
+    balancer.start(max_steps=4, steps_per_epoch=2)
+    balancer.begin_step(0)
+    with pytest.raises(ValueError, match=r"labels \[1\], but class_counts gives these classes 0"):
+        balancer.observe(torch.randn(3, 5), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    "weighting, expected",
+    [("dsb", [(1, "fill", 2.0), (4, "reweight", 3.0)]), ("effective_number", [(1, "reweight", 3.0)])],
+)
+def test_logged_stage_numbers_are_the_docs_1_2_3(weighting, expected):
+    features, labels = _blobs()
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(weighting=weighting, warmup_steps=1))
+    balancer.start(max_steps=6, steps_per_epoch=3)
+    records = _run(balancer, features, labels, range(6))
+    assert [(r.step, r.stage, r.logs["semscale/stage"]) for r in records if r.stage_changed] == expected
+
+
 def test_state_dict_mid_run_resumes_identically():
     features, labels = _blobs(seed=1)
     settings = BalancerSettings(warmup_steps=1, update_interval=2, pool_capacity=4, fill_max_steps=2)
@@ -147,6 +209,95 @@ def test_start_is_required_and_fill_needs_an_epoch_length():
 
 
 @pytest.mark.parametrize(
+    "weighting, pool_capacity, max_steps, warmup_steps, first_weighted_step",
+    [
+        ("inverse_frequency", 0, 20, 8, 8),  # static: the warm-up ends at round(0.4 * 20)
+        ("inverse_frequency", 0, 7, 3, 3),  # round(2.8)
+        ("dsb", 0, 20, 5, 8),  # pool: the fill (one epoch = 3 steps) just before step 8; full after 3 batches
+        ("dsb", 2, 20, 5, 7),  # K = 2 fills in 2 batches: weights from one step earlier
+        ("dsb", 0, 5, 0, 3),  # round(2) < one epoch: the fill starts at step 0 and re-weighting after it
+    ],
+)
+def test_reweight_start_places_the_first_weights_at_that_fraction_of_training(
+    weighting, pool_capacity, max_steps, warmup_steps, first_weighted_step
+):
+    features, labels = _blobs()
+    settings = BalancerSettings(weighting=weighting, reweight_start=0.4, pool_capacity=pool_capacity)
+    balancer = SemanticScaleBalancer(COUNTS, settings)
+    balancer.start(max_steps=max_steps, steps_per_epoch=3)
+    assert balancer.warmup_steps == warmup_steps
+    assert balancer.reweight_start_step == (8 if max_steps == 20 else first_weighted_step)
+    records = _run(balancer, features, labels, range(max_steps))
+    assert [r.step for r in records if r.stage_changed and r.stage == "reweight"] == [first_weighted_step]
+    if weighting == "dsb" and warmup_steps > 0:
+        assert [r.step for r in records if r.stage == "fill"] == [warmup_steps]
+    assert not torch.allclose(balancer.class_weights, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "settings, max_steps, steps_per_epoch, final_stage, needles",
+    [
+        (  # the run: max_steps 3 (gradient accumulation already counted in), a warm-up of 10 steps
+            dict(warmup_steps=10),
+            3,
+            1,
+            "warmup",
+            ["max_steps=3", "warm-up ends at step 10", "stage 'warmup'", "reweight_start=0.4 in place of warmup_steps"],
+        ),
+        (  # the default warm-up on a run shorter than warm-up + one fill epoch
+            dict(),
+            4,
+            3,
+            "fill",
+            ["warm-up ends at step 1", "fill stage (up to 3 steps) at step 4", "stage 'fill'", "reweight_start=0.75"],
+        ),
+        (
+            dict(weighting="effective_number", reweight_start=1.0),
+            10,
+            8,
+            "warmup",
+            ["warm-up ends at step 10.", "stage 'warmup'", "effective_number", "Fix: set reweight_start=0.4 (weights"],
+        ),
+        (  # the fill alone is longer than the run: no reweight_start can help
+            dict(warmup_steps=0),
+            3,
+            3,
+            "fill",
+            ["fill stage (up to 3 steps) at step 3", "Fix: a shorter fill (fill_max_steps"],
+        ),
+    ],
+)
+def test_reweighting_that_can_never_start_warns_at_start(
+    caplog, settings, max_steps, steps_per_epoch, final_stage, needles
+):
+    features, labels = _blobs()
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(**settings))
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        balancer.start(max_steps=max_steps, steps_per_epoch=steps_per_epoch)
+    assert "re-weighting can never start" in caplog.text and "every class weight 1" in caplog.text
+    for needle in needles:
+        assert needle in caplog.text, needle
+    assert balancer.reweight_start_step >= max_steps
+    _run(balancer, features, labels, range(max_steps))  # the warning's prediction holds
+    assert balancer.stage == final_stage and balancer.num_updates == 0
+
+
+@pytest.mark.parametrize(
+    "settings, max_steps",
+    [
+        (dict(weighting="none", warmup_steps=10), 3),  # never re-weights by design
+        (dict(reweight_start=0.4), 20),
+        (dict(weighting="count_power", warmup_steps=2), 3),
+    ],
+)
+def test_reweighting_that_starts_in_the_run_does_not_warn(caplog, settings, max_steps):
+    balancer = SemanticScaleBalancer(COUNTS, BalancerSettings(**settings))
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        balancer.start(max_steps=max_steps, steps_per_epoch=3)
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
     "bad, needle",
     [
         (dict(gamma=-1.0), "gamma must be finite and >= 0"),
@@ -154,6 +305,9 @@ def test_start_is_required_and_fill_needs_an_epoch_length():
         (dict(weighting="static"), "weighting='static' needs class_weights"),
         (dict(weighting="static", class_weights=[1.0, 0.0, 2.0]), "one finite positive weight per class"),
         (dict(pool_dtype="int8"), r"pool_dtype='int8' is not one of"),
+        (dict(reweight_start=1.5), r"reweight_start must be a fraction of training in \[0, 1\]"),
+        (dict(reweight_start=0.4, warmup_steps=5), "reweight_start=0.4 and warmup_steps=5 both say.*Fix: set only"),
+        (dict(reweight_start=0.4, warmup_ratio=0.5), "reweight_start=0.4 and warmup_ratio=0.5 both say"),
     ],
 )
 def test_bad_settings_name_the_knob(bad, needle):
@@ -183,6 +337,9 @@ def test_config_fields_share_the_settings_defaults_help_and_rules():
     )
     with pytest.raises(ValueError, match="semscale_gamma must be finite"):  # the same rule, with the field's name
         SemScaleConfig(output_dir="unused", semscale_gamma=-1.0)
+    with pytest.raises(ValueError, match="semscale_reweight_start=0.4 and semscale_warmup_steps=3"):
+        SemScaleConfig(output_dir="unused", semscale_reweight_start=0.4, semscale_warmup_steps=3)
+    assert SemScaleConfig(output_dir="unused", semscale_reweight_start=0.4).balancer_settings().reweight_start == 0.4
 
 
 # ------------------------------------------------------------------ Accelerate and the Trainer

@@ -216,6 +216,26 @@ def test_dsb_refuses_data_parallel(tmp_path):
         trainer_module._check_processes_agree(trainer, None)
 
 
+@pytest.mark.parametrize("reweight_start, expected", [(None, -1), (0.4, 400_000)])
+def test_processes_are_checked_to_agree_on_when_reweighting_starts(tmp_path, monkeypatch, reweight_start, expected):
+    sys.path.insert(0, str(SUPPORT_DIR))
+    try:
+        import distributed_worker as worker
+    finally:
+        sys.path.remove(str(SUPPORT_DIR))
+    trainer = worker.make_trainer(
+        tmp_path, 8, save=False, semscale_warmup_steps=-1, semscale_reweight_start=reweight_start
+    )
+    checked: dict = {}
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
+    monkeypatch.setattr(trainer_module, "apply_process_group_timeout", lambda accelerator, timeout: None)
+    monkeypatch.setattr(
+        trainer_module, "assert_same_on_all_processes", lambda acc, what, step=None, **values: checked.update(values)
+    )
+    trainer_module._check_processes_agree(trainer, None)
+    assert checked["reweight_start_ppm"] == expected and checked["warmup_ratio_ppm"] == 300_000
+
+
 @pytest.mark.parametrize(
     "name, distributed_type, processes",
     [

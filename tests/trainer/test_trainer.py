@@ -352,7 +352,7 @@ def test_stage_changes_and_summaries_reach_the_loggers(frozen_run):
     train_logs = [log for log in recorder.logs if "loss" in log]
     stage_logs = [(log["_step"], log["semscale/stage"]) for log in train_logs if "semscale/stage" in log]
     start = updates[0][0]
-    assert stage_logs == [(3, 1.0), (start + 1, 2.0)]  # logged with the step that entered the stage
+    assert stage_logs == [(3, 2.0), (start + 1, 3.0)]  # the docs' stage numbers, logged with the step entering it
     last = [log for log in train_logs if "semscale/weight_max" in log][-1]
     assert last["semscale/weight_max"] == pytest.approx(float(trainer.class_weights.max()))
     assert last["semscale/weight_min"] == pytest.approx(float(trainer.class_weights.min()))
@@ -665,27 +665,41 @@ def test_feature_module_by_name_and_feature_pool_fn(tmp_path):
     assert by_fn.pool.feature_dim == 4 and calls == [["pixel_values"]] * 2  # labels never reach the pool fn
 
 
-def test_a_class_absent_from_the_data_is_handled_and_reported(tmp_path, caplog):
+@pytest.mark.parametrize("weighting", ["dsb", "inverse_frequency"])
+def test_a_class_absent_from_the_data_is_handled_and_reported(tmp_path, caplog, weighting):
     dataset = make_dataset(counts=[20, 12, 0, 16])
     with caplog.at_level(logging.WARNING, logger="hf_semscale.trainer"):
         trainer, recorder = train(
             tmp_path,
             dataset=dataset,
             max_steps=8,
+            semscale_weighting=weighting,
             semscale_warmup_steps=0,
             semscale_fill_max_steps=100,
             semscale_update_interval=1,
+            trainer_kwargs={"eval_dataset": make_dataset(counts=[2, 2, 2, 2])},  # evaluation does hold class 2
         )
     assert "Classes [2] have no training samples" in caplog.text
-    # the empty class does not hold the fill stage open: one epoch fills the others, then re-weighting
-    assert recorder.stages == ["fill"] * 6 + ["reweight"] * 2
-    assert trainer.pool.filled.tolist() == [20, 12, 0, 16]
-    assert trainer.semantic_scales[2] == 0 and all(trainer.semantic_scales[[0, 1, 3]] > 0)
-    assert bool(torch.isfinite(trainer.class_weights).all()) and bool((trainer.class_weights > 0).all())
+    present = [0, 1, 3]
+    if weighting == "dsb":  # the empty class does not hold the fill stage open: one epoch fills the others
+        assert recorder.stages == ["fill"] * 6 + ["reweight"] * 2
+        assert trainer.pool.filled.tolist() == [20, 12, 0, 16]
+        assert trainer.semantic_scales[2] == 0 and all(trainer.semantic_scales[present] > 0)
+    # the absent class has no weight (NaN); the present ones are finite and positive, and alone in the summaries
+    weights = trainer.class_weights
+    assert math.isnan(weights[2]) and bool((torch.isfinite(weights[present]) & (weights[present] > 0)).all())
+    last = [log for log in recorder.logs if "semscale/weight_max" in log][-1]
+    assert last["semscale/weight_max"] == pytest.approx(float(weights[present].max()))
+    assert last["semscale/weight_min"] == pytest.approx(float(weights[present].min()))
     assert all(math.isfinite(x) for x in step_losses(recorder))
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+    if weighting == "dsb":  # one history line per re-measurement
+        history = [json.loads(line) for line in (tmp_path / HISTORY_FILENAME).read_text().splitlines()]
+        assert history and all(h["weights"][2] is None for h in history)  # null, not NaN (strict JSON)
     trainer.save_model()
     report = json.loads((tmp_path / SCALES_FILENAME).read_text())  # allow_nan=False: no NaN anywhere
     assert report["classes"][2]["count"] == 0 and report["classes"][2]["scale"] == 0
+    assert report["classes"][2]["weight"] is None
 
 
 def test_nan_features_stop_training_with_a_clear_error(tmp_path):
@@ -821,6 +835,42 @@ def test_fill_stage_lasts_one_epoch_of_optimizer_steps_with_max_steps(tmp_path):
     assert recorder.stages[2:5] == ["fill"] * 3 and recorder.stages[5] == "reweight"
 
 
+def test_reweighting_that_can_never_start_is_announced_at_train_start(tmp_path, caplog):
+    # the issue's run: max_steps 3 with gradient accumulation 4 and a warm-up of 10 optimizer steps
+    with caplog.at_level("WARNING", logger="hf_semscale.dsb.balancer"):
+        trainer, recorder = train(
+            tmp_path, max_steps=3, gradient_accumulation_steps=4, semscale_warmup_steps=10, semscale_weighting="dsb"
+        )
+    text = caplog.text
+    assert "re-weighting can never start in this run of max_steps=3" in text and "warm-up ends at step 10" in text
+    assert "stage 'warmup' with every class weight 1" in text
+    # one epoch is 2 optimizer steps here: the suggested start leaves the fill room before it
+    assert "semscale_reweight_start=0.667 in place of semscale_warmup_steps" in text and "from step 2)" in text
+    assert recorder.stages == ["warmup"] * 3 and trainer.balancer.reweight_start_step >= 3
+
+
+@pytest.mark.parametrize(
+    "weighting, expected_stages",
+    [
+        ("inverse_frequency", ["warmup"] * 9 + ["reweight"] * 3),  # weights from round(0.75 * 12) = 9
+        ("dsb", ["warmup"] * 3 + ["fill"] * 6 + ["reweight"] * 3),  # one epoch (6 steps) of fill before step 9
+    ],
+)
+def test_reweight_start_is_when_the_weights_start(tmp_path, weighting, expected_stages):
+    trainer, recorder = train(
+        tmp_path,
+        max_steps=12,
+        learning_rate=0.0,
+        semscale_weighting=weighting,
+        semscale_warmup_steps=-1,
+        semscale_reweight_start=0.75,
+    )
+    assert recorder.stages == expected_stages and trainer.balancer.reweight_start_step == 9
+    assert torch.equal(recorder.weights[8], torch.ones(4, dtype=torch.float64))
+    assert not torch.equal(recorder.weights[9], torch.ones(4, dtype=torch.float64))
+    assert trainer.scale_report()["settings"]["semscale_reweight_start"] == 0.75
+
+
 def test_streamed_training_set_needs_class_counts_and_fills_one_pass(tmp_path, caplog):
     stream = make_dataset().to_iterable_dataset()
     with pytest.raises(ValueError, match=r"IterableDataset \(streamed.*Fix: pass class_counts="):
@@ -879,7 +929,7 @@ def test_logs_report_and_card_agree_on_classes_without_volume(tmp_path, caplog):
     assert summary["classes_without_volume"] == [2, 3] and summary["num_classes_with_volume"] == 2
     rows = report["classes"]
     assert [r["has_volume"] for r in rows] == [True, True, False, False]
-    assert rows[3]["weight"] is None and rows[2]["weight"] == pytest.approx(float(trainer.class_weights.max()))
+    assert rows[3]["weight"] is None and rows[2]["weight"] == pytest.approx(float(trainer.class_weights[:3].max()))
     card = str(build_model_card(tmp_path))
     assert "| 3 | dog | 0 | 0 | 0.0000 | — |" in card  # id, name, train samples, measured on, scale, weight
     assert f"| scale_mean | {summary['scale_mean']:.6g} |" in card
