@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_builtin_digits
     from ..hub.report import SCALES_FILENAME, read_scale_report, write_json_atomic
-    from ..plotting import plot_scale_count_accuracy
+    from ..plotting import write_report_plots
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         row["accuracy"] = acc
     report["metrics"] = {m: results["dsb_ce"][-1][m] for m in METRICS}
     write_json_atomic(output_dir / SCALES_FILENAME, report)
-    plot_scale_count_accuracy(report["classes"], output_dir / "scale_count_accuracy.png")
+    write_report_plots(output_dir, report)
     write_json_atomic(
         output_dir / "demo_results.json", {"settings": vars(args), "methods": DEMO_METHODS, "results": results}
     )

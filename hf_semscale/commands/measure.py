@@ -20,9 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PLOT_SCALES = "scale_count_accuracy.png"
-PLOT_MARGINAL = "marginal_effect.png"
-
 
 class MeasureError(ValueError):
     """Options that do not fit the model or the data."""
@@ -209,15 +206,9 @@ def _plot_title(report: dict[str, Any]) -> str:
 
 def write_outputs(report: dict[str, Any], output_dir: Path) -> list[Path]:
     """``semantic_scales.json`` and the PNG plots; returns the written paths."""
-    from ..hub.report import SCALES_FILENAME, write_json_atomic
-    from ..plotting import plot_marginal_effect, plot_scale_count_accuracy
+    from ..hub.report import write_report_and_plots
 
-    names = [row["name"] for row in report["classes"]]
-    paths = [write_json_atomic(output_dir / SCALES_FILENAME, report)]
-    paths.append(plot_scale_count_accuracy(report["classes"], output_dir / PLOT_SCALES, title=_plot_title(report)))
-    if "marginal_effect" in report:
-        paths.append(plot_marginal_effect(report["marginal_effect"], output_dir / PLOT_MARGINAL, class_names=names))
-    return paths
+    return write_report_and_plots(output_dir, report, title=_plot_title(report))
 
 
 def _cell(value: Any, fmt: str) -> str:
