@@ -225,8 +225,8 @@ def build_analysis_card(
     )
 
 
-def saved_metrics(output_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, Path | None]:
-    """The evaluation metrics a Trainer run left in ``output_dir`` and the file they come from, or ``(None, None)``.
+def saved_metrics(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The evaluation metrics a Trainer run left in ``output_dir`` (None without any).
 
     Looks at ``eval_results.json`` and ``all_results.json`` (``Trainer.save_metrics``), then the last evaluation
     (:func:`last_evaluation`) in ``trainer_state.json``'s ``log_history``: ``output_dir``'s (``trainer.save_state()``),
@@ -239,15 +239,15 @@ def saved_metrics(output_dir: str | os.PathLike) -> tuple[dict[str, Any] | None,
         if path.is_file():
             metrics = read_json_object(path)
             if _long_tail_metrics(metrics):
-                return metrics, path
+                return metrics
     checkpoint = latest_complete_checkpoint(output_dir, needs_semscale_state=False)
     states = [output_dir / TRAINER_STATE_FILENAME] + ([Path(checkpoint) / TRAINER_STATE_FILENAME] if checkpoint else [])
     for path in states:
         if path.is_file():
             evaluation = last_evaluation(read_json_object(path).get("log_history") or [])
             if evaluation is not None:
-                return evaluation, path
-    return None, None
+                return evaluation
+    return None
 
 
 def last_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -270,7 +270,7 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
 def _card_metrics(output_dir: Path, report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> dict[str, float]:
     """The long-tail metrics of the card: ``metrics`` (else the saved ones) over the report's."""
     if metrics is None:
-        metrics, _ = saved_metrics(output_dir)
+        metrics = saved_metrics(output_dir)
     return {**_long_tail_metrics(report.get("metrics") or {}), **_long_tail_metrics(metrics or {})}
 
 

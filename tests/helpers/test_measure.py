@@ -272,18 +272,8 @@ def test_with_accuracy_uses_the_normalisation_saved_with_the_model(
     tmp_path: Path, dark_bright_folder: Path, capsys, preprocessing: str
 ):
     model = _brightness_model(tmp_path / "model", preprocessing)
-    rc, _, err = _measure(
-        capsys,
-        "--model",
-        str(model),
-        "--dataset",
-        str(dark_bright_folder),
-        "--split",
-        "test",
-        "--with-accuracy",
-        "--output-dir",
-        str(tmp_path / "out"),
-    )
+    argv = ["--model", str(model), "--dataset", str(dark_bright_folder), "--split", "test", "--with-accuracy"]
+    rc, _, err = _measure(capsys, *argv, "--output-dir", str(tmp_path / "out"))
     assert rc == 0, err
     report = read_scale_report(tmp_path / "out")
     assert [r["accuracy"] for r in report["classes"]] == [1.0, 1.0]  # [0, 1] pixels would give [0.0, 1.0]
