@@ -153,6 +153,18 @@ def _tokenizer_with_padding(tokenizer: Any, model: nn.Module, notes: list[str]) 
     return tokenizer
 
 
+def _checked_normalisation(name: str, config: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``config.image_mean`` / ``image_std`` (``[C]`` or ``[1]``, in ``[0, 1]`` pixel units), or a clear error."""
+    mean, std = tuple(float(v) for v in config.image_mean), tuple(float(v) for v in config.image_std)
+    if len(mean) != len(std) or len(mean) not in (1, channels) or min(std) <= 0:
+        raise ModelLoadError(
+            f"{name}: config.json's image_mean {list(mean)} / image_std {list(std)} do not fit a model with {channels} "
+            "input channels (one value per channel, or one for all; every std > 0). Fix: save the per-channel "
+            "mean / std the model was trained with."
+        )
+    return mean, std
+
+
 def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
     from transformers import (
         AutoConfig,
@@ -200,7 +212,7 @@ def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
             fm.processor = AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError):
             if getattr(config, "image_mean", None) is not None and getattr(config, "image_std", None) is not None:
-                fm.image_mean, fm.image_std = tuple(config.image_mean), tuple(config.image_std)
+                fm.image_mean, fm.image_std = _checked_normalisation(name, config, fm.num_channels)
                 fm.notes.append("no image processor: pixels normalised with the config's image_mean / image_std")
             else:
                 fm.preprocessing_saved = False

@@ -454,6 +454,16 @@ def test_processor_less_model_uses_the_normalisation_in_its_config(tmp_path: Pat
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("std", [[0.5, 0.25], [0.5, 0.0, 0.5]])
+def test_config_normalisation_that_does_not_fit_the_channels_is_refused(tmp_path: Path, std: list[float]):
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+
+    config = CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2, image_mean=[0.5] * len(std), image_std=std)
+    CifarResNetForImageClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"do not fit a model with 3 input channels .*every std > 0\). Fix:"):
+        load_model_for_features(str(tmp_path))
+
+
 def test_plot_titles_use_short_model_names():
     from hf_semscale.plotting import short_model_name
 
