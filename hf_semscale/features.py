@@ -61,6 +61,9 @@ class FeatureModel:
         label_names: the checkpoint's ``id2label`` names, None when they are generic (``LABEL_0``...).
         image_mean, image_std: per-channel normalisation of ``[0, 1]`` pixels for processor-less images.
         image_size: ``(H, W)`` the model requires, or None when any size works.
+        preprocessing_saved: the input preprocessing comes with the model (tokenizer, image processor,
+            ``image_mean`` / ``image_std`` in its config, timm's data config); False when pixels are only
+            assumed to be ``[0, 1]``, which a model trained on normalised pixels misreads.
         num_channels: input channels the model expects.
         source: ``"transformers"`` (called with keyword inputs) or ``"timm"`` (called with the pixel tensor).
         notes: caveats for the report (random weights, new head, padding with EOS, ...).
@@ -77,6 +80,7 @@ class FeatureModel:
     image_mean: tuple[float, ...] = (0.0,)
     image_std: tuple[float, ...] = (1.0,)
     image_size: tuple[int, int] | None = None
+    preprocessing_saved: bool = True
     num_channels: int = 3
     source: Literal["transformers", "timm"] = "transformers"
     notes: list[str] = field(default_factory=list)
@@ -150,6 +154,18 @@ def _tokenizer_with_padding(tokenizer: Any, model: nn.Module, notes: list[str]) 
     return tokenizer
 
 
+def _checked_normalisation(name: str, config: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``config.image_mean`` / ``image_std`` (``[C]`` or ``[1]``, in ``[0, 1]`` pixel units), or a clear error."""
+    mean, std = tuple(float(v) for v in config.image_mean), tuple(float(v) for v in config.image_std)
+    if len(mean) != len(std) or len(mean) not in (1, channels) or min(std) <= 0:
+        raise ModelLoadError(
+            f"{name}: config.json's image_mean {list(mean)} / image_std {list(std)} do not fit a model with {channels} "
+            "input channels (one value per channel, or one for all; every std > 0). Fix: save the per-channel "
+            "mean / std the model was trained with."
+        )
+    return mean, std
+
+
 def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
     from transformers import (
         AutoConfig,
@@ -197,10 +213,14 @@ def _load_transformers(name: str, num_labels: int | None) -> FeatureModel:
             fm.processor = AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError):
             if getattr(config, "image_mean", None) is not None and getattr(config, "image_std", None) is not None:
-                fm.image_mean, fm.image_std = tuple(config.image_mean), tuple(config.image_std)
+                fm.image_mean, fm.image_std = _checked_normalisation(name, config, fm.num_channels)
                 fm.notes.append("no image processor: pixels normalised with the config's image_mean / image_std")
             else:
-                fm.notes.append("no image processor: pixels scaled to [0, 1] and passed at their own size")
+                fm.preprocessing_saved = False
+                fm.notes.append(
+                    "no image processor and no image_mean / image_std in config.json: pixels scaled to [0, 1] and "
+                    "passed at their own size (not what a model trained on normalised pixels saw)"
+                )
     if not head_is_trained:
         fm.notes.append(f"head {head_name!r} is newly initialised: its predictions are meaningless")
     return fm

@@ -1,5 +1,8 @@
 """PNG plots of semantic scales: marginal-effect curves, and scale against count and accuracy.
 
+:func:`write_report_plots` draws the plots of a ``semantic_scales.json`` report into its folder (``measure`` and
+``SemScaleTrainer`` write them beside the report; a Hub push uploads them with the model card).
+
 matplotlib is imported lazily; figures are drawn on ``matplotlib.figure.Figure`` objects rendered by
 the Agg canvas, so no display is needed and pyplot's global state (and backend) is left alone.
 """
@@ -13,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
+
 __all__ = [
+    "SCALE_PLOT_FILENAME",
+    "MARGINAL_PLOT_FILENAME",
+    "write_report_plots",
     "plot_marginal_effect",
     "plot_scale_count_accuracy",
     "marginal_effect_figure",
@@ -21,6 +29,8 @@ __all__ = [
     "short_model_name",
 ]
 
+SCALE_PLOT_FILENAME = "scale_count_accuracy.png"
+MARGINAL_PLOT_FILENAME = "marginal_effect.png"
 _MAX_LEGEND_ENTRIES = 20
 
 
@@ -35,9 +45,38 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
+
+
+def write_report_plots(
+    folder: str | os.PathLike, report: Mapping[str, Any] | None = None, title: str | None = None
+) -> list[Path]:
+    """Draw a report's plots into ``folder``: ``scale_count_accuracy.png`` and, when the report has curves,
+    ``marginal_effect.png``; returns the written paths.
+
+    ``report`` defaults to ``folder/semantic_scales.json``. A trainer report (rows with ``train_count``) is drawn
+    against the training samples per class, over the classes with a measured volume; before its first
+    measurement (``num_updates`` 0) there is nothing to draw: no plot, and a scale plot left from an earlier run
+    is removed so that no stale plot is published.
+    """
+    from .hub.report import read_scale_report
+
+    folder = Path(folder)
+    report = read_scale_report(folder) if report is None else report
+    rows = report["classes"]
+    if "train_count" in rows[0]:
+        rows = [{**row, "count": row["train_count"]} for row in rows if row.get("has_volume", True)]
+    paths = []
+    if report.get("num_updates", 1) and rows:
+        paths.append(plot_scale_count_accuracy(rows, folder / SCALE_PLOT_FILENAME, title=title))
+    else:
+        (folder / SCALE_PLOT_FILENAME).unlink(missing_ok=True)
+    if "marginal_effect" in report:
+        names = [row["name"] for row in report["classes"]]
+        paths.append(plot_marginal_effect(report["marginal_effect"], folder / MARGINAL_PLOT_FILENAME, names))
+    return paths
 
 
 _GENERIC_PATH_PARTS = {"model", "models", "snapshots", "checkpoint", "final", "best"}

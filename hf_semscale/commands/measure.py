@@ -8,7 +8,9 @@ sample_scale / accuracy when asked), ``scale_count_accuracy.png``, ``marginal_ef
 
 Accuracy is reported only with ``--with-accuracy``, and only for a model whose head was trained for
 this label set: its head weights come from the checkpoint, it has one output per class, and its
-``id2label`` names (unless generic ``LABEL_i``) equal the dataset's class names.
+``id2label`` names (unless generic ``LABEL_i``) equal the dataset's class names; and, for images, the
+pixel preprocessing it was trained on is saved with it (an image processor, or ``image_mean`` /
+``image_std`` in ``config.json`` as ``recipes/train_image.py`` saves them).
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
-
-PLOT_SCALES = "scale_count_accuracy.png"
-PLOT_MARGINAL = "marginal_effect.png"
 
 
 class MeasureError(ValueError):
@@ -75,6 +74,15 @@ def _check_accuracy_possible(fm: Any, names: list[str]) -> list[str]:
         raise MeasureError(
             f"--with-accuracy: {fm.name!r} predicts {fm.num_labels} classes but the dataset has {len(names)}. "
             "Fix: pass a model fine-tuned on this label set, or drop --with-accuracy."
+        )
+    if not fm.preprocessing_saved:
+        raise MeasureError(
+            f"--with-accuracy: {fm.name!r} saves no image preprocessing (no preprocessor_config.json, no image_mean / "
+            "image_std in config.json), so the pixel normalisation it was trained on is unknown, and a model trained "
+            "on normalised pixels predicts near chance on [0, 1] pixels. Fix: save the training normalisation with "
+            "the model (per channel, in [0, 1] units; mean 0 and std 1 for plain [0, 1] pixels): "
+            "model.config.image_mean = [...]; model.config.image_std = [...]; model.save_pretrained(folder), or save "
+            "its image processor into the folder (image_processor.save_pretrained(folder)); or drop --with-accuracy."
         )
     if fm.label_names is None:
         return ["model labels are generic (LABEL_i): class ids assumed to follow the dataset's order"]
@@ -198,15 +206,9 @@ def _plot_title(report: dict[str, Any]) -> str:
 
 def write_outputs(report: dict[str, Any], output_dir: Path) -> list[Path]:
     """``semantic_scales.json`` and the PNG plots; returns the written paths."""
-    from ..hub.report import SCALES_FILENAME, write_json_atomic
-    from ..plotting import plot_marginal_effect, plot_scale_count_accuracy
+    from ..hub.report import write_report_and_plots
 
-    names = [row["name"] for row in report["classes"]]
-    paths = [write_json_atomic(output_dir / SCALES_FILENAME, report)]
-    paths.append(plot_scale_count_accuracy(report["classes"], output_dir / PLOT_SCALES, title=_plot_title(report)))
-    if "marginal_effect" in report:
-        paths.append(plot_marginal_effect(report["marginal_effect"], output_dir / PLOT_MARGINAL, class_names=names))
-    return paths
+    return write_report_and_plots(output_dir, report, title=_plot_title(report))
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -229,7 +231,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(line)
     s = report["summary"]
     lines.append(
-        f"\nscale (bits): min {s['scale_min']:.3f}, max {s['scale_max']:.3f}, max/min {_cell(s['max_min_ratio'], '.2f')}, "
+        f"\nscale (bits): min {_cell(s['scale_min'], '.3f')}, max {_cell(s['scale_max'], '.3f')}, max/min {_cell(s['max_min_ratio'], '.2f')}, "
         f"CV {_cell(s['coefficient_of_variation'], '.3f')}; counts max/min {_cell(s['count_max_min_ratio'], '.2f')}"
     )
     if "pearson_scale_accuracy" in s:

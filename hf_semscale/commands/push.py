@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -79,28 +80,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument(
         "--metrics-file",
         default=None,
-        help="JSON dict of evaluation metrics, e.g. the eval_results.json of trainer.save_metrics "
-        "(overrides the report's 'metrics' section).",
+        help="JSON dict of evaluation metrics (overrides the report's 'metrics' section). Default: what the run "
+        "saved in OUTPUT_DIR: eval_results.json / all_results.json (trainer.save_metrics), else the last evaluation "
+        "in trainer_state.json (OUTPUT_DIR's, else the latest checkpoint's).",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from hf_semscale.hub import PushError, push_output_dir
+    from hf_semscale.hub.publish import read_json_object
 
     try:
-        metrics = _read_metrics(args.metrics_file) if args.metrics_file else None
-        url = push_output_dir(
-            args.output_dir,
-            args.repo_id,
-            base_model=args.base_model,
-            dataset_name=args.dataset_name,
-            dataset_split=args.dataset_split,
-            task_type=args.task_type,
-            license=args.license,
-            metrics=metrics,
-            dry_run=args.dry_run,
-            **push_kwargs(args),
-        )
+        metrics = read_json_object(args.metrics_file) if args.metrics_file else None
+        with _warnings_printed("hf_semscale.hub.publish"):
+            url = push_output_dir(
+                args.output_dir,
+                args.repo_id,
+                base_model=args.base_model,
+                dataset_name=args.dataset_name,
+                dataset_split=args.dataset_split,
+                task_type=args.task_type,
+                license=args.license,
+                metrics=metrics,
+                dry_run=args.dry_run,
+                **push_kwargs(args),
+            )
     except (PushError, ValueError, OSError) as err:
         print(f"hf-semscale push: error: {err}", file=sys.stderr)
         return 1
@@ -108,8 +112,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_metrics(path: str) -> dict[str, Any]:
-    metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(metrics, dict):
-        raise ValueError(f"{path}: expected a JSON object of metric name -> value, got {type(metrics).__name__}")
-    return metrics
+@contextmanager
+def _warnings_printed(logger_name: str) -> Iterator[None]:
+    """Print the warnings of ``logger_name`` to stderr as ``hf-semscale push: warning: ...`` lines meanwhile."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("hf-semscale push: warning: %(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

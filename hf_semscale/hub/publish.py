@@ -10,6 +10,7 @@ Trainer's own ``create_model_card``, which writes ``output_dir/README.md``, as t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -40,7 +41,18 @@ try:  # the HTTP client of huggingface_hub: httpx2 from 2.x, httpx in 1.x
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
     from httpx import TransportError
 
-__all__ = ["PushError", "build_model_card", "build_analysis_card", "push_output_dir", "push_analysis"]
+__all__ = [
+    "PushError",
+    "build_model_card",
+    "build_analysis_card",
+    "push_output_dir",
+    "push_analysis",
+    "saved_metrics",
+    "last_evaluation",
+    "missing_card_parts",
+]
+
+logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 CARD_FILENAME = "README.md"
@@ -68,6 +80,8 @@ LONG_TAIL_METRICS = {
     "few_shot_accuracy": "Few-shot accuracy (<20 training samples)",
 }
 METRIC_PREFIXES = ("", "eval_", "test_")
+METRICS_FILENAMES = ("eval_results.json", "all_results.json")  # what Trainer.save_metrics writes
+TRAINER_STATE_FILENAME = "trainer_state.json"
 TASK_BY_HEAD_SUFFIX = {
     "ForSequenceClassification": "text-classification",
     "ForImageClassification": "image-classification",
@@ -115,7 +129,8 @@ def build_model_card(
     writes it; ``hf-semscale push --dry-run`` previews a push).
 
     ``metrics`` (e.g. ``trainer.evaluate()``'s dict, ``eval_`` prefixes allowed) override the report's
-    ``metrics`` section. The long-tail metrics present and finite go to ``model-index``, which needs
+    ``metrics`` section; without them, the metrics the run saved in ``output_dir`` are used (:func:`saved_metrics`).
+    The long-tail metrics present and finite go to ``model-index``, which needs
     ``dataset_name`` (the Hub id of the dataset trained and evaluated on); missing ones are left out.
     ``task_type`` defaults to the one of the head in ``config.json`` (``*ForSequenceClassification`` ->
     ``text-classification``, ...). ``tags`` are added to the library's own (``hf_semscale``, ``semantic-scale``).
@@ -124,7 +139,7 @@ def build_model_card(
     report = read_scale_report(output_dir)
     if base_model is not None:
         _check_hub_id(base_model, "base_model")
-    values = {**_long_tail_metrics(report.get("metrics") or {}), **_long_tail_metrics(metrics or {})}
+    values = _card_metrics(output_dir, report, metrics)
     config = _model_config(output_dir)
     task_type = task_type or _task_from_config(config)
     title = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
@@ -208,6 +223,77 @@ def build_analysis_card(
         plots=_plots(analysis_dir),
         citation=CITATION,
     )
+
+
+def saved_metrics(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The evaluation metrics a Trainer run left in ``output_dir`` (None without any).
+
+    Looks at ``eval_results.json`` and ``all_results.json`` (``Trainer.save_metrics``), then the last evaluation
+    (:func:`last_evaluation`) in ``trainer_state.json``'s ``log_history``: ``output_dir``'s (``trainer.save_state()``),
+    else the latest complete checkpoint's.
+    """
+    from ..trainer.checkpoints import latest_complete_checkpoint
+
+    output_dir = Path(output_dir)
+    for path in (output_dir / name for name in METRICS_FILENAMES):
+        if path.is_file():
+            metrics = read_json_object(path)
+            if _long_tail_metrics(metrics):
+                return metrics
+    checkpoint = latest_complete_checkpoint(output_dir, needs_semscale_state=False)
+    states = [output_dir / TRAINER_STATE_FILENAME] + ([Path(checkpoint) / TRAINER_STATE_FILENAME] if checkpoint else [])
+    for path in states:
+        if path.is_file():
+            evaluation = last_evaluation(read_json_object(path).get("log_history") or [])
+            if evaluation is not None:
+                return evaluation
+    return None
+
+
+def last_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last entry of a Trainer's ``state.log_history`` that holds a long-tail metric (``eval_accuracy``, ...)."""
+    return next((dict(logs) for logs in reversed(log_history) if _long_tail_metrics(logs)), None)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file holding one object (a metrics file, ``trainer_state.json``); a clear ``ValueError`` otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}). Fix: delete or rewrite the file.") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}. Fix: delete or rewrite it.")
+    return value
+
+
+def _card_metrics(output_dir: Path, report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """The long-tail metrics of the card: ``metrics`` (else the saved ones) over the report's."""
+    if metrics is None:
+        metrics = saved_metrics(output_dir)
+    return {**_long_tail_metrics(report.get("metrics") or {}), **_long_tail_metrics(metrics or {})}
+
+
+def missing_card_parts(output_dir: str | os.PathLike, metrics: Mapping[str, Any] | None = None) -> list[str]:
+    """What the model card of ``output_dir`` will lack, each as a sentence with its fix: evaluation metrics
+    (given, saved, or in the report) and PNG plots. Empty when it has both."""
+    output_dir = Path(output_dir)
+    missing = []
+    if not _card_metrics(output_dir, read_scale_report(output_dir), metrics):
+        missing.append(
+            f"{output_dir} has no evaluation metrics (no long-tail metric such as eval_accuracy in "
+            f"{' / '.join(METRICS_FILENAMES)}, in the log_history of {TRAINER_STATE_FILENAME} or in the report), "
+            "so the card has no Evaluation section and no model-index. Fix: evaluate with a compute_metrics that "
+            "returns accuracy, then trainer.save_metrics('eval', metrics) or trainer.save_state(); or pass the "
+            "metrics (CLI: --metrics-file)."
+        )
+    if not _plots(output_dir):
+        missing.append(
+            f"{output_dir} has no PNG plots, so the card shows none. Fix: draw them from its {SCALES_FILENAME}: "
+            f"python -c \"from hf_semscale.plotting import write_report_plots; write_report_plots('{output_dir}')\" "
+            "(SemScaleTrainer writes them when training ends)."
+        )
+    return missing
 
 
 def _long_tail_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -342,7 +428,8 @@ def push_output_dir(
     Creates the model repo if needed (``exist_ok=False``: fail if it exists; ``private=None``: the
     namespace's default visibility) and the branch ``revision`` if given. Files matching
     ``IGNORE_PATTERNS`` (checkpoints, ``_*``, temporary and hidden files, an old README.md) stay local.
-    ``card_kwargs`` go to :func:`build_model_card`. Returns the commit URL.
+    ``card_kwargs`` go to :func:`build_model_card`. Returns the commit URL. Logs a warning for each part the
+    card will lack (:func:`missing_card_parts`: metrics, plots).
 
     ``dry_run=True`` contacts nobody and needs no token: it writes the card and the list of files the push
     would upload to ``output_dir/_hub_preview/`` (``README.md``, ``files.txt``; a ``_`` folder is never
@@ -353,6 +440,8 @@ def push_output_dir(
     if not dry_run:
         token = _resolve_token(token)
     card = build_model_card(output_dir, repo_id=repo_id, **card_kwargs)
+    for problem in missing_card_parts(output_dir, card_kwargs.get("metrics")):
+        logger.warning(problem)
     files = _local_files(output_dir, ignore_patterns=IGNORE_PATTERNS)
     if dry_run:
         preview = output_dir / PREVIEW_DIRNAME

@@ -36,7 +36,14 @@ SCALES_FILENAME = "semantic_scales.json"
 FORMAT_VERSION = 1
 REQUIRED_CLASS_KEYS = ("id", "name", "count", "scale")
 
-__all__ = ["SCALES_FILENAME", "build_scale_report", "write_json_atomic", "read_scale_report", "ReportError"]
+__all__ = [
+    "SCALES_FILENAME",
+    "build_scale_report",
+    "write_json_atomic",
+    "write_report_and_plots",
+    "read_scale_report",
+    "ReportError",
+]
 
 
 class ReportError(ValueError):
@@ -109,6 +116,19 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any] | list[An
         json.dump(payload, fh, indent=2, allow_nan=False)
         fh.write("\n")
     return path
+
+
+def write_report_and_plots(
+    folder: str | os.PathLike, report: dict[str, Any], *, plots: bool = True, title: str | None = None
+) -> list[Path]:
+    """``folder/semantic_scales.json`` and, with ``plots``, its PNG plots
+    (:func:`hf_semscale.plotting.write_report_plots`, titled ``title``); returns the written paths."""
+    paths = [write_json_atomic(Path(folder) / SCALES_FILENAME, report)]
+    if plots:
+        from ..plotting import write_report_plots
+
+        paths += write_report_plots(folder, report, title=title)
+    return paths
 
 
 def read_scale_report(path: str | os.PathLike) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.integrations import is_tensorboard_available
 
 from ..dsb.settings import (
     BASE_LOSSES,
@@ -63,6 +64,11 @@ class SemScaleConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         validate_settings(self._knob_values(), prefix=PREFIX)
+        if "tensorboard" in self.report_to and not is_tensorboard_available():
+            raise ImportError(
+                'report_to="tensorboard" needs the tensorboard package, which is not installed. '
+                'Fix: pip install "hf_semscale[tensorboard]" (or drop "tensorboard" from report_to).'
+            )
 
     def _knob_values(self) -> dict:
         values = {

@@ -27,7 +27,7 @@ from ..dsb.balancer import SemanticScaleBalancer, UpdateRecord, classes_with_vol
 from ..dsb.capture import HeadInputCapture
 from ..dsb.comm import MAX_GATHERED_LABEL, apply_process_group_timeout, assert_same_on_all_processes
 from ..dsb.pool import PoolFileError
-from ..hub.report import SCALES_FILENAME, build_scale_report, write_json_atomic
+from ..hub.report import build_scale_report, write_report_and_plots
 from .checkpoints import (
     HISTORY_FILENAME,
     STATE_FILENAME,
@@ -361,13 +361,14 @@ class SemScaleTrainer(Trainer):
             training=_training_hyperparameters(self.args, self.state.max_steps),
         )
 
-    def _write_scale_report(self, output_dir: str | None = None) -> None:
+    def _write_scale_report(self, output_dir: str | None = None, plots: bool = True) -> None:
+        """``semantic_scales.json`` and (``plots``) its PNG plots in ``output_dir`` (default ``args.output_dir``)."""
         if self.args.should_save:
-            write_json_atomic(Path(output_dir or self.args.output_dir) / SCALES_FILENAME, self.scale_report())
+            write_report_and_plots(output_dir or self.args.output_dir, self.scale_report(), plots=plots)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
-        self._write_scale_report(output_dir)
+        self._write_scale_report(output_dir, plots=not _internal_call)  # internal: checkpoints, push_to_hub
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         checkpoint_dir = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -397,19 +398,17 @@ class SemScaleTrainer(Trainer):
         The Trainer's arguments map onto the card's: ``finetuned_from`` -> ``base_model`` (a Hub id),
         ``dataset`` -> ``dataset_name``, ``tasks`` -> ``task_type``; ``dataset_tags`` and ``dataset_args`` are not
         used. ``card_kwargs`` go to ``build_model_card``; ``metrics`` default to the last evaluation in
-        ``state.log_history``.
+        ``state.log_history``, else to those saved in ``output_dir``.
         """
         if not self.is_world_process_zero():
             return
-        from ..hub.publish import CARD_FILENAME, build_model_card
+        from ..hub.publish import CARD_FILENAME, build_model_card, last_evaluation
 
         first = lambda value: value[0] if isinstance(value, list) and value else value
         card_kwargs.setdefault("base_model", finetuned_from)
         card_kwargs.setdefault("dataset_name", first(dataset))
         card_kwargs.setdefault("task_type", first(tasks))
-        if "metrics" not in card_kwargs:
-            evaluations = [logs for logs in self.state.log_history if any(k.startswith("eval_") for k in logs)]
-            card_kwargs["metrics"] = evaluations[-1] if evaluations else None
+        card_kwargs.setdefault("metrics", last_evaluation(self.state.log_history))
         self._write_scale_report()
         card = build_model_card(
             self.args.output_dir,

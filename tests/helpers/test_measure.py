@@ -62,10 +62,18 @@ def tiny_image_folder(tmp_path_factory) -> Path:
 
 
 def _cifar_resnet_folder(path: Path, label_names: list[str]) -> Path:
-    """A tiny project CIFAR ResNet whose trained-looking head always predicts class 1."""
+    """A tiny project CIFAR ResNet whose trained-looking head always predicts class 1 (with the recipe's saved
+    pixel normalisation)."""
     from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
 
-    config = CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=3, id2label=dict(enumerate(label_names)))
+    config = CifarResNetConfig(
+        depth=8,
+        widths=(4, 8, 16),
+        num_labels=3,
+        id2label=dict(enumerate(label_names)),
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
+    )
     model = CifarResNetForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight.zero_()
@@ -217,6 +225,90 @@ def test_with_accuracy_refuses_a_random_head(tmp_path: Path, tiny_image_folder: 
     assert rc == 2 and "random weights" in err and "Fix:" in err
 
 
+def _brightness_model(path: Path, preprocessing: str) -> Path:
+    """An MLP on 2x2 RGB images that says "bright" when the NORMALISED pixels sum above zero: right on every image
+    with the training normalisation (mean 0.5, std 0.25), "bright" for all on raw [0, 1] pixels. ``preprocessing``:
+    how the normalisation is saved ("config": image_mean / image_std, "processor": preprocessor_config.json,
+    "none": not at all)."""
+    from transformers import ViTImageProcessor
+
+    from hf_semscale.modeling import MLPClassifierConfig, MLPForClassification
+
+    mean, std = [0.5] * 3, [0.25] * 3
+    config = MLPClassifierConfig(input_dim=12, hidden_dims=(4,), num_labels=2, id2label={0: "dark", 1: "bright"})
+    if preprocessing == "config":
+        config.image_mean, config.image_std = mean, std
+    torch.manual_seed(0)
+    model = MLPForClassification(config)  # hidden units 2 and 3 stay random: features that vary within a class
+    with torch.no_grad():
+        model.body[0].weight[:2] = torch.tensor([[1.0] * 12, [-1.0] * 12])  # [positive part, negative part] of sum
+        model.body[0].bias.zero_()
+        model.classifier.weight.copy_(torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+        model.classifier.bias.zero_()
+    model.save_pretrained(path)
+    if preprocessing == "processor":
+        ViTImageProcessor(size={"height": 2, "width": 2}, image_mean=mean, image_std=std).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dark_bright_folder(tmp_path_factory) -> Path:
+    """Shared-style npz folder: 5 dark (pixels 30-100) and 5 bright (156-226) 2x2 RGB images."""
+    folder = tmp_path_factory.mktemp("dark_bright")
+    rng = np.random.default_rng(0)
+    dark = rng.integers(30, 101, (5, 2, 2, 3), dtype=np.uint8)
+    bright = rng.integers(156, 227, (5, 2, 2, 3), dtype=np.uint8)
+    np.savez(
+        folder / "test.npz",
+        images=np.concatenate([dark, bright]),
+        labels=np.array([0] * 5 + [1] * 5),
+        classes=np.array(["dark", "bright"]),
+    )
+    return folder
+
+
+@pytest.mark.parametrize("preprocessing", ["config", "processor"])
+def test_with_accuracy_uses_the_normalisation_saved_with_the_model(
+    tmp_path: Path, dark_bright_folder: Path, capsys, preprocessing: str
+):
+    model = _brightness_model(tmp_path / "model", preprocessing)
+    argv = ["--model", str(model), "--dataset", str(dark_bright_folder), "--split", "test", "--with-accuracy"]
+    rc, _, err = _measure(capsys, *argv, "--output-dir", str(tmp_path / "out"))
+    assert rc == 0, err
+    report = read_scale_report(tmp_path / "out")
+    assert [r["accuracy"] for r in report["classes"]] == [1.0, 1.0]  # [0, 1] pixels would give [0.0, 1.0]
+
+
+def test_with_accuracy_refuses_a_model_without_saved_preprocessing(tmp_path: Path, dark_bright_folder: Path, capsys):
+    model = _brightness_model(tmp_path / "model", "none")
+    argv = ["--model", str(model), "--dataset", str(dark_bright_folder), "--split", "test"]
+    rc, _, err = _measure(capsys, *argv, "--with-accuracy", "--output-dir", str(tmp_path / "out"))
+    assert rc == 2 and "saves no image preprocessing" in err
+    assert "Fix:" in err and "model.config.image_mean" in err and "image_processor.save_pretrained" in err
+    assert not (tmp_path / "out").exists()
+    # scales alone are still measured, with the guess said in the notes
+    rc, out, err = _measure(capsys, *argv, "--output-dir", str(tmp_path / "scales"))
+    assert rc == 0, err
+    assert "pixels scaled to [0, 1]" in out
+
+
+def test_table_of_classes_without_volume_shows_n_a():
+    """Features identical within each class have no volume: the summary's scale range is None, shown as n/a."""
+    from hf_semscale.commands.measure import format_table
+    from hf_semscale.core.imbalance import imbalance_summary
+    from hf_semscale.hub.report import build_scale_report
+
+    scales, counts = torch.zeros(2, dtype=torch.float64), torch.tensor([5, 5])
+    report = build_scale_report(
+        source="measure",
+        scales=scales.tolist(),
+        counts=counts.tolist(),
+        summary=imbalance_summary(scales, counts),
+        extra_per_class={"normalized_scale": [0.0, 0.0], "degree": [1.0, 1.0]},
+    )
+    assert "scale (bits): min n/a, max n/a, max/min n/a" in format_table(report)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -360,6 +452,16 @@ def test_processor_less_model_uses_the_normalisation_in_its_config(tmp_path: Pat
     with torch.no_grad():
         expected = fm.model.forward_features(normalised)
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("std", [[0.5, 0.25], [0.5, 0.0, 0.5]])
+def test_config_normalisation_that_does_not_fit_the_channels_is_refused(tmp_path: Path, std: list[float]):
+    from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification
+
+    config = CifarResNetConfig(depth=8, widths=(4, 8, 16), num_labels=2, image_mean=[0.5] * len(std), image_std=std)
+    CifarResNetForImageClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"do not fit a model with 3 input channels .*every std > 0\). Fix:"):
+        load_model_for_features(str(tmp_path))
 
 
 def test_plot_titles_use_short_model_names():
