@@ -35,9 +35,16 @@ __all__ = [
     "extract_sample_vectors",
     "resolve_device",
     "sentence_embeddings",
+    "POOLINGS",
 ]
 
 Modality = Literal["text", "image"]
+POOLINGS = {
+    "head": "the input of the classification head (what the trained classifier reads; BERT: the pooler output)",
+    "mean": "the mean of the last hidden states over non-pad tokens (how sentence-transformers encoders are trained)",
+    "cls": "the last hidden state of the first token ([CLS])",
+}
+"""``pooling`` of :func:`extract_features` -> what the feature is, in words (printed and saved with a report)."""
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 
 
@@ -323,6 +330,15 @@ def _logits(output: Any) -> Tensor:
     return output if isinstance(output, Tensor) else output.logits
 
 
+def _pool_tokens(output: Any, inputs: dict[str, Tensor], pooling: str) -> Tensor:
+    """``[B, d]`` from the last hidden states ``[B, T, d]``: the masked mean, or the first token."""
+    hidden = output.hidden_states[-1]
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
 def extract_features(
     fm: FeatureModel,
     dataset: datasets.Dataset,
@@ -332,8 +348,10 @@ def extract_features(
     with_predictions: bool = False,
     max_length: int = 128,
     show_progress: bool = True,
+    pooling: str = "head",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Head-input features of every row, in dataset order, under ``torch.no_grad()`` in eval mode.
+    """Features of every row (``pooling``, see :data:`POOLINGS`), in dataset order, under ``torch.no_grad()`` in eval
+    mode.
 
     Args:
         fm: from :func:`load_model_for_features`.
@@ -342,12 +360,19 @@ def extract_features(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         with_predictions: also return ``argmax`` of the logits (meaningful only for a trained head).
         max_length: tokenizer truncation, in tokens.
+        pooling: ``"head"`` (the head's input), ``"mean"`` or ``"cls"`` (of the last hidden states; text models).
 
     Returns:
         ``features [N, d]`` float32, ``labels [N]`` int64, ``predictions [N]`` int64 or None.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {sorted(POOLINGS)}")
+    if pooling != "head" and (fm.modality != "text" or fm.source != "transformers"):
+        raise ModelLoadError(
+            f"pooling={pooling!r} pools token states, but {fm.name!r} is an image model. Fix: use pooling='head'."
+        )
     column = _input_column(fm, dataset)
     device = resolve_device(device)
     model = fm.model.to(device)
@@ -363,8 +388,11 @@ def extract_features(
             for batch in _batches(dataset, [column, "label"], batch_size):
                 inputs = {k: v.to(device) for k, v in _model_inputs(fm, batch, max_length).items()}
                 capture.arm()
-                output = model(**inputs) if fm.source == "transformers" else model(inputs["pixel_values"])
-                pooled = capture.take(inputs)
+                if fm.source == "timm":
+                    output = model(inputs["pixel_values"])
+                else:
+                    output = model(**inputs, output_hidden_states=pooling != "head")
+                pooled = capture.take(inputs) if pooling == "head" else _pool_tokens(output, inputs, pooling)
                 if pooled is None:
                     raise RuntimeError(f"the head {fm.head_name!r} did not run in the forward pass of {fm.name!r}")
                 features.append(pooled.float().cpu().numpy())

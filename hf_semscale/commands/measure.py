@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--model", required=True, help="Model folder, Hub id, or timm architecture name (random weights)."
     )
+    model.add_argument(
+        "--pooling",
+        choices=["head", "mean", "cls"],
+        default="head",
+        help="The feature: 'head' (the classification head's input; BERT: its pooler output), 'mean' (mean of the "
+        "last hidden states over tokens, how sentence-transformers encoders such as MiniLM are trained) or 'cls'.",
+    )
     model.add_argument("--batch-size", type=int, default=32, help="Samples per forward pass.")
     model.add_argument("--max-length", type=int, default=128, help="Tokenizer truncation for text, in tokens.")
     model.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
@@ -103,9 +110,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ..core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
     from ..core.scale import class_semantic_scales, marginal_effect_curves
     from ..data import class_counts, class_names, limit_per_class, load_dataset_any
-    from ..features import extract_features, extract_sample_vectors, load_model_for_features
+    from ..features import POOLINGS, extract_features, extract_sample_vectors, load_model_for_features
     from ..hub.report import build_scale_report
     from ..metrics import long_tail_metrics
+    from ..select.regime import diagnose_regime
 
     dataset = load_dataset_any(args.dataset, args.split, args.text_column, args.image_column, args.label_column)
     if args.max_samples_per_class is not None:
@@ -128,6 +136,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with_predictions=args.with_accuracy,
         max_length=args.max_length,
         show_progress=show,
+        pooling=args.pooling,
     )
     normalize = not args.no_normalize
     feats, labs = torch.from_numpy(features), torch.from_numpy(labels)
@@ -177,9 +186,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "max_samples_per_class": args.max_samples_per_class,
         "seed": args.seed,
         "head_is_trained": fm.head_is_trained,
+        "pooling": args.pooling,
+        "feature": f"{POOLINGS[args.pooling]}{f' ({fm.head_name!r})' if args.pooling == 'head' else ''}",
         "notes": notes,
     }
-    return build_scale_report(
+    report = build_scale_report(
         source="measure",
         scales=scales.tolist(),
         counts=counts,
@@ -193,6 +204,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sample_space=sample_space,
         marginal_effect=curves,
     )
+    try:
+        report["regime"] = diagnose_regime(counts, int(features.shape[1]), scales)
+    except ValueError as err:  # fewer than 2 classes with samples: no regime to speak of
+        report["regime"] = {"name": None, "reason": str(err)}
+    return report
 
 
 def _plot_title(report: dict[str, Any]) -> str:
@@ -242,6 +258,17 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("metrics"):
         m = report["metrics"]
         lines.append(f"accuracy {100 * m['accuracy']:.2f} %, balanced accuracy {100 * m['balanced_accuracy']:.2f} %")
+    lines.append(f"feature: {report['settings'].get('feature')}, d = {report['feature_dim']}")
+    regime = report.get("regime") or {}
+    if regime.get("name"):
+        lines.append(
+            f"regime: {regime['name']} — {regime['summary']}: {100 * regime['fraction_classes_below_dim']:.0f} % of "
+            f"classes have fewer samples than d = {regime['feature_dim']}, counts {regime['count_min']}-"
+            f"{regime['count_max']} (ratio {regime['count_ratio']:.1f}), Spearman(scale, count) "
+            f"{_cell(regime['spearman_scale_count'], '+.2f')}\n  evidence-based start: "
+            f"{regime['recommendation']['config']} ({regime['recommendation']['evidence']}); measure the choice on your "
+            "data with hf-semscale select"
+        )
     lines += [f"note: {note}" for note in report["settings"].get("notes", [])]
     return "\n".join(lines)
 
