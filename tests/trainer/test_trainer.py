@@ -29,6 +29,7 @@ from hf_semscale.core.weighting import (
     inverse_frequency_weights,
     semantic_scale_weights,
 )
+from hf_semscale.dsb.balancer import SemanticScaleBalancer
 from hf_semscale.dsb.pool import PoolFileError
 from hf_semscale.hub.report import SCALES_FILENAME
 from hf_semscale.modeling import (
@@ -290,15 +291,16 @@ def frozen_run(tmp_path_factory):
         trainer_kwargs={"eval_dataset": dataset, "compute_metrics": recorder.compute_metrics},
     )
     updates = []  # (pool contents when the weights were re-measured, scales, weights)
-    original_update = trainer.balancer._update_weights
+    original_update = SemanticScaleBalancer._update_weights
 
-    def spy(step, logs):
-        snapshot = tuple(t.clone() for t in trainer.pool.contents())
-        original_update(step, logs)
-        updates.append((step, snapshot, trainer.semantic_scales.clone(), trainer.class_weights.clone()))
+    def spy(balancer, step, logs):
+        snapshot = tuple(t.clone() for t in balancer.pool.contents())
+        original_update(balancer, step, logs)
+        updates.append((step, snapshot, balancer.semantic_scales.clone(), balancer.class_weights.clone()))
 
-    trainer.balancer._update_weights = spy
-    trainer.train()
+    with pytest.MonkeyPatch.context() as patch:  # the balancer is built when training starts
+        patch.setattr(SemanticScaleBalancer, "_update_weights", spy)
+        trainer.train()
     return trainer, recorder, updates, dataset, out
 
 
@@ -409,8 +411,12 @@ def test_evaluation_sees_logits_only_and_never_touches_the_pool(frozen_run):
 
 
 def test_compute_loss_is_the_weighted_sum_over_labelled_samples(tmp_path):
-    trainer, _ = build(
-        tmp_path, semscale_weighting="inverse_frequency", semscale_warmup_steps=0, label_smoothing_factor=0.1
+    trainer, _ = train(  # one step starts the run: re-weighting from step 0
+        tmp_path,
+        semscale_weighting="inverse_frequency",
+        semscale_warmup_steps=0,
+        label_smoothing_factor=0.1,
+        max_steps=1,
     )
     model = trainer.model.train()
     generator = torch.Generator().manual_seed(3)
