@@ -50,11 +50,6 @@ __all__ = ["SemScaleBalancing", "SemScaleCallback"]
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("labels", "label")
-_LABEL_FIX = (
-    "Fix: map them to integer class ids 0..num_labels-1, e.g. dataset = dataset.class_encode_column('label') (a "
-    "ClassLabel column; its names then reach the report), or dataset.map(lambda row: {'label': "
-    "label2id[row['label']]}) with the model's config.label2id."
-)
 _TOKEN_TASK = (
     "SemScaleTrainer / SemScaleBalancing support per-sample single-label classification (one class id per sample, "
     "e.g. *ForSequenceClassification, *ForImageClassification); token classification (one label per token) is "
@@ -110,8 +105,10 @@ def label_column_counts(dataset: Any, num_labels: int) -> list[int]:
     values = np.asarray(dataset.with_format("numpy", columns=[column])[:][column])
     if values.dtype.kind in "US" or (values.dtype.kind == "O" and isinstance(values.flat[0], str)):
         raise ValueError(
-            f"The training set's '{column}' column holds strings (e.g. {values.flat[0]!r}); labels must be integer "
-            f"class ids. {_LABEL_FIX}"
+            f"The training set's '{column}' column holds strings (e.g. {str(values.flat[0])!r}); labels must be "
+            f"integer class ids 0..num_labels-1. Fix: dataset = dataset.class_encode_column({column!r}) (a ClassLabel "
+            f"column; its names then reach the report), or dataset.map(lambda row: {{{column!r}: "
+            f"label2id[row[{column!r}]]}}) with the model's config.label2id."
         )
     if values.dtype.kind == "O" or values.ndim > 1 and not values.dtype.kind == "f":
         raise ValueError(
@@ -390,9 +387,8 @@ class SemScaleBalancing:
         inputs, self._inputs = self._inputs, None
         if inputs is None:
             raise RuntimeError(
-                "The loss got outputs of a model that SemScaleBalancing does not watch (a plain Trainer with "
-                "model_init builds a new model that its callbacks never see). Fix: use SemScaleTrainer for "
-                "model_init / hyperparameter_search, or pass the model itself to the Trainer and SemScaleBalancing."
+                "SemScaleBalancing.loss got the outputs of a model whose forward pass it did not see. Fix: give the "
+                "Trainer the model given to SemScaleBalancing (or its model_init), and callbacks=[balancing.callback]."
             )
         check_class_labels(labels, self.num_labels)
         if labels.dtype != torch.long:

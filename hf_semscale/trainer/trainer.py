@@ -140,12 +140,6 @@ class SemScaleTrainer(Trainer):
 
     # ------------------------------------------------------------------ the run
 
-    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
-        """``Trainer``'s step arithmetic; also shows the callbacks the model ``model_init`` built for this run (the
-        callback handler keeps the model of ``__init__``)."""
-        self.callback_handler.model = self.model
-        return super().set_initial_training_values(args, dataloader)
-
     def hyperparameter_search(self, hp_space: Callable | None = None, *args: Any, **kwargs: Any):
         """``Trainer.hyperparameter_search``; a trial value whose name is not a field of ``SemScaleConfig`` (e.g. a
         misspelt ``semscale_*`` knob) raises instead of being skipped, and every trial trains with its own
