@@ -110,7 +110,7 @@ def label_column_counts(dataset: Any, num_labels: int) -> list[int]:
             f"column; its names then reach the report), or dataset.map(lambda row: {{{column!r}: "
             f"label2id[row[{column!r}]]}}) with the model's config.label2id."
         )
-    if values.dtype.kind == "O" or values.ndim > 1 and not values.dtype.kind == "f":
+    if values.dtype.kind == "O" or (values.ndim > 1 and values.dtype.kind != "f"):  # ragged or per-token ids
         raise ValueError(
             f"The training set's '{column}' column holds a sequence of labels per sample (token classification or "
             f"multi-label). {_TOKEN_TASK}"
