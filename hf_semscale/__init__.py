@@ -3,8 +3,8 @@
 Layers, each depending only on those before it: ``core`` (the math: scale, imbalance, weighting, losses) and
 ``dsb`` (the framework-neutral engine: ``SemanticScaleBalancer``, ``BalancerSettings``, ``FeaturePool``,
 ``HeadInputCapture``, cross-process helpers) import torch only; ``trainer`` (the transformers adapter) and
-``hub`` (reports, cards, pushes) build on them. ``SemScaleTrainer``, ``SemScaleCallback`` and ``SemScaleConfig``
-are imported lazily, so ``import hf_semscale`` never imports transformers.
+``hub`` (reports, cards, pushes) build on them. ``SemScaleTrainer``, ``SemScaleBalancing``, ``SemScaleCallback`` and
+``SemScaleConfig`` are imported lazily, so ``import hf_semscale`` never imports transformers.
 """
 
 from .core.imbalance import imbalance_degree, imbalance_summary, normalized_scales
@@ -33,7 +33,12 @@ from .dsb.settings import BalancerSettings
 
 __version__ = "0.1.0"
 
-_LAZY = {"SemScaleTrainer": ".trainer", "SemScaleCallback": ".trainer", "SemScaleConfig": ".trainer"}
+_LAZY = {
+    "SemScaleTrainer": ".trainer",
+    "SemScaleCallback": ".trainer",
+    "SemScaleBalancing": ".trainer",
+    "SemScaleConfig": ".trainer",
+}
 
 __all__ = [
     "semantic_scale",
@@ -62,6 +67,7 @@ __all__ = [
     "TorchDistributedComm",
     "SemScaleTrainer",
     "SemScaleCallback",
+    "SemScaleBalancing",
     "SemScaleConfig",
 ]
 

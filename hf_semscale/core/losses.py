@@ -77,8 +77,9 @@ class BaseLoss:
     margins: Tensor | None = None
     logit_scale: float = 1.0
 
-    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``logits [B, C]`` (any float dtype), ``labels [B]`` -> per-sample loss ``[B]`` float32."""
+    def __call__(self, logits: Tensor, labels: Tensor, labels_checked: bool = False) -> Tensor:
+        """``logits [B, C]`` (any float dtype), ``labels [B]`` -> per-sample loss ``[B]`` float32.
+        ``labels_checked``: the caller validated ``labels`` (:func:`check_class_labels`) already."""
         if logits.ndim != 2 or labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"expected logits [B, C] and labels [B]; got {tuple(logits.shape)} and {tuple(labels.shape)}"
@@ -90,7 +91,8 @@ class BaseLoss:
                     f"{self.name} loss has {name} for {per_class.numel()} classes but the logits have {num_classes}. "
                     "Fix: build the loss with class_counts of length num_labels."
                 )
-        check_class_labels(labels, num_classes)
+        if not labels_checked:
+            check_class_labels(labels, num_classes)
         valid = labels != IGNORE_INDEX
         logits = logits.float()
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))

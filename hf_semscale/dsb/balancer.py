@@ -549,9 +549,10 @@ class SemanticScaleBalancer:
 
     # ------------------------------------------------------------------ features and loss
 
-    def observe(self, features: Tensor | None, labels: Tensor) -> None:
+    def observe(self, features: Tensor | None, labels: Tensor, labels_checked: bool = False) -> None:
         """Add this process's training features ``[B, d]`` of ``labels [B]`` (-100 rows skipped) to the pool of
-        every process. Outside the fill / re-weight stages (or for static modes) it does nothing."""
+        every process. Outside the fill / re-weight stages (or for static modes) it does nothing.
+        ``labels_checked``: the caller validated ``labels`` (``check_class_labels``) for this batch already."""
         if not self.capturing:
             return
         if features is None:
@@ -559,7 +560,8 @@ class SemanticScaleBalancer:
                 "SemanticScaleBalancer.observe got no features: the feature module was not called in this forward "
                 "pass. Fix: capture the input of the module that the classifier reads (feature_module)."
             )
-        check_class_labels(labels, self.num_classes)
+        if not labels_checked:
+            check_class_labels(labels, self.num_classes)
         self._refuse_labels_without_samples(labels)
         features = features.detach().float()
         if self.settings.normalize_features:
@@ -569,7 +571,9 @@ class SemanticScaleBalancer:
             check_finite_features(features, labels)
             if self.pool is None:
                 self._create_pool(features.shape[1])
-            self.pool.add(features, labels)  # refuses values its dtype cannot hold (float16 > 65504)
+            self.pool.add(
+                features, labels, labels_checked=True
+            )  # refuses values its dtype cannot hold (float16 > 65504)
         except ValueError as err:
             raise ValueError(f"At step {self._step}: {err}") from None
 
@@ -600,12 +604,17 @@ class SemanticScaleBalancer:
         )
 
     def loss(
-        self, logits: Tensor, labels: Tensor, num_items_in_batch: Tensor | int | None = None, weighted: bool = True
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        num_items_in_batch: Tensor | int | None = None,
+        weighted: bool = True,
+        labels_checked: bool = False,
     ) -> Tensor:
         """``sum_i w_{y_i} l_i / num_items_in_batch`` (default: the labelled samples of this batch) of the base loss.
 
         ``logits [B, C]``, ``labels [B]`` (-100 ignored). The class weights apply in stage ``reweight`` and when
-        ``weighted`` (pass ``weighted=False`` for evaluation losses)."""
+        ``weighted`` (pass ``weighted=False`` for evaluation losses); ``labels_checked`` as in :meth:`observe`."""
         weights = None
         if weighted and self.stage == "reweight":
             self._refuse_labels_without_samples(labels)
@@ -613,7 +622,8 @@ class SemanticScaleBalancer:
                 # absent classes' NaN as 0: finite even for an IGNORE_INDEX row indexed as class 0
                 self._loss_weights = self.class_weights.nan_to_num(0.0).to(device=logits.device, dtype=torch.float32)
             weights = self._loss_weights
-        return weighted_reduce(self.base_loss(logits, labels), labels, weights, num_items_in_batch)
+        per_sample = self.base_loss(logits, labels, labels_checked=labels_checked)
+        return weighted_reduce(per_sample, labels, weights, num_items_in_batch)
 
     # ------------------------------------------------------------------ pool size
 

@@ -140,18 +140,19 @@ class FeaturePool:
     def is_full(self) -> bool:
         return bool((self.filled >= self.capacities).all())
 
-    def add(self, features: Tensor, labels: Tensor) -> None:
+    def add(self, features: Tensor, labels: Tensor, labels_checked: bool = False) -> None:
         """Insert ``features [B, d]`` of classes ``labels [B]`` (rows with label -100 are skipped).
 
         Within a batch, later rows are newer; if a class gets more rows than its capacity, only
-        the newest ``capacity`` rows are kept.
+        the newest ``capacity`` rows are kept. ``labels_checked``: the caller validated the labels already.
         """
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"pool holds features of size {self.feature_dim}; got shape {tuple(features.shape)}")
         labels = labels.reshape(-1).to(torch.long).cpu()
         if labels.numel() != features.shape[0]:
             raise ValueError(f"{features.shape[0]} feature rows but {labels.numel()} labels")
-        check_class_labels(labels, self.num_classes)
+        if not labels_checked:  # the caller validated them
+            check_class_labels(labels, self.num_classes)
         keep = labels != IGNORE_INDEX
         idx = torch.nonzero(keep).flatten()
         labels = labels[idx]

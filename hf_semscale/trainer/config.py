@@ -6,7 +6,10 @@ default, help text, choices and validity rule (defined once, in ``settings.py``)
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.integrations import is_tensorboard_available
@@ -70,6 +73,19 @@ class SemScaleConfig(TrainingArguments):
                 'Fix: pip install "hf_semscale[tensorboard]" (or drop "tensorboard" from report_to).'
             )
 
+    def check_overrides(self, values: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` for a name in ``values`` (e.g. a hyper-parameter trial's) that is not a field of
+        these arguments; a misspelt knob would otherwise be skipped and the run train with its default."""
+        unknown = [name for name in values if name not in self.__dataclass_fields__]
+        if unknown:
+            knobs = sorted(k for k in self.__dataclass_fields__ if k.startswith(PREFIX))
+            close = {name: difflib.get_close_matches(name, list(self.__dataclass_fields__), n=1) for name in unknown}
+            hints = "; ".join(f"{name!r}: did you mean {match[0]!r}?" for name, match in close.items() if match)
+            raise ValueError(
+                f"{unknown} are not fields of {type(self).__name__}, so they would be ignored. {hints} "
+                f"Fix: name TrainingArguments fields or one of the knobs {knobs}."
+            )
+
     def _knob_values(self) -> dict:
         values = {
             name: getattr(self, PREFIX + name)
@@ -80,8 +96,11 @@ class SemScaleConfig(TrainingArguments):
         return values
 
     def balancer_settings(self) -> BalancerSettings:
-        """These arguments' knobs as the balancer's settings."""
-        return BalancerSettings(**self._knob_values())
+        """These arguments' knobs as the balancer's settings; ``ValueError`` naming the ``semscale_*`` field for an
+        invalid value (fields set after construction, e.g. by a hyper-parameter trial, are checked here)."""
+        values = self._knob_values()
+        validate_settings(values, prefix=PREFIX)
+        return BalancerSettings(**values)
 
     def semscale_settings(self) -> dict:
         """The ``semscale_*`` fields as a JSON-ready dict (for reports and model cards)."""

@@ -110,10 +110,12 @@ def make_trainer(
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self.update_log: list = []
+            self._balancing_begin_step = self.balancing.begin_step
+            self.balancing.begin_step = self._begin_step
 
-        def _begin_step(self, step):
+        def _begin_step(self, args, step):
             updates = self.balancer.num_updates
-            super()._begin_step(step)
+            self._balancing_begin_step(args, step)
             if self.balancer.num_updates > updates:
                 self.update_log.append((step, self.class_weights.clone(), self.semantic_scales.clone()))
             if self.balancer.capturing and self.args.process_index == stall_rank and step >= STALL_STEP:

@@ -308,10 +308,10 @@ def test_half_written_checkpoint_is_skipped_with_warning(short_run, tmp_path, ca
 
     trainer = worker.make_trainer(str(out), **SHORT)
     loaded = []
-    original = trainer._load_semscale_state
-    trainer._load_semscale_state = lambda d: (loaded.append(d), original(d))[1]
+    original = trainer.balancing.resume
+    trainer.balancing.resume = lambda d: (loaded.append(d), original(d))[1]
     trainer.train(resume_from_checkpoint=True)
-    assert loaded == [str(out / "checkpoint-4")]
+    assert loaded == [str(out / "checkpoint-4"), None]  # restored for the run, cleared after it
     # The resumed run ends where the uninterrupted one did (same process, same thread count).
     assert torch.equal(trainer.class_weights, short_run["class_weights"])
     for key, value in trainer.pool.state_dict().items():

@@ -29,6 +29,7 @@ from hf_semscale.core.weighting import (
     inverse_frequency_weights,
     semantic_scale_weights,
 )
+from hf_semscale.dsb.balancer import SemanticScaleBalancer
 from hf_semscale.dsb.pool import PoolFileError
 from hf_semscale.hub.report import SCALES_FILENAME
 from hf_semscale.modeling import (
@@ -290,15 +291,16 @@ def frozen_run(tmp_path_factory):
         trainer_kwargs={"eval_dataset": dataset, "compute_metrics": recorder.compute_metrics},
     )
     updates = []  # (pool contents when the weights were re-measured, scales, weights)
-    original_update = trainer.balancer._update_weights
+    original_update = SemanticScaleBalancer._update_weights
 
-    def spy(step, logs):
-        snapshot = tuple(t.clone() for t in trainer.pool.contents())
-        original_update(step, logs)
-        updates.append((step, snapshot, trainer.semantic_scales.clone(), trainer.class_weights.clone()))
+    def spy(balancer, step, logs):
+        snapshot = tuple(t.clone() for t in balancer.pool.contents())
+        original_update(balancer, step, logs)
+        updates.append((step, snapshot, balancer.semantic_scales.clone(), balancer.class_weights.clone()))
 
-    trainer.balancer._update_weights = spy
-    trainer.train()
+    with pytest.MonkeyPatch.context() as patch:  # the balancer is built when training starts
+        patch.setattr(SemanticScaleBalancer, "_update_weights", spy)
+        trainer.train()
     return trainer, recorder, updates, dataset, out
 
 
@@ -409,8 +411,12 @@ def test_evaluation_sees_logits_only_and_never_touches_the_pool(frozen_run):
 
 
 def test_compute_loss_is_the_weighted_sum_over_labelled_samples(tmp_path):
-    trainer, _ = build(
-        tmp_path, semscale_weighting="inverse_frequency", semscale_warmup_steps=0, label_smoothing_factor=0.1
+    trainer, _ = train(  # one step starts the run: re-weighting from step 0
+        tmp_path,
+        semscale_weighting="inverse_frequency",
+        semscale_warmup_steps=0,
+        label_smoothing_factor=0.1,
+        max_steps=1,
     )
     model = trainer.model.train()
     generator = torch.Generator().manual_seed(3)
@@ -933,3 +939,133 @@ def test_logs_report_and_card_agree_on_classes_without_volume(tmp_path, caplog):
     card = str(build_model_card(tmp_path))
     assert "| 3 | dog | 0 | 0 | 0.0000 | — |" in card  # id, name, train samples, measured on, scale, weight
     assert f"| scale_mean | {summary['scale_mean']:.6g} |" in card
+
+
+# ---------------------------------------------------------------- 8. issue 18: hyper-parameter search, labels, names
+
+
+def test_hyperparameter_search_trials_train_with_their_own_semscale_settings(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    dataset = make_dataset()
+    trainer = SemScaleTrainer(
+        model_init=lambda: make_model(seed=1),
+        args=make_args(tmp_path, max_steps=8, semscale_warmup_steps=0, semscale_fill_max_steps=100),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+    )
+    assert trainer.args.semscale_gamma == 1.0 and trainer.args.semscale_weighting == "dsb"
+    grid = {"semscale_weighting": ["none", "dsb"], "semscale_gamma": [4.0]}
+    trials = []  # what each trial ended with: settings used, weights, scales, report
+
+    def objective(metrics):
+        report = json.loads((tmp_path / SCALES_FILENAME).read_text())
+        trials.append((trainer.balancer.settings, trainer.class_weights.clone(), trainer.semantic_scales, report))
+        return -metrics["eval_loss"]
+
+    trainer.hyperparameter_search(
+        hp_space=lambda trial: {name: trial.suggest_categorical(name, values) for name, values in grid.items()},
+        compute_objective=objective,
+        n_trials=2,
+        direction="maximize",
+        backend="optuna",
+        sampler=optuna.samplers.GridSampler(grid, seed=0),
+    )
+    assert sorted(settings.weighting for settings, *_ in trials) == ["dsb", "none"]
+    for settings, weights, scales, report in trials:
+        assert settings.gamma == 4.0 and report["settings"]["semscale_gamma"] == 4.0
+        assert report["settings"]["semscale_weighting"] == settings.weighting
+        assert [row["weight"] for row in report["classes"]] == pytest.approx(weights.tolist())
+        if settings.weighting == "none":
+            assert torch.equal(weights, torch.ones(4, dtype=torch.float64)) and report["num_updates"] == 0
+        else:  # re-measured scales, weighted with gamma 4 (not the arguments' gamma 1)
+            assert report["num_updates"] > 0 and bool((scales > 0).all())
+            expected = semantic_scale_weights(scales, 4.0, torch.tensor(COUNTS), "mean", 0.05)
+            torch.testing.assert_close(weights, expected)
+            assert not torch.allclose(weights, semantic_scale_weights(scales, 1.0, torch.tensor(COUNTS), "mean", 0.05))
+
+
+@pytest.mark.parametrize(
+    ("trial_values", "match"),
+    [
+        ({"semscale_gama": 2.0}, r"'semscale_gama'.*did you mean 'semscale_gamma'.*Fix"),
+        ({"semscale_gamma": -1.0}, r"semscale_gamma must be finite and >= 0"),
+        ({"semscale_weighting": "dbs"}, r"semscale_weighting='dbs' is not one of"),
+    ],
+)
+def test_a_trial_value_of_an_unknown_knob_or_an_invalid_value_raises(tmp_path, trial_values, match):
+    pytest.importorskip("optuna")
+    trainer = SemScaleTrainer(
+        model_init=lambda: make_model(), args=make_args(tmp_path, max_steps=2), train_dataset=make_dataset()
+    )
+    with pytest.raises(ValueError, match=match):
+        trainer.hyperparameter_search(
+            hp_space=lambda trial: trial_values, n_trials=1, direction="maximize", backend="optuna"
+        )
+
+
+def test_string_labels_are_refused_naming_the_mapping(tmp_path):
+    rows = make_dataset().to_dict()
+    rows["labels"] = [NAMES[y] for y in rows["labels"]]
+    with pytest.raises(
+        ValueError, match=r"holds strings \(e.g. '\w+'\).*integer class ids.*class_encode_column.*label2id"
+    ):
+        build(tmp_path, dataset=datasets.Dataset.from_dict(rows))
+
+
+def test_an_empty_training_set_is_named_empty(tmp_path):
+    empty = datasets.Dataset.from_dict({"pixel_values": np.zeros((0, DIM), np.float32), "labels": np.zeros(0, int)})
+    with pytest.raises(ValueError, match=r"training set is empty \(0 rows\)"):
+        build(tmp_path, dataset=empty)
+
+
+def test_token_classification_is_refused_at_construction(tmp_path):
+    from transformers import BertConfig, BertForTokenClassification
+
+    per_token = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[0, 1, 2], [3, -100]]})
+    with pytest.raises(ValueError, match=r"sequence of labels per sample.*per-sample single-label classification"):
+        build(tmp_path, dataset=per_token)
+    config = BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    config.num_labels = 4
+    model = BertForTokenClassification(config)
+    with pytest.raises(ValueError, match=r"token classifier.*per-sample single-label classification"):
+        build(tmp_path, model=model, dataset=per_token, trainer_kwargs={"class_counts": COUNTS})
+
+
+def test_class_label_names_reach_the_report_and_card_over_generic_config_names(tmp_path):
+    from hf_semscale.hub import build_model_card
+
+    dataset = make_dataset().cast_column("labels", datasets.ClassLabel(names=["owl", "yak", "emu", "gnu"]))
+    torch.manual_seed(0)
+    model = MLPForClassification(MLPClassifierConfig(input_dim=DIM, hidden_dims=(16, 8), num_labels=4))
+    assert model.config.id2label[0] == "LABEL_0"
+    trainer, _ = train(tmp_path, model=model, dataset=dataset, max_steps=2)
+    assert trainer.class_names == ["owl", "yak", "emu", "gnu"]
+    report = json.loads((tmp_path / SCALES_FILENAME).read_text())
+    assert [row["name"] for row in report["classes"]] == ["owl", "yak", "emu", "gnu"]
+    card = str(build_model_card(tmp_path))
+    assert "| 3 | gnu |" in card and "LABEL_" not in card
+    with pytest.raises(ValueError, match="ClassLabel has 3 names but the model has num_labels=4"):
+        build(
+            tmp_path, dataset=make_dataset(counts=[20, 12, 8]).cast_column("labels", datasets.ClassLabel(num_classes=3))
+        )
+
+
+def test_a_batch_s_labels_are_validated_once(tmp_path, monkeypatch):
+    import hf_semscale.core.losses as losses_module
+    import hf_semscale.dsb.balancer as balancer_module
+    import hf_semscale.dsb.pool as pool_module
+    import hf_semscale.trainer.balancing as balancing_module
+
+    trainer, recorder = build(tmp_path, max_steps=4, semscale_warmup_steps=1, semscale_fill_max_steps=1)
+    checked = []
+    original = losses_module.check_class_labels
+
+    def counting_check(labels, num_classes):
+        checked.append(labels.numel())
+        original(labels, num_classes)
+
+    for module in (losses_module, balancer_module, pool_module, balancing_module):
+        monkeypatch.setattr(module, "check_class_labels", counting_check)
+    trainer.train()
+    assert recorder.stages == ["warmup", "fill", "reweight", "reweight"]  # every code path: plain, pool, weights
+    assert checked == [8] * 4  # one check per training batch

@@ -171,7 +171,7 @@ def test_trainer_pools_the_head_input_of_each_architecture(tmp_path, name):
         semscale_update_interval=1,
     )
     trainer = SemScaleTrainer(model=model, args=args, train_dataset=dataset)
-    assert trainer._capture.head_name == head_name  # found without help, at construction
+    assert trainer.balancing.capture.head_name == head_name  # found without help, at construction
     trainer.train()
 
     assert trainer.stage == "reweight" and trainer.pool.filled.tolist() == [PER_CLASS] * NUM_LABELS
@@ -209,7 +209,9 @@ def test_peft_lora_model_trains_with_dsb_and_saves_an_adapter(tmp_path):
         semscale_fill_max_steps=1, semscale_update_interval=1, label_names=["labels"],
     )  # fmt: skip
     trainer = SemScaleTrainer(model=model, args=args, train_dataset=dataset)
-    assert trainer._capture.head_name == "base_model.model.classifier.modules_to_save.default"  # the trained copy
+    assert (
+        trainer.balancing.capture.head_name == "base_model.model.classifier.modules_to_save.default"
+    )  # the trained copy
     trainer.train()
     assert trainer.stage == "reweight" and trainer.balancer.num_updates >= 2
     assert trainer.pool.feature_dim == TINY_TEXT["hidden_size"] and trainer.pool.filled.tolist() == [PER_CLASS] * 3
