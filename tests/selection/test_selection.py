@@ -16,7 +16,14 @@ import selection_worker as worker
 
 from hf_semscale.select.candidates import build_candidates
 from hf_semscale.select.report import config_kwargs, write_selection
-from hf_semscale.select.selection import SelectionError, SelectionSettings, _check_counts, _plan, choose_winner
+from hf_semscale.select.selection import (
+    RunEstimate,
+    SelectionError,
+    SelectionSettings,
+    _check_counts,
+    _plan,
+    choose_winner,
+)
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -43,10 +50,10 @@ def test_rule_prefers_the_best_unless_a_simpler_candidate_is_within_one_seed_std
 
 def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
     cands = build_candidates(["ce", "dsb_ce"], epochs=10)  # ce: 1 + 2 runs; dsb_ce: 9 grid points + 2 runs
-    kept, skipped = _plan(cands, (0, 1, 2), 10.0, SelectionSettings(workers=1, budget_min=1.0))
+    kept, skipped = _plan(cands, (0, 1, 2), {"ce": 10.0, "dsb_ce": 12.0}, SelectionSettings(workers=1, budget_min=1.0))
     assert [c.name for c in kept] == ["ce"] and skipped == ["dsb_ce"]
     with pytest.raises(SelectionError, match="nothing fits"):
-        _plan(cands, (0, 1, 2), 100.0, SelectionSettings(workers=1, budget_min=0.5))
+        _plan(cands, (0, 1, 2), {"ce": 100.0, "dsb_ce": 120.0}, SelectionSettings(workers=1, budget_min=0.5))
 
 
 @pytest.mark.parametrize(
@@ -55,6 +62,12 @@ def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
 def test_data_no_method_can_be_validated_on_is_refused(counts, message):
     with pytest.raises(SelectionError, match=message):
         _check_counts(counts, [str(c) for c in range(len(counts))])
+
+
+def test_run_estimate_adds_the_pool_re_measurements():
+    estimate = RunEstimate(fixed_s=2.0, step_s=0.01, measure_s=0.5)
+    assert estimate.seconds(1000, uses_pool=False) == pytest.approx(12.0)
+    assert estimate.seconds(1000, uses_pool=True, start=0.4, update_interval=20) == pytest.approx(12.0 + 30 * 0.5)
 
 
 def test_bad_settings_are_refused():
