@@ -29,7 +29,7 @@ from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
 from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
 from .runs import Job, RunStore, Schedule, run_jobs
 
-__all__ = ["SelectionSettings", "SelectionError", "select_method", "estimate_seconds", "METRICS"]
+__all__ = ["SelectionSettings", "SelectionError", "select_method", "estimate_seconds", "RunEstimate", "METRICS"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,45 @@ class SelectionSettings:
             raise SelectionError(f"budget_min must be positive minutes, got {self.budget_min}")
 
 
-def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24)) -> tuple[float, float]:
-    """``(fixed seconds per run, seconds per step)`` from two short DSB runs (the dearest kind: it fills a pool).
+@dataclass(frozen=True)
+class RunEstimate:
+    """Seconds of one run: ``fixed_s + step_s * steps``, plus ``measure_s`` per scale re-measurement for pool runs."""
 
-    Raises :class:`SelectionError` when the timing is not positive (a noisy machine), rather than plan on it."""
-    probe = {"semscale_weighting": "dsb", "semscale_warmup_ratio": 0.0, "semscale_fill_max_steps": 1}
-    times = []
-    for steps in probe_steps:
+    fixed_s: float
+    step_s: float
+    measure_s: float
+
+    def seconds(self, steps: int, uses_pool: bool, start: float = 0.4, update_interval: int = 20) -> float:
+        measurements = math.ceil(steps * (1.0 - start) / update_interval) if uses_pool else 0
+        return self.fixed_s + self.step_s * steps + self.measure_s * measurements
+
+
+def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24)) -> RunEstimate:
+    """Time two short unweighted runs (one torch thread, as a worker runs) for the fixed and per-step seconds, and one
+    re-measurement of every class's scale on a pool of the training set's size for the pool candidates' extra."""
+    import torch
+
+    from ..core.scale import class_semantic_scales
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for steps in probe_steps:
+            start = time.perf_counter()
+            schedule.train({"semscale_weighting": "none"}, seed=0, max_steps=steps)
+            times.append(time.perf_counter() - start)
+        counts = schedule.class_counts()
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         start = time.perf_counter()
-        schedule.train(probe, seed=0, max_steps=steps)
-        times.append(time.perf_counter() - start)
-    per_step = (times[1] - times[0]) / (probe_steps[1] - probe_steps[0])
-    fixed = times[0] - per_step * probe_steps[0]
-    if not per_step > 0:
-        per_step = times[1] / probe_steps[1]  # the machine's noise swamped the difference: an upper bound
-    return max(fixed, 0.0), per_step
+        class_semantic_scales(torch.randn(labels.numel(), schedule.feature_dim), labels, len(counts))
+        measure_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    step_s = (times[1] - times[0]) / (probe_steps[1] - probe_steps[0])
+    if not step_s > 0:
+        step_s = times[1] / probe_steps[1]  # the machine's noise swamped the difference: an upper bound
+    return RunEstimate(max(times[0] - step_s * probe_steps[0], 0.0), step_s, measure_s)
 
 
 def _check_counts(counts: list[int], names: list[str]) -> None:
@@ -99,9 +123,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _plan(
-    candidates: list[Candidate], seeds: tuple[int, ...], run_s: float, settings: SelectionSettings
+    candidates: list[Candidate], seeds: tuple[int, ...], run_s: dict[str, float], settings: SelectionSettings
 ) -> tuple[list[Candidate], list[str]]:
-    """The candidates whose runs fit ``budget_min`` (in order; a candidate fits whole or not at all) and the skipped."""
+    """The candidates whose runs fit ``budget_min`` (in order; a candidate fits whole or not at all) and the skipped;
+    ``run_s``: estimated seconds of one run of each candidate."""
     if settings.budget_min is None:
         return candidates, []
     capacity_s = settings.budget_min * 60.0 * min(settings.workers, os.cpu_count() or 1)
@@ -109,7 +134,7 @@ def _plan(
     for cand in candidates:
         source = cand.trains_as or cand.name
         runs = 0 if source in planned else len(cand.points) + len(seeds) - 1
-        cost = runs * run_s
+        cost = runs * run_s[cand.name]
         if used + cost <= capacity_s:
             kept.append(cand)
             used += cost
@@ -118,7 +143,7 @@ def _plan(
             skipped.append(cand.name)
     if not kept:
         raise SelectionError(
-            f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {run_s:.0f} s and the cheapest "
+            f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {min(run_s.values()):.0f} s and the first "
             f"candidate ({candidates[0].name}) needs {len(candidates[0].points) + len(seeds) - 1} runs. Fix: raise the "
             "budget, or use fewer seeds / candidates."
         )
@@ -143,20 +168,26 @@ def select_method(
     store = RunStore(Path(output_dir) / "runs")
     seeds = tuple(settings.seeds)
 
-    fixed_s, step_s = estimate_seconds(schedule)
-    run_s = fixed_s + step_s * schedule.steps_per_run()
+    estimate = estimate_seconds(schedule)
+    steps = schedule.steps_per_run()
+    start = statistics.mean(settings.grid.starts)
+    run_s = {c.name: estimate.seconds(steps, c.uses_pool, start) for c in candidates}
     candidates, skipped = _plan(candidates, seeds, run_s, settings)
     tuning = {c.name: [Job.of(p, seeds[0]) for p in c.points] for c in candidates}
     all_jobs = list(dict.fromkeys(j for jobs in tuning.values() for j in jobs))
     finals_count = sum(len(seeds) - 1 for c in candidates if c.trains_as is None)
     total = len(all_jobs) + finals_count
-    pending = sum(store.record(j) is None for j in all_jobs)
+    left_s = sum(run_s[c.name] * (len(c.points) + len(seeds) - 1) for c in candidates if c.trains_as is None)
+    left_s -= sum(
+        run_s[c.name] for c in candidates if c.trains_as is None for j in tuning[c.name] if store.record(j) is not None
+    )
     parallel = min(settings.workers, os.cpu_count() or 1)
     log(
-        f"{total} runs ({len(all_jobs)} tuning at seed {seeds[0]}, {finals_count} finals; {len(all_jobs) - pending} "
-        f"tuning runs finished before): about {run_s:.1f} s per run ({fixed_s:.1f} s fixed + {step_s * 1000:.1f} ms x "
-        f"{schedule.steps_per_run()} steps), so about {math.ceil((pending + finals_count) * run_s / parallel / 60)} min "
-        f"with {settings.workers} worker(s)" + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
+        f"{total} runs ({len(all_jobs)} tuning at seed {seeds[0]}, {finals_count} finals); a run takes about "
+        f"{estimate.fixed_s:.1f} s + {estimate.step_s * 1000:.1f} ms x {steps} steps (+ {estimate.measure_s:.2f} s per "
+        f"scale re-measurement with a pool), so about {math.ceil(left_s / parallel / 60)} min with {settings.workers} "
+        "worker(s) for the runs not yet finished"
+        + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
     )
     started = time.perf_counter()
     executed = run_jobs(schedule, all_jobs, store, settings.workers, _progress(log, "tuning"))
@@ -193,7 +224,7 @@ def select_method(
         "grid": asdict(settings.grid),
         "runs_total": total,
         "runs_executed": executed,
-        "estimate": {"fixed_s": fixed_s, "per_step_s": step_s, "run_s": run_s},
+        "estimate": {**asdict(estimate), "run_s": run_s},
         "wall_time_s": time.perf_counter() - started,
     }
 

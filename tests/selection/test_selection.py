@@ -1,0 +1,126 @@
+"""The selection: its rule, its queue (a selection killed with SIGKILL resumes with only the unfinished runs and the
+same table), its report, and the clear errors of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import selection_worker as worker
+
+from hf_semscale.select.candidates import build_candidates
+from hf_semscale.select.report import config_kwargs, write_selection
+from hf_semscale.select.selection import (
+    RunEstimate,
+    SelectionError,
+    SelectionSettings,
+    _check_counts,
+    _plan,
+    choose_winner,
+)
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+
+
+def _row(method, mean, std, pool=False):
+    return {
+        "method": method,
+        "uses_pool": pool,
+        "knobs": {},
+        "config": {"semscale_weighting": "none", "semscale_loss": "ce"},
+        "validation_balanced_accuracy_mean": mean,
+        "validation_balanced_accuracy_std": std,
+    }
+
+
+def test_rule_prefers_the_best_unless_a_simpler_candidate_is_within_one_seed_std():
+    cands = {c.name: c for c in build_candidates(["ce", "pow_bs_tuned", "dsb_balanced_softmax"], epochs=10)}
+    close = [_row("ce", 0.80, 0.01), _row("pow_bs_tuned", 0.852, 0.01), _row("dsb_balanced_softmax", 0.855, 0.005)]
+    winner, rule = choose_winner(close, cands)
+    assert winner == "pow_bs_tuned" and "simplest" in rule  # 0.852 >= 0.855 - 0.005: no pool wins
+    apart = [_row("ce", 0.80, 0.01), _row("pow_bs_tuned", 0.84, 0.01), _row("dsb_balanced_softmax", 0.855, 0.005)]
+    assert choose_winner(apart, cands)[0] == "dsb_balanced_softmax"
+
+
+def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
+    cands = build_candidates(["ce", "dsb_ce"], epochs=10)  # ce: 1 + 2 runs; dsb_ce: 9 grid points + 2 runs
+    kept, skipped = _plan(cands, (0, 1, 2), {"ce": 10.0, "dsb_ce": 12.0}, SelectionSettings(workers=1, budget_min=1.0))
+    assert [c.name for c in kept] == ["ce"] and skipped == ["dsb_ce"]
+    with pytest.raises(SelectionError, match="nothing fits"):
+        _plan(cands, (0, 1, 2), {"ce": 100.0, "dsb_ce": 120.0}, SelectionSettings(workers=1, budget_min=0.5))
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"), [([10, 0, 0], "2 classes|nothing to balance"), ([1, 1, 1, 0], "at most one")]
+)
+def test_data_no_method_can_be_validated_on_is_refused(counts, message):
+    with pytest.raises(SelectionError, match=message):
+        _check_counts(counts, [str(c) for c in range(len(counts))])
+
+
+def test_run_estimate_adds_the_pool_re_measurements():
+    estimate = RunEstimate(fixed_s=2.0, step_s=0.01, measure_s=0.5)
+    assert estimate.seconds(1000, uses_pool=False) == pytest.approx(12.0)
+    assert estimate.seconds(1000, uses_pool=True, start=0.4, update_interval=20) == pytest.approx(12.0 + 30 * 0.5)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(SelectionError, match="seeds"):
+        SelectionSettings(seeds=(0, 0))
+    with pytest.raises(SelectionError, match="budget_min"):
+        SelectionSettings(budget_min=0)
+
+
+def _run_worker(features: Path, out: Path, kill_after_runs: int | None = None) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, str(SUPPORT / "selection_worker.py"), str(features), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    if kill_after_runs is None:
+        stdout, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0
+        return json.loads(stdout.strip().splitlines()[-1])
+    deadline = time.time() + 600
+    while len(list((out / "runs").glob("*.json"))) < kill_after_runs:
+        assert proc.poll() is None and time.time() < deadline, "the selection ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return None
+
+
+@pytest.mark.slow
+def test_selection_killed_with_sigkill_resumes_with_only_unfinished_runs_and_the_same_table(tmp_path):
+    features = tmp_path / "features.npz"
+    worker.make_features(str(features))
+    whole = _run_worker(features, tmp_path / "whole")
+    assert whole["runs_total"] == whole["runs_executed"] == 7  # ce, pow x2, dsb at seed 0; 3 finals at seed 1
+
+    _run_worker(features, tmp_path / "killed", kill_after_runs=3)
+    finished = len(list((tmp_path / "killed" / "runs").glob("*.json")))
+    assert 3 <= finished < 7
+    resumed = _run_worker(features, tmp_path / "killed")
+    assert resumed["runs_executed"] == 7 - finished
+    strip = lambda r: [{k: v for k, v in row.items() if k != "grid"} for row in r["candidates"]]
+    assert strip(resumed) == strip(whole)
+    assert (resumed["chosen"], resumed["rule"]) == (whole["chosen"], whole["rule"])
+    posthoc = next(r for r in whole["candidates"] if r["method"] == "ce_posthoc_la")
+    assert posthoc["knobs"]["tau"] in SelectionSettings().taus
+
+    result = {**whole, "regime": {"name": "long_tail_below_dim", "summary": "s", "feature_dim": 8}}
+    paths = write_selection(tmp_path / "report", result, {"data_dir": "x", "num_train_epochs": 2})
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert whole["chosen"] in (tmp_path / "report" / "selection.md").read_text()
+    recommended = (tmp_path / "report" / "recommended.yaml").read_text()
+    for key, value in config_kwargs(whole).items():
+        assert f"{key}: {value}" in recommended
