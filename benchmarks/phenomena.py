@@ -79,11 +79,15 @@ def cifar_pixel_curves(data_root: Path, per_class: int, sizes: list[int], draws:
 def banking_embeddings(work_dir: Path, data_root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[int]] | None:
     """Frozen MiniLM embeddings of the benchmark's BANKING77 training split (from its cache), else None."""
     from hf_semscale.data import load_dataset_any, train_validation_split
-    from recipes.train_text import _cache_key, resolve_model_path
+    from recipes.common import text_cache_file
+    from recipes.train_text import TextModelArguments, resolve_model_path
 
     train = load_dataset_any(str(data_root / "banking77"), "train")
     train = train_validation_split(train, 5, seed=0)["train"]  # as in recipes/configs/banking77_frozen.yaml
-    path = work_dir / "cpu" / "cache" / "embeddings" / f"{_cache_key(resolve_model_path('minilm'), train, 64)}.npy"
+    cache_dir = work_dir / "cpu" / "cache" / "embeddings"  # the long-tail benchmark's --embedding_cache_dir
+    path = text_cache_file(
+        str(cache_dir), resolve_model_path("minilm"), list(train["text"]), TextModelArguments.max_length
+    )
     if not path.is_file():
         logger.warning("no cached BANKING77 embeddings at %s (run the long-tail CPU tier first)", path)
         return None

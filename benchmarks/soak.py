@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "loadavg_1min": os.getloadavg()[0],
                     "rss_mib": rss / 2**20,
                     "pool_bytes": trainer.pool.nbytes if trainer.pool is not None else 0,
-                    "updates": trainer._num_updates,
+                    "updates": trainer.balancer.num_updates,
                     "log_history_len": len(state.log_history),
                 }
                 if tracemalloc.is_tracing():
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tracemalloc": not args.no_tracemalloc,
         },
         "reweight_started_at_step": reweight_from + 1,
-        "updates": trainer._num_updates,
+        "updates": trainer.balancer.num_updates,
         "total_seconds": total_s,
         "window_steps": args.window,
         "step_time_ms": {
