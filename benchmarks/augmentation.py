@@ -35,6 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from recipes.train_image import (  # noqa: E402
     BatchImageCollator,
     ImageTransform,
@@ -43,7 +44,6 @@ from recipes.train_image import (  # noqa: E402
     pack_images,
 )
 
-RESULTS = REPO / "benchmarks" / "results"
 BATCH = 128
 
 
@@ -115,13 +115,17 @@ def train_steps(loader, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("HF_SEMSCALE_DATA_DIR", str(REPO.parent / "shared" / "data")),
+        help="folder holding cifar10/ (default $HF_SEMSCALE_DATA_DIR, else ../shared/data); random images if absent",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=40)
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv, smoke={"repeats": 1, "train_steps": 2})
     torch.set_num_threads(1)
-    packed, images, labels, what = cifar10_lt(Path(os.environ.get("HF_SEMSCALE_DATA_DIR", args.data_dir)))
+    packed, images, labels, what = cifar10_lt(args.data_dir)
     mean, std = channel_stats(images)
     paths = loaders(packed, images, labels, mean, std)
     batches_per_epoch = len(paths["batched"])
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_per_item_over_batched": ratio,
         "command": "python benchmarks/augmentation.py " + " ".join(argv or sys.argv[1:]),
     }
-    out = Path(args.out)
+    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "augmentation.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

@@ -34,11 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.smoke import parse_benchmark_args
+
 CASES = {
     "a": {"dim": 64, "global_batch": 128, "sizes": "cifar100_lt_if100"},
     "b": {"dim": 512, "global_batch": 256, "sizes": "cifar100_lt_if100"},
 }
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def class_sizes(kind: str) -> list[int]:
@@ -162,7 +164,7 @@ def _worker(args: argparse.Namespace) -> None:
                 "pool_bytes_per_process": bytes_all,
             }
     if rank == 0:
-        Path(args.out).write_text(json.dumps(out, indent=2), encoding="utf-8")
+        Path(args.worker_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     if P > 1:  # leave the process group before exit (one run aborted at exit without this)
         acc.wait_for_everyone()
         torch.distributed.destroy_process_group()
@@ -182,7 +184,7 @@ def _launch(processes: int, args: argparse.Namespace, tmp: Path) -> dict:
     worker = [
         str(Path(__file__).resolve()),
         "--worker",
-        "--out",
+        "--worker-out",
         str(out),
         "--device",
         args.device,
@@ -273,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parse_benchmark_args(parser, argv, smoke={"cases": ["a"], "steps": 3, "repeats": 1})
     if args.worker:
         _worker(args)
         return
@@ -305,9 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "distributed.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-        (RESULTS / "distributed.md").write_text(text + "\n")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        report = {"machine": machine, "results": results}
+        (args.out_dir / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out_dir / "distributed.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

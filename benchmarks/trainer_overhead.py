@@ -60,6 +60,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from hf_semscale import SemanticScaleBalancer, SemScaleConfig, SemScaleTrainer  # noqa: E402
 from hf_semscale.core.losses import check_class_labels  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
@@ -553,8 +554,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bert-batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared CPU)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(
+        parser,
+        argv,
+        smoke={
+            "blocks": 2,
+            "block_steps": 1,
+            "resnet_batch_size": 8,
+            "bert_batch_size": 4,
+            "seq_len": 16,
+            "data_dir": None,  # random images and token ids: no data to load
+            "text_data_dir": None,
+        },
+    )
     if args.blocks <= args.warmup_blocks:
         parser.error("--blocks must exceed --warmup-blocks")
     torch.set_num_threads(args.threads)
@@ -614,10 +626,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["uptime_after"] = uptime()
     report["notes"] = NOTES
     print(f"load: {report['uptime_after']}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trainer_overhead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "trainer_overhead.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {args.out / 'trainer_overhead.md'} and .json")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "trainer_overhead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out_dir / "trainer_overhead.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {args.out_dir / 'trainer_overhead.md'} and .json")
     return report
 
 
