@@ -103,6 +103,7 @@ def test_phenomena_smoke(tmp_path, shared_data_dir, minilm_path):
 
 def test_augmentation_smoke(tmp_path):
     report = run_smoke("augmentation", tmp_path)
+    assert report["images"] < 1000  # --n-max 300
     assert set(report["median"]) == {"per_item", "batched"}
     assert all(len(r["train_step_s"]) == 1 for r in report["repeats"].values())
 
