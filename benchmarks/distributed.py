@@ -91,7 +91,7 @@ def _worker(args: argparse.Namespace) -> None:
         feats = torch.nn.functional.normalize(torch.randn(b, d, generator=batch_gen), dim=-1).to(device)
         batch_labels = torch.randint(0, len(sizes), (b,), generator=batch_gen).to(device)
 
-        # --- per-step gather (as in SemScaleTrainer._store)
+        # --- per-step gather (as in SemanticScaleBalancer.observe)
         for _ in range(3):
             gather_labelled_features(acc, feats, batch_labels)
         sent.update(bytes=0, calls=0)
@@ -106,7 +106,7 @@ def _worker(args: argparse.Namespace) -> None:
         gather_bytes, gather_calls = sent["bytes"] / args.steps, sent["calls"] / args.steps
         assert g_feats.shape == (case["global_batch"], d), g_feats.shape
 
-        # --- recompute (as in SemScaleTrainer._update_weights), whole call and compute-only share
+        # --- recompute (as in SemanticScaleBalancer.begin_step's weight update), whole call and compute-only share
         reference = class_semantic_scales(pool, labels, len(sizes)).cpu() if rank == 0 else None
         sharded_class_scales(acc, pool, labels, len(sizes))  # warm-up
         sent.update(bytes=0, calls=0)
@@ -143,7 +143,8 @@ def _worker(args: argparse.Namespace) -> None:
         from hf_semscale import BalancerSettings, FeaturePool, SemanticScaleBalancer
 
         balancer = SemanticScaleBalancer(sizes, BalancerSettings(pool_dtype="float16"), comm=acc)
-        stored = balancer._stored_classes(d)
+        # this process's classes in a class-sharded pool (None: one process holds the whole pool)
+        stored = balancer.class_owner(d) == acc.process_index if balancer.shards_pool else None
         pool_bytes = FeaturePool(balancer.capacities, d, "float16", stored=stored).nbytes
         bytes_all = acc.gather(torch.tensor([pool_bytes], dtype=torch.long, device=device)).cpu().tolist()
         if rank == 0:

@@ -125,7 +125,9 @@ def test_scale_compute_smoke(tmp_path):
 def test_distributed_smoke(tmp_path):
     report = run_smoke("distributed", tmp_path)
     assert set(report["results"]) == {"1", "2"}
-    two = report["results"]["2"]["cases"]["a"]
+    one, two = report["results"]["1"]["cases"]["a"], report["results"]["2"]["cases"]["a"]
+    assert len(two["pool_bytes_per_process"]) == 2
+    assert sum(two["pool_bytes_per_process"]) == one["pool_bytes_per_process"][0]  # the classes split the pool
     assert two["max_abs_diff_vs_one_process_bits"] < 1e-9 and two["gather_bytes_sent_per_process_per_step"] > 0
 
 
