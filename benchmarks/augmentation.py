@@ -35,6 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from recipes.train_image import (  # noqa: E402
     BatchImageCollator,
     ImageTransform,
@@ -43,24 +44,23 @@ from recipes.train_image import (  # noqa: E402
     pack_images,
 )
 
-RESULTS = REPO / "benchmarks" / "results"
 BATCH = 128
 
 
-def cifar10_lt(data_dir: Path) -> tuple[object, np.ndarray, list[int], str]:
-    """(packed HF dataset with image bytes, images [N, 32, 32, 3] uint8, labels, what the data is)."""
+def cifar10_lt(data_dir: Path, n_max: int) -> tuple[object, np.ndarray, list[int], str]:
+    """(packed HF dataset with image bytes, images [N, 32, 32, 3] uint8, labels, what the data is); IF 100 with
+    ``n_max`` images in the largest class."""
     import datasets
 
-    from hf_semscale.data import load_dataset_any, long_tail_indices
+    from hf_semscale.data import load_dataset_any, long_tail_counts, long_tail_indices
 
-    counts = None
     if (data_dir / "cifar10").is_dir():
         train = load_dataset_any(str(data_dir / "cifar10"), "train")
         labels = train.with_format(None)["label"]
-        train = train.select(long_tail_indices(labels, 100, seed=0, num_classes=10))
+        train = train.select(long_tail_indices(labels, 100, seed=0, n_max=n_max, num_classes=10))
         packed, images = pack_images(train)
         return packed, images, list(packed.with_format(None)["label"]), "CIFAR-10-LT (IF 100), real images"
-    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    counts = long_tail_counts(n_max, 10, 100)
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
     images = np.random.default_rng(0).integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
     features = datasets.Features({"image": datasets.Value("binary"), "label": datasets.Value("int64")})
@@ -115,13 +115,20 @@ def train_steps(loader, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("HF_SEMSCALE_DATA_DIR", str(REPO.parent / "shared" / "data")),
+        help="folder holding cifar10/ (default $HF_SEMSCALE_DATA_DIR, else ../shared/data); random images if absent",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=40)
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--n-max", type=int, default=5000, help="images of the largest class (IF 100: n_max ... n_max/100)"
+    )
+    args = parse_benchmark_args(parser, argv, smoke={"repeats": 1, "train_steps": 2, "n_max": 300})
     torch.set_num_threads(1)
-    packed, images, labels, what = cifar10_lt(Path(os.environ.get("HF_SEMSCALE_DATA_DIR", args.data_dir)))
+    packed, images, labels, what = cifar10_lt(args.data_dir, args.n_max)
     mean, std = channel_stats(images)
     paths = loaders(packed, images, labels, mean, std)
     batches_per_epoch = len(paths["batched"])
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_per_item_over_batched": ratio,
         "command": "python benchmarks/augmentation.py " + " ".join(argv or sys.argv[1:]),
     }
-    out = Path(args.out)
+    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "augmentation.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

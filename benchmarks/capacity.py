@@ -42,11 +42,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from hf_semscale.core.scale import _chunk_elements, _plan_chunks, class_semantic_scales  # noqa: E402
 from hf_semscale.dsb.comm import class_owners, gather_labelled_features, shard_classes_by_cost  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool, estimate_pool_bytes, pool_capacities  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
@@ -104,15 +104,17 @@ def padded_work(counts: list[int], dim: int) -> list[tuple[int, int]]:
 class TimeModel:
     """Seconds of a re-measurement: per chunk, its flops at the float64 rate measured for matrices of its shape
     (smaller side, aspect ratio, and whether the rows or the features are the smaller side; interpolated in log
-    space between calibration shapes: small and thin matrices run far below peak), plus a fixed cost per chunk."""
+    space between calibration shapes: small and thin matrices run far below peak), plus a fixed cost per chunk.
+    ``sides``: the smaller matrix sides calibrated; larger ones are predicted at the largest side's rate."""
 
     SIDES = (4, 16, 64, 256, 1024)
     ASPECTS = (1, 4, 16)
 
-    def __init__(self, repeats: int):
+    def __init__(self, repeats: int, sides: tuple[int, ...] = SIDES):
+        self.sides = tuple(sorted(sides))
         self.rate: dict[tuple[bool, int, int], float] = {}
         for rows_smaller in (True, False):
-            for side in self.SIDES:
+            for side in self.sides:
                 for aspect in self.ASPECTS:
                     large = min(side * aspect, 8192)
                     rows, dim = (side, large) if rows_smaller else (large, side)
@@ -134,7 +136,7 @@ class TimeModel:
 
     def _rate(self, rows: int, dim: int) -> float:
         small, large = min(rows, dim), max(rows, dim)
-        s0, s1, ts = self._bracket(self.SIDES, small)
+        s0, s1, ts = self._bracket(self.sides, small)
         a0, a1, ta = self._bracket(self.ASPECTS, large / small)
         key = rows <= dim
         log_rate = sum(
@@ -244,14 +246,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--capacity", type=int, default=0, help="K: pool rows per class min(n_c, K); 0: n_c")
     parser.add_argument("--update-interval", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--calibration-sides",
+        type=int,
+        nargs="+",
+        default=list(TimeModel.SIDES),
+        help="smaller matrix sides whose float64 rate is measured (larger ones are predicted at the largest's rate)",
+    )
+    args = parse_benchmark_args(
+        parser, argv, smoke={"processes": [1, 2], "repeats": 1, "calibration_sides": [4, 16, 64]}
+    )
+    if min(args.calibration_sides) < 2:
+        parser.error(f"--calibration-sides must all be >= 2 (rows / features of a class), got {args.calibration_sides}")
     torch.set_num_threads(1)
 
     # calibration: the float64 rate at each d on 4 classes of 400 rows (flops dominate), the per-class overhead
     # on 400 classes of 3 rows (bookkeeping dominates)
     check_cases = [(long_tail(100, 500, 100), 64), (long_tail(50, 300, 20), 128), (long_tail(20, 800, 10), 256)]
-    model = TimeModel(args.repeats)
+    model = TimeModel(args.repeats, args.calibration_sides)
     seconds = model.seconds
     rate, overhead = model.rate, model.overhead
 
@@ -321,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         fmt = (lambda v: f"{v * 1e3:.1f} ms") if "seconds" in c["what"] else (lambda v: f"{int(v):,} B")
         lines.append(f"| {c['what']} | {fmt(c['predicted'])} | {fmt(c['measured'])} | {c['ratio']:.3f} |")
     lines.append("")
-    out = Path(args.out)
+    out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "capacity.md").write_text("\n".join(lines))

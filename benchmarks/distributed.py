@@ -34,11 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.smoke import parse_benchmark_args
+
 CASES = {
     "a": {"dim": 64, "global_batch": 128, "sizes": "cifar100_lt_if100"},
     "b": {"dim": 512, "global_batch": 256, "sizes": "cifar100_lt_if100"},
 }
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def class_sizes(kind: str) -> list[int]:
@@ -89,7 +91,7 @@ def _worker(args: argparse.Namespace) -> None:
         feats = torch.nn.functional.normalize(torch.randn(b, d, generator=batch_gen), dim=-1).to(device)
         batch_labels = torch.randint(0, len(sizes), (b,), generator=batch_gen).to(device)
 
-        # --- per-step gather (as in SemScaleTrainer._store)
+        # --- per-step gather (as in SemanticScaleBalancer.observe)
         for _ in range(3):
             gather_labelled_features(acc, feats, batch_labels)
         sent.update(bytes=0, calls=0)
@@ -104,7 +106,7 @@ def _worker(args: argparse.Namespace) -> None:
         gather_bytes, gather_calls = sent["bytes"] / args.steps, sent["calls"] / args.steps
         assert g_feats.shape == (case["global_batch"], d), g_feats.shape
 
-        # --- recompute (as in SemScaleTrainer._update_weights), whole call and compute-only share
+        # --- recompute (as in SemanticScaleBalancer.begin_step's weight update), whole call and compute-only share
         reference = class_semantic_scales(pool, labels, len(sizes)).cpu() if rank == 0 else None
         sharded_class_scales(acc, pool, labels, len(sizes))  # warm-up
         sent.update(bytes=0, calls=0)
@@ -141,7 +143,8 @@ def _worker(args: argparse.Namespace) -> None:
         from hf_semscale import BalancerSettings, FeaturePool, SemanticScaleBalancer
 
         balancer = SemanticScaleBalancer(sizes, BalancerSettings(pool_dtype="float16"), comm=acc)
-        stored = balancer._stored_classes(d)
+        # this process's classes in a class-sharded pool (None: one process holds the whole pool)
+        stored = balancer.class_owner(d) == acc.process_index if balancer.shards_pool else None
         pool_bytes = FeaturePool(balancer.capacities, d, "float16", stored=stored).nbytes
         bytes_all = acc.gather(torch.tensor([pool_bytes], dtype=torch.long, device=device)).cpu().tolist()
         if rank == 0:
@@ -162,7 +165,7 @@ def _worker(args: argparse.Namespace) -> None:
                 "pool_bytes_per_process": bytes_all,
             }
     if rank == 0:
-        Path(args.out).write_text(json.dumps(out, indent=2), encoding="utf-8")
+        Path(args.worker_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     if P > 1:  # leave the process group before exit (one run aborted at exit without this)
         acc.wait_for_everyone()
         torch.distributed.destroy_process_group()
@@ -182,7 +185,7 @@ def _launch(processes: int, args: argparse.Namespace, tmp: Path) -> dict:
     worker = [
         str(Path(__file__).resolve()),
         "--worker",
-        "--out",
+        "--worker-out",
         str(out),
         "--device",
         args.device,
@@ -273,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parse_benchmark_args(parser, argv, smoke={"cases": ["a"], "steps": 3, "repeats": 1})
     if args.worker:
         _worker(args)
         return
@@ -305,9 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "distributed.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-        (RESULTS / "distributed.md").write_text(text + "\n")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        report = {"machine": machine, "results": results}
+        (args.out_dir / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out_dir / "distributed.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from hf_semscale.atomic import atomic_folder  # noqa: E402
 from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from hf_semscale.select.methods import (  # noqa: E402
@@ -62,7 +63,6 @@ from recipes.common import METRIC_KEYS, RESULTS_FILENAME  # noqa: E402
 
 logger = logging.getLogger("benchmarks.long_tail")
 
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "runs"
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 
@@ -448,6 +448,26 @@ def cifar_balanced_setting() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- data preparation
+
+
+def write_tiny_image_dataset(path: Path, per_class: int = 6, seed: int = 0) -> Path:
+    """A ``DatasetDict`` of random 32x32 RGB images in 4 classes (train ``per_class`` each, validation / test 2
+    each) saved at ``path``: the ``--source`` of the tiny tier (tests, ``--smoke``)."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = [f"class{c}" for c in range(4)]
+
+    def split(n: int) -> datasets.Dataset:
+        labels = np.repeat(np.arange(len(names)), n)
+        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in labels]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
+
+    datasets.DatasetDict({"train": split(per_class), "validation": split(2), "test": split(2)}).save_to_disk(str(path))
+    return path
 
 
 def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Path, source: str | None = None) -> Path:
@@ -1088,7 +1108,6 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="methods to run (default: all of each setting), e.g. a GPU-tier subset: --seeds 0 --methods ce cb_ce dsb_ce",
     )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
         "--dry-run",
@@ -1109,7 +1128,13 @@ def main(argv: list[str] | None = None) -> None:
         default="a 2-core x86-64 CPU (no GPU), single-threaded runs",
         help="The machine, as stated in the report (name the GPU for --tier gpu)",
     )
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(
+        parser, argv, smoke={"tier": "tiny", "seeds": [0], "workers": 1, "methods": ["dsb_ce"], "work_dir": None}
+    )
+    if args.smoke and args.work_dir is None:
+        args.work_dir = args.out_dir / "runs"
+    if args.smoke and args.tier == "tiny" and args.source is None:
+        args.source = str(write_tiny_image_dataset(args.work_dir / "tiny_source"))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.smoke import parse_benchmark_args
 from hf_semscale.core.scale import class_semantic_scales
 
 CASES = {
@@ -200,24 +202,23 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--ref-sample", type=int, default=50, help="reference classes timed in case c (0: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--threads", type=int, default=None, help="threads for torch and numpy's BLAS (default: as found)"
     )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the stored .json")
-    args = parser.parse_args()
-    json_path = args.out / "scale_compute.json"
+    args = parse_benchmark_args(parser, argv, smoke={"cases": ["a"], "repeats": 1})
+    json_path = args.out_dir / "scale_compute.json"
     if args.render:
         report = {"machine": machine(), "runs": json.loads(json_path.read_text())["runs"]}
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "scale_compute.md").write_text(markdown(report))
+        (args.out_dir / "scale_compute.md").write_text(markdown(report))
         return
     if args.threads is not None:
         from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -247,13 +248,13 @@ def main() -> None:
     print(table(rows))
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     if not args.no_write:
-        args.out.mkdir(parents=True, exist_ok=True)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
         runs = json.loads(json_path.read_text())["runs"] if json_path.exists() else []
         runs = [r for r in runs if r["settings"] != settings] + [run]  # one run per setting, latest kept
         report = {"machine": machine(), "runs": runs}
         json_path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "scale_compute.md").write_text(markdown(report))
-        print(f"wrote {args.out / 'scale_compute.md'} and .json")
+        (args.out_dir / "scale_compute.md").write_text(markdown(report))
+        print(f"wrote {args.out_dir / 'scale_compute.md'} and .json")
 
 
 def run_settings(threads: int | None) -> str:

@@ -10,7 +10,8 @@ CPU time; every ``--sample-every`` steps the process RSS (psutil, else /proc), t
 live torch tensors (gc). "start" is the first window after re-weighting began, "end" the last window.
 
     python benchmarks/soak.py                       # ~3000 steps; writes benchmarks/results/soak.{json,md}
-    python benchmarks/soak.py --steps 300 --out /tmp/soak   # a quick look
+    python benchmarks/soak.py --steps 300 --out-dir /tmp/soak   # a quick look
+    python benchmarks/soak.py --smoke                 # does it still run? (80 steps, tiny data, a temporary folder)
 
 The machine it ran on is shared (2 cores, other jobs): wall times are noisy, CPU times less so.
 """
@@ -35,6 +36,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.smoke import parse_benchmark_args
 
 HARNESS_FILTERS = [tracemalloc.Filter(False, f) for f in {__file__, os.path.abspath(__file__), tracemalloc.__file__}]
 
@@ -109,9 +113,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--no-tracemalloc", action="store_true", help="tracemalloc slows Python code; off: faster steps"
     )
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results")))
     parser.add_argument("--workdir", default=None, help="output_dir of the run (default: a temporary folder)")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(
+        parser,
+        argv,
+        smoke={
+            "steps": 80,
+            "classes": 5,
+            "n_max": 40,
+            "imbalance": 10.0,
+            "batch_size": 16,
+            "window": 10,
+            "sample_every": 20,
+            "save_steps": 40,
+        },
+    )
 
     torch.set_num_threads(args.threads)
     from datasets import Dataset
@@ -190,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "loadavg_1min": os.getloadavg()[0],
                     "rss_mib": rss / 2**20,
                     "pool_bytes": trainer.pool.nbytes if trainer.pool is not None else 0,
-                    "updates": trainer._num_updates,
+                    "updates": trainer.balancer.num_updates,
                     "log_history_len": len(state.log_history),
                 }
                 if tracemalloc.is_tracing():
@@ -260,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tracemalloc": not args.no_tracemalloc,
         },
         "reweight_started_at_step": reweight_from + 1,
-        "updates": trainer._num_updates,
+        "updates": trainer.balancer.num_updates,
         "total_seconds": total_s,
         "window_steps": args.window,
         "step_time_ms": {
@@ -316,10 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
         else None,
         "live_tensor_bytes": mem["end"]["live_tensor_bytes"] / mem["start"]["live_tensor_bytes"],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "soak.md").write_text(render_markdown(result))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out_dir / "soak.md").write_text(render_markdown(result))
     print(render_markdown(result))
     if tmp is not None:
         tmp.cleanup()

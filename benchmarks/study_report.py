@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from benchmarks.long_tail import (
-    RESULTS_DIR,
     _mean_std,
     _pct,
     ablation_tag,
@@ -29,6 +28,7 @@ from benchmarks.long_tail import (
     tier_settings,
     tuned_methods,
 )
+from benchmarks.smoke import RESULTS_DIR
 from hf_semscale.core.imbalance import spearman
 from hf_semscale.select.methods import COUNT_TUNED_METHODS, SCALE_METHODS
 from hf_semscale.trainer import HISTORY_FILENAME

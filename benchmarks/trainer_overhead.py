@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -59,9 +60,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hf_semscale import SemScaleConfig, SemScaleTrainer  # noqa: E402
+from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from hf_semscale import SemanticScaleBalancer, SemScaleConfig, SemScaleTrainer  # noqa: E402
+from hf_semscale.core.losses import check_class_labels  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
-from hf_semscale.dsb.pool import FeaturePool, pool_capacities  # noqa: E402
+from hf_semscale.dsb.capture import HeadInputCapture, find_classification_head  # noqa: E402
+from hf_semscale.dsb.pool import FeaturePool  # noqa: E402
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification  # noqa: E402
 
 DEFAULT_INTERVAL = SemScaleConfig.__dataclass_fields__["semscale_update_interval"].default
@@ -229,17 +233,24 @@ class Baton:
 
 @dataclass
 class StepTimer(TrainerCallback):
-    """on_step_begin / on_step_end timestamps; after every ``block_steps`` steps the turn passes on."""
+    """on_step_begin / on_step_end timestamps; after every ``block_steps`` steps the turn passes on.
+
+    ``pool``: a full feature pool handed to the trainer's balancer when training begins (after
+    ``train()`` has reset the balancer), so every timed step is a stage-3 step with a full-size pool.
+    """
 
     name: str
     baton: Baton
     block_steps: int
     trainer: object = None
+    pool: FeaturePool | None = None
     times: list[float] = field(default_factory=list)
     stages: list[str] = field(default_factory=list)
     _start: float = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.pool is not None:
+            self.trainer.balancer.pool = self.pool
         self.baton.done()  # parked and ready
         self.baton.wait_turn(self.name)
 
@@ -254,21 +265,17 @@ class StepTimer(TrainerCallback):
             self.baton.wait_turn(self.name)
 
 
-def prefill_pool(trainer: SemScaleTrainer, feature_dim: int) -> int:
-    """A full pool of random unit features: every timed step is a stage-3 step with a full-size pool."""
-    a = trainer.args
-    capacities = pool_capacities(trainer.class_counts, a.semscale_pool_capacity)
-    pool = FeaturePool(capacities, feature_dim, a.semscale_pool_dtype, device=a.device)
+def full_pool(balancer: SemanticScaleBalancer, feature_dim: int) -> FeaturePool:
+    """A pool of ``balancer``'s capacities and dtype, every row filled with a random unit feature ``[d]``."""
+    capacities = balancer.capacities
+    pool = FeaturePool(capacities, feature_dim, balancer.settings.pool_dtype, device=balancer.device)
     labels = torch.repeat_interleave(torch.arange(len(capacities)), capacities)
     generator = torch.Generator().manual_seed(1)
     pool.add(F.normalize(torch.randn(len(labels), feature_dim, generator=generator), dim=-1), labels)
-    trainer.pool = pool
-    return pool.nbytes
+    return pool
 
 
 def head_in_features(model: torch.nn.Module, num_labels: int) -> int:
-    from hf_semscale.dsb.capture import find_classification_head
-
     return find_classification_head(model, num_labels)[1].in_features
 
 
@@ -312,7 +319,8 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
             trainer = SemScaleTrainer(
                 model=model, args=config, train_dataset=dataset, class_counts=counts, callbacks=[timer]
             )
-            pool_bytes = prefill_pool(trainer, head_in_features(model, num_labels))
+            timer.pool = full_pool(trainer.balancer, head_in_features(model, num_labels))
+            pool_bytes = timer.pool.nbytes
         timer.trainer = trainer
         trainers[name], timers[name] = trainer, timer
 
@@ -376,14 +384,14 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
             "median_paired_ratio": statistics.median(t / p for t, p in zip(times, plain)),
         }
         if name != "plain":
-            trainer = trainers[name]
+            balancer = trainers[name].balancer
             entry.update(
-                updates=trainer._num_updates,
-                update_interval=trainer.args.semscale_update_interval,
-                pool_rows=int(trainer.pool.capacities.sum()),
-                feature_dim=trainer.pool.feature_dim,
-                pool_dtype=trainer.args.semscale_pool_dtype,
-                pool_mib=trainer.pool.nbytes / 2**20,
+                updates=balancer.num_updates,
+                update_interval=balancer.settings.update_interval,
+                pool_rows=int(balancer.pool.capacities.sum()),
+                feature_dim=balancer.pool.feature_dim,
+                pool_dtype=balancer.settings.pool_dtype,
+                pool_mib=balancer.pool.nbytes / 2**20,
             )
         result["trainers"][name] = entry
     every = result["trainers"]["semscale_every_step"]["median_s"]
@@ -392,7 +400,9 @@ def run_model(label: str, make_model, dataset, counts, source, args, out_root: P
     # per-step cost without a re-measurement, plus one re-measurement spread over the interval
     result["amortized_ratio_default_interval"] = (default + max(every - default, 0.0) / DEFAULT_INTERVAL) / base
     result["pool_mib"] = pool_bytes / 2**20
-    result["components"] = component_costs(trainers["semscale_default"], dataset, args.batch_size[label], base)
+    result["components"] = component_costs(
+        trainers["semscale_default"], trainers["semscale_every_step"].balancer, dataset, args.batch_size[label], base
+    )
     return result
 
 
@@ -405,29 +415,34 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def component_costs(trainer: SemScaleTrainer, dataset, batch_size: int, plain_step_s: float) -> dict:
-    """The DSB work of one step timed on its own (low noise), against the plain median step.
+def component_costs(
+    trainer: SemScaleTrainer, every_step: SemanticScaleBalancer, dataset, batch_size: int, plain_step_s: float
+) -> dict:
+    """The DSB work of one step timed on its own (low noise), against the plain median step (seconds).
 
-    ``per_step``: label check + feature normalise / finiteness check / pool insert of one batch +
-    the weighted base loss minus plain ``F.cross_entropy``; ``update``: one re-measurement of all
-    class scales and weights from the full pool.
+    ``per_step``: label check + feature normalise / finiteness check / pool insert of one batch
+    (``balancer.observe``) + the weighted base loss minus plain ``F.cross_entropy``; ``update``: one
+    re-measurement of all class scales and weights from the full pool (``begin_step`` of a balancer that
+    re-measures at every step). Both balancers are in stage 3 with a full pool after training.
     """
+    balancer = trainer.balancer
     model = trainer.model.eval()
     batch = trainer.data_collator([dataset[i] for i in range(batch_size)])
     labels = batch.pop("labels")
-    with torch.no_grad():
-        trainer._capture.arm()
+    with HeadInputCapture(model, num_labels=balancer.num_classes) as capture, torch.no_grad():
+        capture.arm()
         logits = model(**batch).logits
-        features = trainer._capture.take(batch)
+        features = capture.take(batch)
 
     def extra_step():
-        trainer._validate_labels(labels)
-        trainer._store(features, labels)
-        trainer.base_loss(logits, labels)
+        check_class_labels(labels, balancer.num_classes)
+        balancer.observe(features, labels)
+        balancer.loss(logits, labels)
 
     store_and_loss = _median_time(extra_step, 30)
     plain_loss = _median_time(lambda: F.cross_entropy(logits, labels), 30)
-    update = _median_time(lambda: trainer._update_weights(trainer.state.global_step), 5)
+    next_steps = itertools.count(trainer.state.global_step + 1)  # each new step re-measures
+    update = _median_time(lambda: every_step.begin_step(next(next_steps)), 5)
     per_step = max(store_and_loss - plain_loss, 0.0)
     return {
         "per_step_ms": per_step * 1e3,
@@ -539,8 +554,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bert-batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared CPU)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(
+        parser,
+        argv,
+        smoke={
+            "blocks": 2,
+            "block_steps": 1,
+            "resnet_batch_size": 8,
+            "bert_batch_size": 4,
+            "seq_len": 16,
+            "data_dir": None,  # random images and token ids: no data to load
+            "text_data_dir": None,
+        },
+    )
     if args.blocks <= args.warmup_blocks:
         parser.error("--blocks must exceed --warmup-blocks")
     torch.set_num_threads(args.threads)
@@ -600,10 +626,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["uptime_after"] = uptime()
     report["notes"] = NOTES
     print(f"load: {report['uptime_after']}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trainer_overhead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "trainer_overhead.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {args.out / 'trainer_overhead.md'} and .json")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "trainer_overhead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out_dir / "trainer_overhead.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {args.out_dir / 'trainer_overhead.md'} and .json")
     return report
 
 

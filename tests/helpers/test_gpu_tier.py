@@ -19,23 +19,6 @@ from benchmarks import tier_budget as tb  # noqa: E402
 from recipes.common import RESULTS_FILENAME  # noqa: E402
 
 
-def _image_dataset(path: Path, per_class: int = 6, seed: int = 0) -> Path:
-    import datasets
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    names = [f"class{c}" for c in range(4)]
-
-    def split(n: int) -> datasets.Dataset:
-        labels = np.repeat(np.arange(len(names)), n)
-        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in labels]
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-        return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
-
-    datasets.DatasetDict({"train": split(per_class), "validation": split(2), "test": split(2)}).save_to_disk(str(path))
-    return path
-
-
 def _finish(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULTS_FILENAME).write_text(json.dumps({"test": {"balanced_accuracy": 0.5}}))
@@ -128,7 +111,7 @@ def test_timing_refuses_text_settings_and_bad_step_counts(tmp_path):
 
 def test_budget_run_times_the_recipe_then_runs_what_fits(tmp_path, one_torch_thread):
     """The whole flow on the tiny tier with real processes: timing runs, estimate, the fitting runs, the report."""
-    source = _image_dataset(tmp_path / "src")
+    source = lt.write_tiny_image_dataset(tmp_path / "src")
     work, out = tmp_path / "work", tmp_path / "out"
     common = ["--tier", "tiny", "--source", str(source), "--work-dir", str(work), "--out-dir", str(out)]
     with pytest.raises(SystemExit):
@@ -155,7 +138,7 @@ def test_budget_run_times_the_recipe_then_runs_what_fits(tmp_path, one_torch_thr
 def test_kit_round_trip_is_exact_and_checked(tmp_path):
     import datasets
 
-    source = _image_dataset(tmp_path / "prepared")
+    source = lt.write_tiny_image_dataset(tmp_path / "prepared")
     kit = tmp_path / "kit"
     manifest = gpu_kit.pack_dataset(source, kit, {"imbalance_factor": 1})
     assert manifest["sizes"] == {"train": 24, "validation": 8, "test": 8}
@@ -179,7 +162,7 @@ def test_kit_round_trip_is_exact_and_checked(tmp_path):
 def test_kit_lands_where_the_benchmark_looks(tmp_path):
     setting = lt.tier_settings("gpu")[0]
     target = gpu_kit.data_target(tmp_path)
-    _image_dataset(target)
+    lt.write_tiny_image_dataset(target)
     assert lt.prepare_image_data(setting, tmp_path / "no_data", tmp_path / "gpu" / "cache") == target
 
 
