@@ -9,6 +9,7 @@ validation split (a small grid), compares them over seeds and prints the table a
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..select.candidates import DEFAULT_CANDIDATES, GridSpec
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..demo_data.build import DEMO_DIR
     from ..select.pipeline import select_text
     from ..select.report import config_kwargs, format_table
-    from ..select.selection import SelectionSettings
+    from ..select.selection import SelectionError, SelectionSettings
 
     print(
         "hf_semscale demo: which method for long-tailed intents? CLINC150 banking + credit cards (30 intents, "
@@ -36,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     )
     data = DataArguments(data_dir=str(DEMO_DIR), validation_split="validation")
     settings = SelectionSettings(seeds=tuple(args.seeds), grid=DEMO_GRID, workers=args.workers)
-    result = select_text(args.output_dir, data, settings=settings)
+    try:
+        result = select_text(args.output_dir, data, settings=settings)
+    except SelectionError as err:
+        print(f"hf-semscale demo: error: {err}", file=sys.stderr)
+        return 2
     print()
     print(format_table(result))
     print(f"\nChosen: {result['chosen']} — {result['rule']}")

@@ -11,6 +11,7 @@ folder, it re-runs only the runs that did not finish.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,10 @@ def selection_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dic
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import DatasetLoadError
     from ..select.pipeline import select_text
     from ..select.report import config_kwargs, format_table
-    from ..select.selection import SelectionSettings
+    from ..select.selection import SelectionError, SelectionSettings
 
     data, schedule, recipe, model = selection_inputs(args)
     settings = SelectionSettings(
@@ -134,15 +136,19 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         budget_min=args.budget_min,
     )
-    result = select_text(
-        args.output_dir,
-        data,
-        model=model,
-        settings=settings,
-        schedule=schedule,
-        validation_fraction=args.validation_fraction,
-        recipe=recipe or None,
-    )
+    try:
+        result = select_text(
+            args.output_dir,
+            data,
+            model=model,
+            settings=settings,
+            schedule=schedule,
+            validation_fraction=args.validation_fraction,
+            recipe=recipe or None,
+        )
+    except (SelectionError, DatasetLoadError, ValueError) as err:
+        print(f"hf-semscale select: error: {err}", file=sys.stderr)
+        return 2
     print()
     print(format_table(result))
     print(f"\nChosen: {result['chosen']} — {result['rule']}")
