@@ -13,13 +13,14 @@ import json
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
@@ -98,32 +99,25 @@ def run_jobs(
     jobs: Sequence[Job],
     store: RunStore,
     workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: str | None = None,
 ) -> int:
-    """Run the ``jobs`` that have no record in ``store`` (``workers`` processes; 1: in this process).
-
-    ``progress(done, total)`` is called after each run. Returns how many runs were executed."""
+    """Run the ``jobs`` that have no record in ``store`` (``workers`` processes; 1: in this process), with a progress
+    bar of runs done / left labelled ``progress`` (None: no bar). Returns how many runs were executed."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     unique = list(dict.fromkeys(jobs))
     pending = [j for j in unique if store.record(j) is None]
-    done = len(unique) - len(pending)
-    if progress is not None:
-        progress(done, len(unique))
-    if not pending:
-        return 0
-    if workers == 1:
-        for job in pending:
-            _execute(schedule, job, str(store.folder))
-            done += 1
-            if progress is not None:
-                progress(done, len(unique))
-        return len(pending)
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_execute, schedule, job, str(store.folder)) for job in pending]
-        for future in as_completed(futures):
-            future.result()  # a failed run raises here, naming its error
-            done += 1
-            if progress is not None:
-                progress(done, len(unique))
+    with tqdm(
+        total=len(unique), initial=len(unique) - len(pending), desc=progress, unit="run", disable=progress is None
+    ) as bar:
+        if workers == 1 or len(pending) <= 1:
+            for job in pending:
+                _execute(schedule, job, str(store.folder))
+                bar.update()
+            return len(pending)
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_execute, schedule, job, str(store.folder)) for job in pending]
+            for future in as_completed(futures):
+                future.result()  # a failed run raises here, naming its error
+                bar.update()
     return len(pending)

@@ -154,17 +154,17 @@ def select_method(
     schedule: Schedule,
     output_dir: str | Path,
     settings: SelectionSettings | None = None,
-    class_names: list[str] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Run (or resume) a selection in ``output_dir`` and return its result (also ``selection.json``).
+    """Run (or resume) a selection with its runs in ``output_dir/runs``; returns the result (candidate rows, the
+    chosen method and the rule; :func:`~hf_semscale.select.report.write_selection` writes it out).
 
     ``schedule`` trains one run (:class:`~hf_semscale.select.frozen.HeadSchedule`); ``log`` prints progress lines."""
     settings = settings or SelectionSettings()
     counts = schedule.class_counts()
-    names = class_names or list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))]))
-    _check_counts(counts, names)
-    candidates = build_candidates(settings.candidates, getattr(schedule, "epochs", 1.0), settings.grid)
+    _check_counts(counts, list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))])))
+    epochs = getattr(schedule, "epochs", 1.0)
+    candidates = build_candidates(settings.candidates, epochs, settings.grid)
     store = RunStore(Path(output_dir) / "runs")
     seeds = tuple(settings.seeds)
 
@@ -173,47 +173,40 @@ def select_method(
     start = statistics.mean(settings.grid.starts)
     run_s = {c.name: estimate.seconds(steps, c.uses_pool, start) for c in candidates}
     candidates, skipped = _plan(candidates, seeds, run_s, settings)
-    tuning = {c.name: [Job.of(p, seeds[0]) for p in c.points] for c in candidates}
-    all_jobs = list(dict.fromkeys(j for jobs in tuning.values() for j in jobs))
-    finals_count = sum(len(seeds) - 1 for c in candidates if c.trains_as is None)
-    total = len(all_jobs) + finals_count
-    left_s = sum(run_s[c.name] * (len(c.points) + len(seeds) - 1) for c in candidates if c.trains_as is None)
-    left_s -= sum(
-        run_s[c.name] for c in candidates if c.trains_as is None for j in tuning[c.name] if store.record(j) is not None
-    )
+    # the candidates that train: each trained one, and the method a post-hoc candidate reuses
+    trained: dict[str, Candidate] = {}
+    for cand in candidates:
+        source = cand.trains_as or cand.name
+        if source not in trained:
+            trained[source] = cand if cand.trains_as is None else build_candidates([source], epochs, settings.grid)[0]
+    tuning = {name: [Job.of(p, seeds[0]) for p in cand.points] for name, cand in trained.items()}
+    tuning_jobs = list(dict.fromkeys(j for jobs in tuning.values() for j in jobs))
+    finals_count = len(trained) * (len(seeds) - 1)
+    unfinished = {name: sum(store.record(j) is None for j in jobs) + len(seeds) - 1 for name, jobs in tuning.items()}
+    left_s = sum(n * estimate.seconds(steps, trained[name].uses_pool, start) for name, n in unfinished.items())
     parallel = min(settings.workers, os.cpu_count() or 1)
     log(
-        f"{total} runs ({len(all_jobs)} tuning at seed {seeds[0]}, {finals_count} finals); a run takes about "
-        f"{estimate.fixed_s:.1f} s + {estimate.step_s * 1000:.1f} ms x {steps} steps (+ {estimate.measure_s:.2f} s per "
-        f"scale re-measurement with a pool), so about {math.ceil(left_s / parallel / 60)} min with {settings.workers} "
-        "worker(s) for the runs not yet finished"
+        f"{len(tuning_jobs) + finals_count} runs ({len(tuning_jobs)} tuning at seed {seeds[0]}, {finals_count} finals); "
+        f"a run takes about {estimate.fixed_s:.1f} s + {estimate.step_s * 1000:.1f} ms x {steps} steps (+ "
+        f"{estimate.measure_s:.2f} s per scale re-measurement with a pool), so about {math.ceil(left_s / parallel / 60)}"
+        f" min with {settings.workers} worker(s) for the runs not yet finished"
         + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
     )
     started = time.perf_counter()
-    executed = run_jobs(schedule, all_jobs, store, settings.workers, _progress(log, "tuning"))
-
-    chosen: dict[str, dict[str, Any]] = {}
-    grids: dict[str, list[dict[str, Any]]] = {}
-    for cand in candidates:
-        if cand.trains_as is None:
-            chosen[cand.name], grids[cand.name] = _choose_point(cand, tuning[cand.name], store)
-    finals = {cand.name: [Job.of(chosen[cand.name], s) for s in seeds] for cand in candidates if cand.trains_as is None}
+    executed = run_jobs(schedule, tuning_jobs, store, settings.workers, progress="runs (tuning)")
+    chosen = {name: _choose_point(cand, tuning[name], store) for name, cand in trained.items()}
+    finals = {name: [Job.of(chosen[name][0], s) for s in seeds] for name in trained}
     executed += run_jobs(
-        schedule, [j for jobs in finals.values() for j in jobs], store, settings.workers, _progress(log, "finals")
+        schedule, [j for jobs in finals.values() for j in jobs], store, settings.workers, progress="runs (finals)"
     )
 
     rows = []
     for cand in candidates:
         if cand.trains_as is None:
-            records = [store.record(j) for j in finals[cand.name]]
-            rows.append(_row(cand, chosen[cand.name], records, grids[cand.name]))
+            point, grid_rows = chosen[cand.name]
+            rows.append(_row(cand, point, [store.record(j) for j in finals[cand.name]], grid_rows))
         else:
-            source_jobs = finals[cand.trains_as] if cand.trains_as in finals else None
-            if source_jobs is None:  # the method it reuses is not a candidate itself: train it too
-                point = cand.points[0]
-                source_jobs = [Job.of(point, s) for s in seeds]
-                executed += run_jobs(schedule, source_jobs, store, settings.workers, _progress(log, cand.trains_as))
-            rows.append(_posthoc_row(cand, schedule, store, source_jobs, counts, settings.taus))
+            rows.append(_posthoc_row(cand, schedule, store, finals[cand.trains_as], counts, settings.taus))
     winner, rule = choose_winner(rows, {c.name: c for c in candidates})
     return {
         "candidates": rows,
@@ -222,27 +215,11 @@ def select_method(
         "skipped_for_budget": skipped,
         "seeds": list(seeds),
         "grid": asdict(settings.grid),
-        "runs_total": total,
+        "runs_total": len(tuning_jobs) + finals_count,
         "runs_executed": executed,
         "estimate": {**asdict(estimate), "run_s": run_s},
         "wall_time_s": time.perf_counter() - started,
     }
-
-
-def _progress(log: Any, phase: str):
-    from tqdm.auto import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=f"runs ({phase})", unit="run", initial=done, leave=False)
-        else:
-            bar["bar"].update(done - bar["bar"].n)
-        if done >= total:
-            bar["bar"].close()
-
-    return update
 
 
 def _validation_score(record: dict[str, Any] | None) -> float | None:
