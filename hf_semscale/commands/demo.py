@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataArguments
     from ..demo_data.build import DEMO_DIR
     from ..select.pipeline import select_text
-    from ..select.report import config_kwargs, format_table
+    from ..select.report import summary_lines
     from ..select.selection import SelectionError, SelectionSettings
 
     print(
@@ -42,12 +42,6 @@ def run(args: argparse.Namespace) -> int:
     except SelectionError as err:
         print(f"hf-semscale demo: error: {err}", file=sys.stderr)
         return 2
-    print()
-    print(format_table(result))
-    print(f"\nChosen: {result['chosen']} — {result['rule']}")
-    print(f"Train with: SemScaleConfig(..., **{config_kwargs(result)})")
-    print(
-        f"Wrote {args.output_dir}/selection.md, selection.json, recommended.yaml and selection.png. On your data: "
-        "hf-semscale select --dataset <folder or Hub id> (README, 'Which method for my data?')."
-    )
+    print("\n".join(summary_lines(result, args.output_dir)))
+    print("On your data: hf-semscale select --dataset <folder or Hub id> (README, 'Which method for my data?').")
     return 0

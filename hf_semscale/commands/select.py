@@ -125,7 +125,7 @@ def selection_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dic
 def run(args: argparse.Namespace) -> int:
     from ..data import DatasetLoadError
     from ..select.pipeline import select_text
-    from ..select.report import config_kwargs, format_table
+    from ..select.report import summary_lines
     from ..select.selection import SelectionError, SelectionSettings
 
     data, schedule, recipe, model = selection_inputs(args)
@@ -149,12 +149,5 @@ def run(args: argparse.Namespace) -> int:
     except (SelectionError, DatasetLoadError, ValueError) as err:
         print(f"hf-semscale select: error: {err}", file=sys.stderr)
         return 2
-    print()
-    print(format_table(result))
-    print(f"\nChosen: {result['chosen']} — {result['rule']}")
-    print(f"SemScaleConfig(..., **{config_kwargs(result)})")
-    print(
-        f"Wrote {args.output_dir}/selection.md, selection.json, recommended.yaml, selection.png "
-        f"({result['runs_executed']} runs executed, {result['runs_total']} in all)"
-    )
+    print("\n".join(summary_lines(result, args.output_dir)))
     return 0

@@ -10,7 +10,7 @@ import yaml
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
 
-__all__ = ["write_selection", "format_table", "config_kwargs"]
+__all__ = ["write_selection", "format_table", "config_kwargs", "summary_lines"]
 
 _SHOWN = (
     ("validation_balanced_accuracy", "val balanced"),
@@ -51,6 +51,18 @@ def config_kwargs(result: dict[str, Any]) -> dict[str, Any]:
     """The chosen candidate's ``SemScaleConfig`` keyword arguments (post-hoc tau apart: it is not a training knob)."""
     row = next(r for r in result["candidates"] if r["method"] == result["chosen"])
     return {k: v for k, v in row["config"].items() if k.startswith("semscale_")}
+
+
+def summary_lines(result: dict[str, Any], output_dir: str | Path) -> list[str]:
+    """What ``select`` and ``demo`` print at the end: the table, the choice and its rule, the configuration."""
+    return [
+        "",
+        format_table(result),
+        f"\nChosen: {result['chosen']} — {result['rule']}",
+        f"Train with: SemScaleConfig(..., **{config_kwargs(result)})",
+        f"Wrote {output_dir}/selection.md, selection.json, recommended.yaml, selection.png "
+        f"({result['runs_executed']} runs executed, {result['runs_total']} in all)",
+    ]
 
 
 def _recommended_yaml(result: dict[str, Any], recipe: dict[str, Any]) -> str:
