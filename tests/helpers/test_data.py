@@ -270,3 +270,43 @@ def test_shared_breastmnist_and_text_folders(shared_data_dir: Path):
     assert class_counts(trec) == [86, 1162, 1250, 1223, 835, 896]
     clinc = load_local_dataset(shared_data_dir / "clinc150", "train_imbalanced")
     assert len(clinc) == 10525 and class_names(clinc)[150] == "oos"
+
+
+# --------------------------------------------------------------------------- validation carved for a selection
+
+
+def _labelled(counts: list[int]) -> datasets.Dataset:
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    names = [f"c{c}" for c in range(len(counts))]
+    return datasets.Dataset.from_dict(
+        {"text": [str(i) for i in range(len(labels))], "label": labels},
+        features=datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}),
+    )
+
+
+def test_carve_validation_is_stratified_and_keeps_tiny_classes_whole():
+    from hf_semscale.data import carve_validation
+
+    train, validation, kept = carve_validation(_labelled([40, 10, 3, 2, 1]), fraction=0.25, seed=0)
+    assert class_counts(validation) == [10, 2, 1, 0, 0]
+    assert class_counts(train) == [30, 8, 2, 2, 1]  # two rows always stay in training
+    assert kept == ["c3", "c4"]
+    assert not set(train["text"]) & set(validation["text"])
+    again = carve_validation(_labelled([40, 10, 3, 2, 1]), fraction=0.25, seed=0)[1]
+    assert again["text"] == validation["text"]  # seeded
+    with pytest.raises(ValueError, match="3 training rows"):
+        carve_validation(_labelled([2, 1]), fraction=0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        carve_validation(_labelled([5, 5]), fraction=1.0)
+
+
+def test_bundled_demo_data_loads_and_rebuilds_byte_for_byte(tmp_path, shared_data_dir):
+    from hf_semscale.demo_data.build import DEMO_DIR, build
+
+    train = load_local_dataset(DEMO_DIR, "train")  # .jsonl.gz splits
+    counts = class_counts(train)
+    assert len(counts) == 30 and counts[0] == 100 and counts[-1] == 5 and len(train) == 961
+    assert class_counts(load_local_dataset(DEMO_DIR, "test")) == [30] * 30
+    rebuilt = build(shared_data_dir / "clinc150", tmp_path / "demo")
+    for path in sorted(DEMO_DIR.glob("*.json*")):
+        assert (rebuilt / path.name).read_bytes() == path.read_bytes(), path.name

@@ -506,3 +506,35 @@ def test_scale_plot_of_sample_balanced_data_has_no_count_panel():
         "semantic scale (bits)",
         "samples per class",
     ]
+
+
+# --------------------------------------------------------------------------- the feature measured, and the regime
+
+
+@pytest.mark.data
+def test_pooling_mean_measures_the_sentence_embedding_and_the_regime_is_reported(
+    banking_measure, minilm_path: Path, capsys
+):
+    _, head_out, names = banking_measure
+    data = head_out.parent / "data"
+    out = head_out.parent / "mean"
+    rc = main(["measure", "--quiet", "--model", str(minilm_path), "--dataset", str(data), "--output-dir", str(out),
+               "--pooling", "mean"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0
+    mean_report, head_report = read_scale_report(out), read_scale_report(head_out)
+    assert mean_report["settings"]["pooling"] == "mean" and "mean of the last hidden states" in printed
+    assert head_report["settings"]["pooling"] == "head" and "('classifier')" in head_report["settings"]["feature"]
+    # the mean-pooled sentence embedding is a different feature from BERT's pooler output
+    assert [r["scale"] for r in mean_report["classes"]] != pytest.approx([r["scale"] for r in head_report["classes"]])
+    regime = mean_report["regime"]
+    assert regime["name"] == "balanced" and regime["feature_dim"] == 384 and regime["count_ratio"] == 1.0
+    assert regime["fraction_classes_below_dim"] == 1.0  # 8 texts per class, d = 384
+    assert "regime: balanced" in printed and "hf-semscale select" in printed
+
+
+def test_token_pooling_of_an_image_model_is_refused(tiny_image_folder: Path):
+    fm = load_model_for_features("resnet18", num_labels=3)
+    dataset = load_dataset_any(tiny_image_folder, "test")
+    with pytest.raises(ValueError, match="pooling='head'"):
+        extract_features(fm, dataset, 4, pooling="mean", show_progress=False)
