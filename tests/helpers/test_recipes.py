@@ -19,6 +19,7 @@ from hf_semscale.select.methods import (  # noqa: E402
     DSB_METHODS,
     METHODS,
     MIXED_METHODS,
+    POSTHOC_METHODS,
     SCALE_METHODS,
     method_overrides,
 )
@@ -120,7 +121,9 @@ def test_method_table_is_valid_and_honest(tmp_path):
                 )
             if name.endswith("_tuned"):  # count-based, start of re-weighting left to the benchmark's grid
                 assert name in COUNT_TUNED_METHODS and "semscale_warmup_ratio" not in METHODS[name]
-    assert set(BASELINES) | set(SCALE_METHODS) | set(COUNT_TUNED_METHODS) == set(METHODS)
+    for name, source in POSTHOC_METHODS.items():  # post-hoc: trains exactly as the method it reuses
+        assert METHODS[name] == METHODS[source]
+    assert set(BASELINES) | set(SCALE_METHODS) | set(COUNT_TUNED_METHODS) | set(POSTHOC_METHODS) == set(METHODS)
     assert {"ce", "cb_ce", "focal", "ldam_drw", "balanced_softmax"} <= set(BASELINES)
 
 
