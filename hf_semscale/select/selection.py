@@ -29,7 +29,15 @@ from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
 from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
 from .runs import Job, RunStore, Schedule, run_jobs
 
-__all__ = ["SelectionSettings", "SelectionError", "select_method", "estimate_seconds", "RunEstimate", "METRICS"]
+__all__ = [
+    "SelectionSettings",
+    "SelectionError",
+    "select_method",
+    "check_class_counts",
+    "estimate_seconds",
+    "RunEstimate",
+    "METRICS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +109,8 @@ def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24))
     return RunEstimate(max(times[0] - step_s * probe_steps[0], 0.0), step_s, measure_s)
 
 
-def _check_counts(counts: list[int], names: list[str]) -> None:
+def check_class_counts(counts: list[int], names: list[str]) -> None:
+    """Refuse training counts ``[C]`` on which no method can be validated (fewer than 2 classes, one sample each)."""
     present = [c for c, n in enumerate(counts) if n > 0]
     if len(present) < 2:
         raise SelectionError(
@@ -162,7 +171,7 @@ def select_method(
     ``schedule`` trains one run (:class:`~hf_semscale.select.frozen.HeadSchedule`); ``log`` prints progress lines."""
     settings = settings or SelectionSettings()
     counts = schedule.class_counts()
-    _check_counts(counts, list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))])))
+    check_class_counts(counts, list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))])))
     epochs = getattr(schedule, "epochs", 1.0)
     candidates = build_candidates(settings.candidates, epochs, settings.grid)
     store = RunStore(Path(output_dir) / "runs")

@@ -20,8 +20,8 @@ from hf_semscale.select.selection import (
     RunEstimate,
     SelectionError,
     SelectionSettings,
-    _check_counts,
     _plan,
+    check_class_counts,
     choose_winner,
 )
 
@@ -61,7 +61,7 @@ def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
 )
 def test_data_no_method_can_be_validated_on_is_refused(counts, message):
     with pytest.raises(SelectionError, match=message):
-        _check_counts(counts, [str(c) for c in range(len(counts))])
+        check_class_counts(counts, [str(c) for c in range(len(counts))])
 
 
 def test_run_estimate_adds_the_pool_re_measurements():
