@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import json
 import logging
 import math
 import sys
 import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,9 +33,10 @@ import yaml
 from ..atomic import atomic_path
 from ..metrics import long_tail_metrics
 from .frozen import _library_logs_quiet
+from .runs import run_pending
 from .selection import SelectionError
 
-__all__ = ["RECIPES", "RecipeSchedule", "import_recipe", "recipe_for"]
+__all__ = ["RECIPES", "RecipeRun", "RecipeSchedule", "import_recipe", "recipe_for", "run_recipes", "settings_match"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +194,56 @@ class RecipeSchedule:
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """Long-tail metrics of ``logits [N, C]`` against ``labels [N]`` (shot groups from the training counts)."""
         return long_tail_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.class_counts())
+
+
+@dataclass(frozen=True)
+class RecipeRun:
+    """One run of ``recipes/<recipe>.py`` that writes into its own ``folder`` (``argv`` names it as output_dir):
+    finished once ``folder/results.json`` holds a record whose ``semscale`` settings match ``knobs``."""
+
+    recipe: str
+    argv: tuple[str, ...]
+    folder: str
+    knobs: tuple[tuple[str, Any], ...] = ()
+
+    def record(self) -> dict[str, Any] | None:
+        """The finished run's record (None: not run, interrupted, or run with other knobs)."""
+        try:
+            record = json.loads((Path(self.folder) / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if settings_match(record, dict(self.knobs)) else None
+
+
+def settings_match(record: dict[str, Any], knobs: dict[str, Any] | None) -> bool:
+    """Whether a finished recipe run (its ``results.json`` record) used ``knobs`` (None: nothing to check)."""
+    used = record.get("semscale") or {}
+    return knobs is None or all(
+        used.get(k) is not None and math.isclose(float(used[k]), float(v)) for k, v in knobs.items()
+    )
+
+
+def execute_recipe_run(run: RecipeRun) -> bool:
+    """Worker: train ``run`` (one torch thread); a failure is written to ``folder/error.txt`` and returns False, so
+    one failed run does not stop the others."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        import_recipe(run.recipe).main(list(run.argv))
+    except Exception:
+        error = traceback.format_exc()
+        Path(run.folder).mkdir(parents=True, exist_ok=True)
+        (Path(run.folder) / "error.txt").write_text(error, encoding="utf-8")
+        print(f"[benchmark] FAILED {run.folder}: {error.splitlines()[-1]}", flush=True)
+        return False
+    print(f"[benchmark] done {run.folder} in {time.perf_counter() - start:.0f}s", flush=True)
+    return True
+
+
+def run_recipes(runs: list[RecipeRun], workers: int = 1) -> int:
+    """Train the ``runs`` that are not finished (``workers`` processes); returns how many failed."""
+    unique = list(dict.fromkeys(runs))
+    pending = [r for r in unique if r.record() is None]
+    return sum(not ok for ok in run_pending(execute_recipe_run, pending, workers, total=len(unique)))

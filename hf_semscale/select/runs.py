@@ -8,6 +8,7 @@ again re-runs exactly the runs without one. Runs execute in worker processes (``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
 
-__all__ = ["Job", "RunStore", "Schedule", "run_jobs"]
+__all__ = ["Job", "RunStore", "Schedule", "run_jobs", "run_pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,27 +104,42 @@ def run_jobs(
     """Run the ``jobs`` that have no record in ``store`` (``workers`` processes; 1: in this process).
 
     ``progress(done, total)`` is called after each run. Returns how many runs were executed."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     unique = list(dict.fromkeys(jobs))
     pending = [j for j in unique if store.record(j) is None]
-    done = len(unique) - len(pending)
-    if progress is not None:
-        progress(done, len(unique))
-    if not pending:
-        return 0
-    if workers == 1:
-        for job in pending:
-            _execute(schedule, job, str(store.folder))
-            done += 1
-            if progress is not None:
-                progress(done, len(unique))
-        return len(pending)
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_execute, schedule, job, str(store.folder)) for job in pending]
-        for future in as_completed(futures):
-            future.result()  # a failed run raises here, naming its error
-            done += 1
-            if progress is not None:
-                progress(done, len(unique))
+    execute = functools.partial(_execute, schedule, folder=str(store.folder))
+    run_pending(execute, pending, workers, progress, total=len(unique))
     return len(pending)
+
+
+def run_pending(
+    execute: Callable[[Any], Any],
+    pending: Sequence[Any],
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    total: int | None = None,
+) -> list[Any]:
+    """``execute(item)`` for every item of ``pending`` (``workers`` spawned processes, each with one torch thread's
+    share of the CPU; 1: in this process; ``execute`` picklable); returns the results in completion order. ``total``:
+    the runs of the whole queue, finished ones included (``progress(done, total)`` after each run)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    total = len(pending) if total is None else total
+    done = total - len(pending)
+    if progress is not None:
+        progress(done, total)
+    results = []
+    if workers == 1 or len(pending) <= 1:
+        for item in pending:
+            results.append(execute(item))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        return results
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(execute, item) for item in pending]
+        for future in as_completed(futures):
+            results.append(future.result())  # a failed run raises here, naming its error
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return results

@@ -14,7 +14,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.long_tail import write_tiny_image_dataset  # noqa: E402
+from benchmarks.tiers import write_tiny_image_dataset  # noqa: E402
 from hf_semscale.cli import main as cli_main  # noqa: E402
 from hf_semscale.select.recipe import import_recipe  # noqa: E402
 from hf_semscale.select.selection import SelectionError  # noqa: E402
