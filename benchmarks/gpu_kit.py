@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import long_tail as lt  # noqa: E402
+from benchmarks import tiers as lt  # noqa: E402
 from hf_semscale.atomic import atomic_path  # noqa: E402
 
 KIT_DIR = REPO_ROOT / ".gpu_kit"

@@ -145,7 +145,7 @@ def banking_phenomena(
 def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, Any]]:
     import torch
 
-    from benchmarks.long_tail import tier_settings
+    from benchmarks.tiers import tier_settings
     from hf_semscale.core.imbalance import imbalance_summary, spearman
 
     rows = []

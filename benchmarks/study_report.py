@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.long_tail import (
-    _mean_std,
+from benchmarks.smoke import RESULTS_DIR
+from benchmarks.tiers import (
     _pct,
     ablation_tag,
     choose_knobs,
@@ -28,9 +28,9 @@ from benchmarks.long_tail import (
     tier_settings,
     tuned_methods,
 )
-from benchmarks.smoke import RESULTS_DIR
 from hf_semscale.core.imbalance import spearman
 from hf_semscale.select.methods import COUNT_TUNED_METHODS, SCALE_METHODS
+from hf_semscale.select.selection import mean_std as _mean_std
 from hf_semscale.trainer import HISTORY_FILENAME
 from recipes.common import RESULTS_FILENAME
 

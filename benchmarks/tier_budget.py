@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import long_tail as lt
+from benchmarks import tiers as lt
 from recipes.common import RESULTS_FILENAME
 
 # The order a budget takes the methods in: the paper's comparison first (CE, class-balanced CE, DSB-CE), then the
@@ -55,7 +55,7 @@ def steps_per_run(setting: dict[str, Any], data_args: list[str], train_images: i
     from recipes.common import parse_yaml_then_cli, steps_per_epoch
     from recipes.train_image import make_parser
 
-    argv = lt.build_argv(setting, TIMED_METHOD, 0, Path("unused"), data_args, [])
+    argv = list(lt.recipe_run(setting, TIMED_METHOD, 0, Path("unused"), data_args, None, []).argv)
     args = parse_yaml_then_cli(make_parser(), argv)[-1]
     if args.max_steps and args.max_steps > 0:
         return args.max_steps
@@ -71,9 +71,8 @@ def _timed_runs(setting: dict[str, Any], data_args: list[str], out: str, steps: 
 
     seconds = []
     for i, n in enumerate(steps):
-        argv = lt.build_argv(
-            setting, TIMED_METHOD, 0, Path(out) / f"run{i}", data_args, ["--max_steps", str(n), "--eval_test", "true"]
-        )
+        extra = ["--max_steps", str(n), "--eval_test", "true"]
+        argv = list(lt.recipe_run(setting, TIMED_METHOD, 0, Path(out) / f"run{i}", data_args, None, extra).argv)
         start = time.perf_counter()
         record = main(argv)
         seconds.append((time.perf_counter() - start, record["train_runtime_s"]))

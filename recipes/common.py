@@ -81,6 +81,13 @@ class RunArguments:
     save_final_model: bool = field(
         default=True, metadata={"help": "Save the trained model (and semantic_scales.json) to output_dir."}
     )
+    save_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Save each evaluated split's logits [N, C] float32 as logits_<split>.npy in output_dir (post-hoc "
+            "logit adjustment of a finished run, e.g. hf-semscale select's ce_posthoc_la)."
+        },
+    )
 
 
 def split_yaml_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -167,7 +174,7 @@ def make_compute_metrics(train_class_counts: Sequence[int], store: dict[str, Any
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         references = eval_pred.label_ids
         metrics = long_tail_metrics(np.asarray(logits).argmax(-1), references, counts)
-        store["last"] = metrics
+        store["last"], store["logits"] = metrics, np.asarray(logits, dtype=np.float32)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     return compute_metrics
@@ -234,14 +241,34 @@ def apply_threads(run: RunArguments) -> None:
         torch.set_num_threads(run.num_threads)
 
 
-def evaluate_split(trainer: Any, dataset: Any, prefix: str, store: dict[str, Any]) -> dict[str, Any]:
-    """``trainer.evaluate`` on ``dataset``; returns the full long-tail metrics (per-class included)."""
+def logits_file(output_dir: str | Path, split: str) -> Path:
+    """Where ``save_logits`` puts ``split``'s logits [N, C] float32."""
+    return Path(output_dir) / f"logits_{split}.npy"
+
+
+def evaluate_split(
+    trainer: Any, dataset: Any, prefix: str, store: dict[str, Any], logits_path: Path | None = None
+) -> dict[str, Any]:
+    """``trainer.evaluate`` on ``dataset``; returns the full long-tail metrics (per-class included) and writes the
+    logits [N, C] to ``logits_path`` (atomically) when given."""
     store.pop("last", None)
     logged = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+    if logits_path is not None:
+        save_cache_atomic(logits_path, lambda tmp: np.save(tmp, store["logits"]))
     full = dict(store.get("last", {}))
     full["loss"] = logged.get(f"{prefix}_loss")
     full["num_samples"] = len(dataset)
     return full
+
+
+def classifier_input_dim(model: Any) -> int | None:
+    """The size of the classifier's input (the features DSB would measure), None where it has no plain Linear head."""
+    from hf_semscale.dsb.capture import find_classification_head
+
+    try:
+        return int(find_classification_head(model)[1].in_features)
+    except ValueError:
+        return None
 
 
 def write_results(
@@ -274,7 +301,7 @@ def write_results(
         "train_runtime_s": train_runtime,
         "wall_time_s": time.time() - wall_start,
         "final_stage": trainer.stage,
-        "feature_dim": trainer.pool.feature_dim if trainer.pool is not None else None,
+        "feature_dim": trainer.pool.feature_dim if trainer.pool is not None else classifier_input_dim(trainer.model),
         "final_class_weights": trainer.class_weights.tolist(),
         "final_semantic_scales": trainer.semantic_scales.tolist(),
         **evaluations,
@@ -301,10 +328,16 @@ def train_evaluate_and_record(
     if run.save_final_model:
         trainer.save_model()
     evaluations = {}
+
+    def saved_logits(split: str) -> Path | None:
+        return logits_file(args.output_dir, split) if run.save_logits and args.should_save else None
+
     if run.eval_validation and splits["validation"] is not None:
-        evaluations["validation"] = evaluate_split(trainer, splits["validation"], "eval", store)
+        evaluations["validation"] = evaluate_split(
+            trainer, splits["validation"], "eval", store, saved_logits("validation")
+        )
     if run.eval_test:
-        evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store)
+        evaluations["test"] = evaluate_split(trainer, splits["test"], "test", store, saved_logits("test"))
     if run.eval_train:
         # without augmentation where the recipe provides such a view ("train_eval")
         evaluations["train"] = evaluate_split(trainer, splits.get("train_eval", splits["train"]), "train", store)

@@ -2,6 +2,11 @@
 
     hf-semscale select --dataset ../shared/data/banking77 --imbalance-factor 20 --output-dir out/select
     hf-semscale select --config recipes/configs/clinc150_frozen.yaml --imbalance-factor 50 --output-dir out/select
+    hf-semscale select --config recipes/configs/cifar10_lt.yaml --seeds 0 --output-dir out/select   # its own recipe
+
+A config whose encoder_mode is frozen_cached (or unset) trains the frozen_cached schedule here; any other recipe config
+(an image config, a fine-tuning text config, or ``--recipe``) trains each run with that recipe (``recipes/``: run from a
+checkout of the repository).
 
 Prints the regime, the time estimate, a progress bar, the table and the chosen ``SemScaleConfig`` arguments; writes
 ``selection.json``, ``selection.md``, ``recommended.yaml`` and ``selection.png``. Started again on the same output
@@ -18,6 +23,9 @@ from typing import Any
 import yaml
 
 from ..select.candidates import DEFAULT_CANDIDATES, GridSpec
+from ..select.recipe import RECIPES
+
+VALIDATION_FRACTION = 0.15
 
 _DATA_KEYS = {
     "data_dir",
@@ -48,12 +56,23 @@ _SCHEDULE_KEYS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("data and model")
     src.add_argument(
-        "--config", help="A recipe config (YAML, as recipes/train_text.py takes): data, encoder, schedule."
+        "--config",
+        help="A recipe config (YAML, as recipes/train_text.py / train_image.py take): data, model, schedule.",
+    )
+    src.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="Train every run with this recipe on --config (default: frozen_cached configs here, any other config "
+        "with its own recipe, image or text from its fields).",
     )
     src.add_argument("--dataset", help="A local data folder or a datasets Hub id (instead of / over --config's data).")
     src.add_argument("--model", help="Frozen text encoder: 'minilm' (offline, the default), a folder or a Hub id.")
     src.add_argument("--validation-split", help="The dataset's own validation split (default: carved from train).")
-    src.add_argument("--validation-fraction", type=float, default=0.15, help="Share of each class carved off train.")
+    src.add_argument(
+        "--validation-fraction",
+        type=float,
+        help=f"Share of each class carved off train (default {VALIDATION_FRACTION}).",
+    )
     src.add_argument("--imbalance-factor", type=float, help="Make the training split long-tailed (n_max / n_min).")
     src.add_argument("--text-column", help="Text column (default: text / sentence / content).")
     src.add_argument("--label-column", help="Label column (default: label / labels).")
@@ -83,14 +102,48 @@ def load_recipe(path: str | None) -> dict[str, Any]:
     config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: expected a mapping of recipe fields to values")
-    mode = config.get("encoder_mode", "frozen_cached")
-    if mode != "frozen_cached":
-        raise SystemExit(
-            f"{path}: encoder_mode={mode!r}. select trains the frozen_cached schedule here (a frozen encoder's embeddings "
-            "+ an MLP head, minutes on a CPU). Fix: set encoder_mode: frozen_cached, or run your fine-tuning recipe "
-            "per method with the grid printed by `hf-semscale select --help`."
-        )
     return config
+
+
+def uses_recipe(args: argparse.Namespace, config: dict[str, Any]) -> bool:
+    """Whether the runs train the config's own recipe (:class:`RecipeSchedule`) rather than frozen_cached."""
+    from ..select.recipe import RECIPES, recipe_for
+
+    if args.recipe is not None:
+        if args.config is None:
+            raise SystemExit("--recipe trains the recipe on a config: pass --config <recipe.yaml> too")
+        return True
+    if args.config is None:
+        return False
+    return (
+        config.get("encoder_mode", "frozen_cached") != "frozen_cached"
+        or recipe_for(config, args.config) == RECIPES["image"]
+    )
+
+
+def recipe_argv(args: argparse.Namespace, recipe: str) -> tuple[str, ...]:
+    """The recipe command-line flags of ``--dataset`` / ``--imbalance-factor`` / ... (on top of ``--config``)."""
+    if args.validation_fraction is not None:
+        raise SystemExit(
+            "--validation-fraction carves validation for the frozen_cached schedule; a recipe carves its own. Fix: "
+            "set validation_per_class (rows per class) in the config."
+        )
+    if args.model is not None and recipe == RECIPES["image"]:
+        raise SystemExit("--model is the text encoder; an image recipe's model comes from its config (model_type)")
+    argv: list[str] = []
+    if args.dataset is not None:
+        argv += ["--data_dir" if Path(args.dataset).exists() else "--dataset_name", args.dataset]
+    for flag, field in (
+        ("validation_split", "validation_split"),
+        ("imbalance_factor", "imbalance_factor"),
+        ("text_column", "text_column"),
+        ("label_column", "label_column"),
+        ("model", "model_name_or_path"),
+        ("epochs", "num_train_epochs"),
+    ):
+        if getattr(args, flag) is not None:
+            argv += [f"--{field}", str(getattr(args, flag))]
+    return tuple(argv)
 
 
 def selection_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
@@ -128,7 +181,6 @@ def run(args: argparse.Namespace) -> int:
     from ..select.report import summary_lines
     from ..select.selection import SelectionError, SelectionSettings
 
-    data, schedule, recipe, model = selection_inputs(args)
     settings = SelectionSettings(
         candidates=tuple(args.candidates),
         seeds=tuple(args.seeds),
@@ -136,16 +188,27 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         budget_min=args.budget_min,
     )
+    config = load_recipe(args.config)
     try:
-        result = select_text(
-            args.output_dir,
-            data,
-            model=model,
-            settings=settings,
-            schedule=schedule,
-            validation_fraction=args.validation_fraction,
-            recipe=recipe or None,
-        )
+        if uses_recipe(args, config):
+            from ..select.pipeline import select_recipe
+            from ..select.recipe import recipe_for
+
+            module = recipe_for(config, args.config, args.recipe)
+            result = select_recipe(args.output_dir, args.config, args.recipe, recipe_argv(args, module), settings)
+        else:
+            data, schedule, recipe, model = selection_inputs(args)
+            result = select_text(
+                args.output_dir,
+                data,
+                model=model,
+                settings=settings,
+                schedule=schedule,
+                validation_fraction=VALIDATION_FRACTION
+                if args.validation_fraction is None
+                else args.validation_fraction,
+                recipe=recipe or None,
+            )
     except (SelectionError, DatasetLoadError, ValueError) as err:
         print(f"hf-semscale select: error: {err}", file=sys.stderr)
         return 2

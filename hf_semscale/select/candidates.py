@@ -16,7 +16,7 @@ from typing import Any
 from ..dsb.settings import DYNAMIC_WEIGHTING_MODES
 from .methods import METHODS, POSTHOC_METHODS, TUNED_METHODS, method_overrides
 
-__all__ = ["DEFAULT_CANDIDATES", "GridSpec", "Candidate", "build_candidates"]
+__all__ = ["DEFAULT_CANDIDATES", "GridSpec", "Candidate", "build_candidates", "grid_axes", "grid_points"]
 
 DEFAULT_CANDIDATES = (
     "ce",
@@ -65,11 +65,10 @@ class Candidate:
         return int(self.uses_pool), tuned + int(self.trains_as is not None)
 
 
-def _points(method: str, epochs: float, grid: GridSpec) -> list[dict[str, Any]]:
-    base = method_overrides(method)
-    if method not in TUNED_METHODS:
-        return [base]
-    weighting = base["semscale_weighting"]
+def grid_axes(method: str, epochs: float, grid: GridSpec) -> dict[str, list[float]]:
+    """The tuned knobs of ``method`` (a re-weighting method of the method table) and their values: the start of
+    re-weighting as ``semscale_warmup_ratio`` (a pool method's one epoch earlier), gamma, the count power p."""
+    weighting = METHODS[method]["semscale_weighting"]
     pool = weighting in DYNAMIC_WEIGHTING_MODES
     fill = 1.0 / epochs if pool else 0.0
     axes: dict[str, list[float]] = {"semscale_warmup_ratio": [round(max(0.0, s - fill), 4) for s in grid.starts]}
@@ -77,8 +76,20 @@ def _points(method: str, epochs: float, grid: GridSpec) -> list[dict[str, Any]]:
         axes["semscale_gamma"] = list(grid.gammas)
     if weighting == "count_power":
         axes["semscale_count_power"] = list(grid.powers)
+    return axes
+
+
+def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of ``axes`` (knob -> values), knobs in sorted order, the last varying fastest."""
     keys = sorted(axes)
-    return [{**base, **dict(zip(keys, values))} for values in itertools.product(*(axes[k] for k in keys))]
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def _points(method: str, epochs: float, grid: GridSpec) -> list[dict[str, Any]]:
+    base = method_overrides(method)
+    if method not in TUNED_METHODS:
+        return [base]
+    return [{**base, **point} for point in grid_points(grid_axes(method, epochs, grid))]
 
 
 def build_candidates(

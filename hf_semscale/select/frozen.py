@@ -71,15 +71,18 @@ def embed_splits(
 
 
 @contextlib.contextmanager
-def _library_logs_quiet() -> Iterator[None]:
-    """Errors only from ``hf_semscale`` during a run: dozens of runs' stage warnings would drown the table."""
-    library = logging.getLogger("hf_semscale")
-    previous = library.level
-    library.setLevel(logging.ERROR)
+def _library_logs_quiet(*names: str) -> Iterator[None]:
+    """Errors only from ``hf_semscale`` (and the loggers ``names``) during a run: dozens of runs' stage warnings
+    would drown the table."""
+    loggers = [logging.getLogger(name) for name in ("hf_semscale", *names)]
+    previous = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        library.setLevel(previous)
+        for log, level in zip(loggers, previous):
+            log.setLevel(level)
 
 
 @dataclass

@@ -11,13 +11,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..data import DataArguments, carve_validation, class_counts, load_splits
 from .frozen import HeadSchedule, embed_splits
 from .regime import diagnose_regime
 from .report import write_selection
 from .selection import SelectionError, SelectionSettings, check_class_counts, select_method
 
-__all__ = ["MINILM", "resolve_encoder", "select_text"]
+__all__ = ["MINILM", "resolve_encoder", "select_recipe", "select_text"]
 
 MINILM = "minilm"
 
@@ -88,24 +90,64 @@ def select_text(
     log(note)
     features = embed_splits(splits, encoder, cache_dir or out / "cache")
     head = HeadSchedule(str(features), splits["class_names"], **(schedule or {}))
-    counts = head.class_counts()
-    regime = diagnose_regime(counts, head.feature_dim)
-    log(_regime_line(regime))
-    result = select_method(head, out, settings, log=log)
-    dsb = next((r for r in result["candidates"] if r.get("final_semantic_scales") and r["uses_pool"]), None)
-    if dsb is not None:  # the scales DSB measured at the end of its first seed: the scale-count correlation
-        regime = diagnose_regime(counts, head.feature_dim, dsb["final_semantic_scales"])
-        regime["scales_from"] = f"{dsb['method']}, final pool, seed {settings.seeds[0]}"
-    result.update(
-        regime=regime,
+    log(_regime_line(diagnose_regime(head.class_counts(), head.feature_dim)))
+    return _select_and_report(
+        head,
+        out,
+        settings,
+        dict(recipe) if recipe is not None else _recipe_from(data, model, head),
+        log,
         validation_note=note,
         data={k: v for k, v in asdict(data).items() if v is not None},
         model=model,
         schedule=f"frozen_cached: {head.epochs:g} epochs, MLP head {list(head.hidden_dims)}, batch {head.batch_size}",
-        train_class_counts=counts,
-        class_names=splits["class_names"],
     )
-    recipe = dict(recipe) if recipe is not None else _recipe_from(data, model, head)
+
+
+def select_recipe(
+    output_dir: str | Path,
+    config: str | Path,
+    recipe: str | None = None,
+    extra_argv: tuple[str, ...] = (),
+    settings: SelectionSettings | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """:func:`select_text` with the user's own recipe as the schedule (:class:`RecipeSchedule`): each run is
+    ``recipes/train_<recipe>.py config`` (``recipe``: 'text' / 'image', default: from the config's fields) with
+    ``extra_argv`` and the candidate's knobs on top."""
+    from .recipe import RecipeSchedule
+
+    settings = settings or SelectionSettings()
+    schedule = RecipeSchedule.from_config(config, output_dir, recipe, tuple(extra_argv))
+    log(
+        f"Schedule: recipes/{schedule.recipe}.py {config} {' '.join(extra_argv)} ({schedule.epochs:g} epochs, "
+        f"{schedule.steps_per_run()} steps a run); validation: {len(schedule.labels['validation'])} rows."
+    )
+    recommended = yaml.safe_load(Path(schedule.config).read_text(encoding="utf-8"))
+    return _select_and_report(
+        schedule,
+        Path(output_dir),
+        settings,
+        recommended,
+        log,
+        config=str(config),
+        schedule=f"recipes/{schedule.recipe}.py {config} {' '.join(extra_argv)}".strip(),
+    )
+
+
+def _select_and_report(
+    runs: Any, out: Path, settings: SelectionSettings, recipe: dict[str, Any], log: Any, **about: Any
+) -> dict[str, Any]:
+    """Select on the schedule ``runs``, add the regime (with the scales a pool candidate measured) and ``about`` to the
+    result, write the report with the ``recipe`` config the recommendation extends; returns the result."""
+    result = select_method(runs, out, settings, log=log)
+    counts = runs.class_counts()
+    regime = diagnose_regime(counts, runs.feature_dim)
+    dsb = next((r for r in result["candidates"] if r.get("final_semantic_scales") and r["uses_pool"]), None)
+    if dsb is not None:  # the scales DSB measured at the end of its first seed: the scale-count correlation
+        regime = diagnose_regime(counts, runs.feature_dim, dsb["final_semantic_scales"])
+        regime["scales_from"] = f"{dsb['method']}, final pool, seed {settings.seeds[0]}"
+    result.update(regime=regime, train_class_counts=counts, class_names=list(runs.class_names), **about)
     write_selection(out, result, recipe)
     return result
 

@@ -8,12 +8,13 @@ again re-runs exactly the runs without one. Runs execute in worker processes (``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
 
-__all__ = ["Job", "RunStore", "Schedule", "run_jobs"]
+__all__ = ["Job", "RunStore", "Schedule", "run_jobs", "run_pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,21 +104,36 @@ def run_jobs(
 ) -> int:
     """Run the ``jobs`` that have no record in ``store`` (``workers`` processes; 1: in this process), with a progress
     bar of runs done / left labelled ``progress`` (None: no bar). Returns how many runs were executed."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     unique = list(dict.fromkeys(jobs))
     pending = [j for j in unique if store.record(j) is None]
-    with tqdm(
-        total=len(unique), initial=len(unique) - len(pending), desc=progress, unit="run", disable=progress is None
-    ) as bar:
-        if workers == 1 or len(pending) <= 1:
-            for job in pending:
-                _execute(schedule, job, str(store.folder))
-                bar.update()
-            return len(pending)
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_execute, schedule, job, str(store.folder)) for job in pending]
-            for future in as_completed(futures):
-                future.result()  # a failed run raises here, naming its error
-                bar.update()
+    execute = functools.partial(_execute, schedule, folder=str(store.folder))
+    run_pending(execute, pending, workers, progress, total=len(unique))
     return len(pending)
+
+
+def run_pending(
+    execute: Callable[[Any], Any],
+    pending: Sequence[Any],
+    workers: int = 1,
+    progress: str | None = None,
+    total: int | None = None,
+) -> list[Any]:
+    """``execute(item)`` for every item of ``pending`` (``workers`` spawned processes; 1: in this process; ``execute``
+    picklable); returns the results in completion order. A progress bar labelled ``progress`` (None: none) counts
+    the runs of the whole queue, ``total``, finished ones included."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    total = len(pending) if total is None else total
+    results = []
+    with tqdm(total=total, initial=total - len(pending), desc=progress, unit="run", disable=progress is None) as bar:
+        if workers == 1 or len(pending) <= 1:
+            for item in pending:
+                results.append(execute(item))
+                bar.update()
+            return results
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(execute, item) for item in pending]
+            for future in as_completed(futures):
+                results.append(future.result())  # a failed run raises here, naming its error
+                bar.update()
+    return results

@@ -37,6 +37,7 @@ __all__ = [
     "estimate_seconds",
     "RunEstimate",
     "METRICS",
+    "mean_std",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,11 +125,14 @@ def check_class_counts(counts: list[int], names: list[str]) -> None:
         )
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that are not None ((None, None) without any; std 0 of one)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
 
 
 def _plan(
@@ -255,7 +259,7 @@ def _summary(metrics_per_seed: dict[str, list[dict[str, Any] | None]]) -> dict[s
     out: dict[str, Any] = {}
     for split, per_seed in metrics_per_seed.items():
         for metric in METRICS:
-            mean, std = _mean_std([m[metric] if m else None for m in per_seed])
+            mean, std = mean_std([m[metric] if m else None for m in per_seed])
             out[f"{split}_{metric}_mean"], out[f"{split}_{metric}_std"] = mean, std
     return out
 

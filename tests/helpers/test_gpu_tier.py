@@ -13,7 +13,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import gpu_kit  # noqa: E402
+from benchmarks import gpu_kit, tiers  # noqa: E402
 from benchmarks import long_tail as lt  # noqa: E402
 from benchmarks import tier_budget as tb  # noqa: E402
 from recipes.common import RESULTS_FILENAME  # noqa: E402
@@ -87,7 +87,7 @@ def test_budget_takes_methods_at_seed_0_in_priority_order_then_more_seeds(tmp_pa
 
 def test_steps_per_run_of_the_gpu_tier():
     gpu = lt.tier_settings("gpu")[0]
-    assert tb.steps_per_run(gpu, [], 12_156) == lt.GPU_EPOCHS * 95  # 200 epochs of ceil(12,156 / 128) steps
+    assert tb.steps_per_run(gpu, [], 12_156) == tiers.GPU_EPOCHS * 95  # 200 epochs of ceil(12,156 / 128) steps
     assert gpu["prepare"]["test_per_class"] == 500
 
 
@@ -163,7 +163,7 @@ def test_kit_lands_where_the_benchmark_looks(tmp_path):
     setting = lt.tier_settings("gpu")[0]
     target = gpu_kit.data_target(tmp_path)
     lt.write_tiny_image_dataset(target)
-    assert lt.prepare_image_data(setting, tmp_path / "no_data", tmp_path / "gpu" / "cache") == target
+    assert tiers.prepare_image_data(setting, tmp_path / "no_data", tmp_path / "gpu" / "cache") == target
 
 
 def test_report_quotes_the_last_gpu_estimate_while_the_tier_is_not_run(tmp_path):

@@ -412,9 +412,10 @@ def _fake_result(path: Path, method: str, seed: int, bal: float, val: float | No
 
 def test_benchmark_report_records_and_targets(tmp_path):
     from benchmarks import long_tail as lt
+    from benchmarks import tiers
 
     setting = lt.tier_settings("tiny")[0]
-    for point, val in zip(lt.grid_points(setting["grid"]), (0.4, 0.6)):
+    for point, val in zip(tiers.grid_points(setting["grid"]), (0.4, 0.6)):
         _fake_result(
             lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", 0, "_tune" + lt.grid_tag(point)),
             "dsb_ce",
@@ -432,8 +433,9 @@ def test_benchmark_report_records_and_targets(tmp_path):
     records, _ = lt.collect(tmp_path, "tiny", [0, 1, 2])
     assert {r["method"]: r for r in records}["dsb_ce"]["status"] == "not yet run"
     job = lt.setting_jobs(tmp_path, "tiny", setting, [], [0], lt.chosen_knobs(tmp_path, "tiny", setting), ["dsb_ce"])[0]
-    assert job["knobs"] == knobs and "--semscale_gamma" in job["argv"]
-    assert not lt.knobs_match(json.loads((Path(job["out"]) / RESULTS_FILENAME).read_text()), job["knobs"])
+    assert dict(job.knobs) == knobs and "--semscale_gamma" in job.argv
+    assert not lt.knobs_match(json.loads((Path(job.folder) / RESULTS_FILENAME).read_text()), dict(job.knobs))
+    assert job.record() is None  # the run queue runs it again
     for seed, dsb in enumerate([0.51, 0.50, 0.52]):
         _fake_result(lt.run_dir(tmp_path, "tiny", setting, "dsb_ce", seed), "dsb_ce", seed, dsb, gamma=2.0)
     records, tuning = lt.collect(tmp_path, "tiny", [0, 1, 2])
@@ -467,7 +469,7 @@ def test_benchmark_report_records_and_targets(tmp_path):
 def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
     import datasets
 
-    from benchmarks import long_tail as lt
+    from benchmarks import tiers
 
     setting = {"name": "s", "prepare": {"imbalance_factor": 3, "validation_per_class": 1, "n_max": None}}
     # the stand-in's columns are img / fine_label: give the loader a renamed copy
@@ -477,13 +479,13 @@ def test_benchmark_prepares_long_tailed_split_once(cifar100_standin, tmp_path):
     )
     source = tmp_path / "src"
     renamed.save_to_disk(str(source))
-    folder = lt.prepare_image_data(setting, tmp_path, tmp_path / "cache", str(source))
+    folder = tiers.prepare_image_data(setting, tmp_path, tmp_path / "cache", str(source))
     loaded = datasets.load_from_disk(str(folder))
     counts = np.bincount(loaded["train"]["label"], minlength=100)
     assert counts[0] == 3 and counts[-1] == 1 and math.isclose(counts[0] / counts[-1], 3)
     assert np.bincount(loaded["validation"]["label"], minlength=100).tolist() == [1] * 100
     assert len(loaded["test"]) == 100
-    assert lt.prepare_image_data(setting, tmp_path, tmp_path / "cache", "/nonexistent") == folder  # cached
+    assert tiers.prepare_image_data(setting, tmp_path, tmp_path / "cache", "/nonexistent") == folder  # cached
 
 
 def test_benchmark_refuses_unknown_methods_before_running(tmp_path):
@@ -517,26 +519,26 @@ def test_benchmark_gpu_report_keeps_the_cpu_tables(tmp_path):
 
 def test_benchmark_starts_the_mix_weights_where_cb_ce_starts_its_own(tmp_path):
     from benchmarks import long_tail as lt
+    from benchmarks import tiers
     from hf_semscale.select.methods import DRW_DEFERRAL
 
     setting = next(s for s in lt.tier_settings("cpu") if s["dataset"] == "CIFAR-10-LT")
     assert "mix_dsb_cb_ce" in lt.tuned_methods(setting) and "cb_ce" not in lt.tuned_methods(setting)
     jobs = lt.tuning_jobs(tmp_path, "cpu", setting, [], "mix_dsb_cb_ce")
     # warm-up ends one epoch (the pool's fill stage) before the DRW point, so re-weighting starts at the same step
-    warmup = DRW_DEFERRAL - 1 / lt.CPU_EPOCHS
-    assert [job["knobs"] for job in jobs] == [
+    warmup = DRW_DEFERRAL - 1 / tiers.CPU_EPOCHS
+    assert [dict(job.knobs) for job in jobs] == [
         {"semscale_gamma": g, "semscale_warmup_ratio": pytest.approx(warmup, abs=1e-4)}
         for g in setting["grid"]["semscale_gamma"]
     ]
-    args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0]["argv"][1:]])[-1]
+    args = parse_yaml_then_cli(image_parser(), [str(CONFIGS / "cifar10_lt.yaml"), *jobs[0].argv[1:]])[-1]
     assert args.semscale_weighting == "dsb_effective_number" and args.semscale_warmup_ratio == pytest.approx(
         warmup, abs=1e-4
     )
     # a setting without its own grid for a method keeps the knobs the method fixes (the mix's DRW deferral)
     plain = {**setting, "method_grids": {}}
     assert all(
-        "--semscale_warmup_ratio" not in job["argv"]
-        for job in lt.tuning_jobs(tmp_path, "cpu", plain, [], "mix_dsb_cb_ce")
+        "--semscale_warmup_ratio" not in job.argv for job in lt.tuning_jobs(tmp_path, "cpu", plain, [], "mix_dsb_cb_ce")
     )
 
 
@@ -628,29 +630,30 @@ def test_encoder_top_on_cached_lower_states_equals_the_full_encoder(minilm_path)
 
 def test_study_grid_starts_count_and_scale_weights_at_the_same_step():
     from benchmarks import long_tail as lt
+    from benchmarks import tiers
 
     setting = next(s for s in lt.tier_settings("text") if s["name"] == "clinc150_lt_if50_frozen")
-    epoch = 1.0 / lt.FROZEN_EPOCHS
+    epoch = 1.0 / tiers.FROZEN_EPOCHS
 
     def starts(method, fill):
         return sorted({round(p["semscale_warmup_ratio"] + fill, 4) for p in lt.method_grid(setting, method)})
 
-    assert starts("cb_ce_tuned", 0.0) == starts("if_ce_tuned", 0.0) == starts("pow_ce_tuned", 0.0) == lt.STUDY_STARTS
+    assert starts("cb_ce_tuned", 0.0) == starts("if_ce_tuned", 0.0) == starts("pow_ce_tuned", 0.0) == tiers.STUDY_STARTS
     assert (
         starts("dsb_ce", epoch)
         == starts("mix_dsb_cb_ce", epoch)
         == starts("scalecount_cb_ce", epoch)
-        == lt.STUDY_STARTS
+        == tiers.STUDY_STARTS
     )
     dsb = lt.method_grid(setting, "dsb_ce")
     assert {p.get("semscale_alpha") for p in dsb} == {None, 1.0}  # our constants and the authors' (alpha 1, no L2 norm)
     assert all(p["semscale_normalize_features"] is (p.get("semscale_alpha") is None) for p in dsb)
-    assert {p["semscale_count_power"] for p in lt.method_grid(setting, "pow_ce_tuned")} == set(lt.STUDY_POWERS)
+    assert {p["semscale_count_power"] for p in lt.method_grid(setting, "pow_ce_tuned")} == set(tiers.STUDY_POWERS)
     assert all(
         "semscale_gamma" not in p for p in lt.method_grid(setting, "scalecount_cb_ce")
     )  # no gamma in a count weight
     assert "cb_ce" not in lt.tuned_methods(setting)  # the literature's DRW at 80 % stays as published
-    cli = lt.grid_cli({"semscale_alpha": 1.0, "semscale_normalize_features": False})
+    cli = tiers.grid_cli({"semscale_alpha": 1.0, "semscale_normalize_features": False})
     args = parse_yaml_then_cli(text_parser(), [str(CONFIGS / "clinc150_frozen.yaml"), *cli])[-1]
     assert args.semscale_alpha == 1.0 and args.semscale_normalize_features is False
 
