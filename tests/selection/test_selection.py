@@ -77,6 +77,11 @@ def test_bad_settings_are_refused():
         SelectionSettings(budget_min=0)
 
 
+def _finished_runs(out: Path) -> int:
+    """Run records in ``out/runs`` (not the hidden temporary files of a write in progress or killed)."""
+    return sum(not p.name.startswith(".") for p in (out / "runs").glob("*.json"))
+
+
 def _run_worker(features: Path, out: Path, kill_after_runs: int | None = None) -> dict | None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), *sys.path])}
     proc = subprocess.Popen(
@@ -91,7 +96,7 @@ def _run_worker(features: Path, out: Path, kill_after_runs: int | None = None) -
         assert proc.returncode == 0
         return json.loads(stdout.strip().splitlines()[-1])
     deadline = time.time() + 600
-    while len(list((out / "runs").glob("*.json"))) < kill_after_runs:
+    while _finished_runs(out) < kill_after_runs:
         assert proc.poll() is None and time.time() < deadline, "the selection ended before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -107,7 +112,7 @@ def test_selection_killed_with_sigkill_resumes_with_only_unfinished_runs_and_the
     assert whole["runs_total"] == whole["runs_executed"] == 7  # ce, pow x2, dsb at seed 0; 3 finals at seed 1
 
     _run_worker(features, tmp_path / "killed", kill_after_runs=3)
-    finished = len(list((tmp_path / "killed" / "runs").glob("*.json")))
+    finished = _finished_runs(tmp_path / "killed")
     assert 3 <= finished < 7
     resumed = _run_worker(features, tmp_path / "killed")
     assert resumed["runs_executed"] == 7 - finished
