@@ -99,7 +99,8 @@ class SemScaleTrainer(Trainer):
         # num_items_in_batch; the model itself gets no loss arguments (it runs without labels).
         self.compute_loss_func = self.balancing.loss
         self.model_accepts_loss_kwargs = False
-        self.add_callback(self.balancing.callback)
+        # Before the user's callbacks: their on_train_begin / on_step_begin see this step's balancer (started, staged).
+        self.callback_handler.callbacks.insert(1, self.balancing.callback)  # after DefaultFlowCallback
 
     # ------------------------------------------------------------------ the balancer's state
 

@@ -1069,3 +1069,22 @@ def test_a_batch_s_labels_are_validated_once(tmp_path, monkeypatch):
     trainer.train()
     assert recorder.stages == ["warmup", "fill", "reweight", "reweight"]  # every code path: plain, pool, weights
     assert checked == [8] * 4  # one check per training batch
+
+
+def test_a_users_callback_sees_the_started_balancer_at_train_begin(tmp_path):
+    """The library's callback runs before the user's: on_train_begin already finds this run's balancer started."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["started"], seen["warmup"] = trainer.balancer.started, trainer.balancer.warmup_steps
+            seen["balancer"] = trainer.balancer
+
+    trainer = SemScaleTrainer(
+        model=make_model(), args=make_args(tmp_path, max_steps=4, semscale_warmup_steps=2), train_dataset=make_dataset(),
+        callbacks=[Probe()],
+    )  # fmt: skip
+    trainer.train()
+    assert seen["started"] and seen["warmup"] == 2 and seen["balancer"] is trainer.balancer
