@@ -23,33 +23,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "runs"
 
-
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-
 
 # Published CIFAR-10-LT IF=100 top-1 (%), ResNet-32, 200 epochs (Cao et al. 2019, Table 2).
 PUBLISHED = {"ce": 70.4, "focal": 70.4, "cb_focal": 74.6, "ldam_drw": 77.0}
 
-
 DEFAULT_SEEDS = [0, 1, 2]
-
 
 # DSB's knobs, tuned per dsb_* method on the validation split. The warm-up ratio stays at its default 0.3:
 # a {0.3, 0.5} grid on an earlier CPU tier differed by <= 0.3 points (within seed noise), so the runs go to gamma.
 TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]}
 
-
 CPU_EPOCHS = 12
-
 
 BANKING_EPOCHS = 10
 
-
 GPU_EPOCHS = 200  # Cao et al. 2019
 
-
-CIFAR_COMMON = ["--num_threads", "1", "--save_final_model", "false"]
-
+CIFAR_COMMON = "--num_threads 1 --save_final_model false".split()
 
 # The CPU tier's image schedule (CIFAR-10-LT there, sample-balanced CIFAR-10 in the study)
 CPU_IMAGE_SCHEDULE = (
@@ -57,98 +48,39 @@ CPU_IMAGE_SCHEDULE = (
     "batch 128, 0.5 warm-up epoch + cosine, crop + flip"
 )
 
-
 CPU_IMAGE_OVERRIDES = [
-    "--depth",
-    "8",
-    "--widths",
-    "8",
-    "16",
-    "32",
-    "--num_train_epochs",
-    str(CPU_EPOCHS),
-    "--max_eval_samples_per_class",
-    "500",
-    "--lr_schedule",
-    "cosine",
-    "--warmup_epochs",
-    "0.5",
-    "--learning_rate",
-    "0.1",
-    "--weight_decay",
-    "0.0002",
-    "--per_device_train_batch_size",
-    "128",
+    *f"--depth 8 --widths 8 16 32 --num_train_epochs {CPU_EPOCHS} --max_eval_samples_per_class 500".split(),
+    *"--lr_schedule cosine --warmup_epochs 0.5 --learning_rate 0.1 --weight_decay 0.0002".split(),
+    *"--per_device_train_batch_size 128".split(),
     *CIFAR_COMMON,
 ]
 
-
 # The methods of the issue-5 CPU / GPU tiers (their committed results); the study tiers add the rest.
-CLASSIC_METHODS = [
-    "ce",
-    "if_ce",
-    "cb_ce",
-    "focal",
-    "ldam_drw",
-    "balanced_softmax",
-    "dsb_ce",
-    "dsb_focal",
-    "dsb_ldam",
-    "dsb_balanced_softmax",
-    "mix_dsb_cb_ce",
-]
-
+CLASSIC_METHODS = "ce if_ce cb_ce focal ldam_drw balanced_softmax dsb_ce dsb_focal dsb_ldam dsb_balanced_softmax mix_dsb_cb_ce".split()
 
 # --- the regime study (tiers "text" and "cifar_balanced")
 STUDY_STARTS = [0.1, 0.4, 0.8]  # start of re-weighting (fraction of training): one epoch, DSB's default, the DRW point
 
-
 STUDY_GAMMAS = [0.5, 1.0, 4.0]
-
 
 STUDY_POWERS = [0.5, 1.0, 1.5, 2.0]  # p of pow_ce_tuned, w_c ∝ n_c^-p
 
-
 OUR_CONSTANTS = {"semscale_normalize_features": True}  # alpha = d, L2-normalised rows (our default)
-
 
 AUTHORS_CONSTANTS = {"semscale_alpha": 1.0, "semscale_normalize_features": False}  # the authors' reference code
 
-
 STUDY_TIERS = ("text", "cifar_balanced")
-
 
 FROZEN_EPOCHS = 10
 
-
 FINETUNE_EPOCHS = 8
 
-
-TEXT_METHODS = [
-    "ce",
-    "if_ce",
-    "cb_ce",
-    "focal",
-    "balanced_softmax",
-    "if_ce_tuned",
-    "cb_ce_tuned",
-    "pow_ce_tuned",
-    "pow_bs_tuned",
-    "dsb_ce",
-    "dsb_focal",
-    "dsb_balanced_softmax",
-    "mix_dsb_cb_ce",
-    "scalecount_cb_ce",
-    "reverse_dsb_ce",
-]
-
+TEXT_METHODS = "ce if_ce cb_ce focal balanced_softmax if_ce_tuned cb_ce_tuned pow_ce_tuned pow_bs_tuned dsb_ce dsb_focal dsb_balanced_softmax mix_dsb_cb_ce scalecount_cb_ce reverse_dsb_ce".split()
 
 FINETUNE_METHODS = ["ce", "balanced_softmax", "cb_ce_tuned", "pow_bs_tuned", "dsb_ce", "dsb_balanced_softmax"]
 
-
 # On sample-balanced data every count weight is 1 and balanced softmax is plain CE: only the scale can act.
 BALANCED_METHODS = ["ce", "focal", "dsb_ce", "dsb_focal", "scalecount_cb_ce", "reverse_dsb_ce"]
-
 
 # The pool size K and update interval, on one dataset (frozen CLINC150-LT IF=50), around dsb_ce's chosen knobs.
 ABLATIONS = {
@@ -161,17 +93,13 @@ ABLATIONS = {
     ],
 }
 
-
 GPU_WORKERS = 8  # concurrent runs on the one GPU: a ResNet-32 at batch 128 uses a sliver of an H100 / H200
-
 
 # One device session (15 min: start-up, install, data, timing, the runs): benchmarks/gpu_session.sh, which runs
 # `long_tail.py --tier gpu --workers 8 --budget-min 6` on data packed by benchmarks/gpu_kit.py.
 GPU_COMMAND = "bash benchmarks/gpu_session.sh"
 
-
 ESTIMATE_FILENAME = "long_tail_{tier}_estimate.json"  # a tier's last --dry-run estimate, quoted by the report
-
 
 GPU_BUDGET_S = 600.0  # the issue's "ten minutes of one H200": what --dry-run compares the whole tier with
 
@@ -208,14 +136,8 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "(30..182 per class after carving 5/class for validation); full test set (3,080)"
             ),
             "overrides": [
-                "--num_train_epochs",
-                str(BANKING_EPOCHS),
-                "--per_device_train_batch_size",
-                "128",
-                "--num_threads",
-                "1",
-                "--save_final_model",
-                "false",
+                *f"--num_train_epochs {BANKING_EPOCHS} --per_device_train_batch_size 128".split(),
+                *CIFAR_COMMON,
             ],
             # LDAM's s=30 assumes a cosine head; the MLP head is linear, so the LDAM methods are left out here.
             "methods": [m for m in CLASSIC_METHODS if "ldam" not in m],
@@ -246,36 +168,12 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                     "balanced test subset of 500/class (5,000)"
                 ),
                 "overrides": [
-                    "--depth",
-                    "32",
-                    "--num_train_epochs",
-                    str(GPU_EPOCHS),
-                    "--lr_schedule",
-                    "step",
-                    "--warmup_epochs",
-                    "5",
-                    "--lr_milestones",
-                    "160",
-                    "180",
-                    "--lr_decay",
-                    "0.01",
-                    "--learning_rate",
-                    "0.1",
-                    "--weight_decay",
-                    "0.0002",
-                    "--per_device_train_batch_size",
-                    "128",
-                    "--save_final_model",
-                    "false",
+                    *f"--depth 32 --num_train_epochs {GPU_EPOCHS} --lr_schedule step --warmup_epochs 5".split(),
+                    *"--lr_milestones 160 180 --lr_decay 0.01 --learning_rate 0.1 --weight_decay 0.0002".split(),
+                    *"--per_device_train_batch_size 128 --save_final_model false".split(),
                     # the images and their augmentation on the GPU: no host-side data pipeline
-                    "--augmentation",
-                    "batched",
-                    "--images_on_device",
-                    "true",
-                    "--dataloader_num_workers",
-                    "0",
-                    "--dataloader_pin_memory",
-                    "false",
+                    *"--augmentation batched --images_on_device true".split(),
+                    *"--dataloader_num_workers 0 --dataloader_pin_memory false".split(),
                 ],
                 "methods": list(CLASSIC_METHODS),
                 "grid": TUNING_GRID,
@@ -298,20 +196,8 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "prepare": {"data_dir": None, "imbalance_factor": 4, "validation_per_class": 2, "n_max": None},
                 "schedule": "tiny: ResNet-8 widths (4, 8, 16), 1 epoch",
                 "overrides": [
-                    "--depth",
-                    "8",
-                    "--widths",
-                    "4",
-                    "8",
-                    "16",
-                    "--num_train_epochs",
-                    "1",
-                    "--lr_schedule",
-                    "cosine",
-                    "--per_device_train_batch_size",
-                    "8",
-                    "--semscale_update_interval",
-                    "1",
+                    *"--depth 8 --widths 4 8 16 --num_train_epochs 1 --lr_schedule cosine".split(),
+                    *"--per_device_train_batch_size 8 --semscale_update_interval 1".split(),
                     *CIFAR_COMMON,
                 ],
                 "methods": ["ce", "dsb_ce"],
@@ -339,7 +225,7 @@ def text_settings() -> list[dict[str, Any]]:
     """CLINC150-LT (IF 10, 50), BANKING77-LT and sample-balanced CLINC150: frozen_cached (every method, the full
     grid), then finetune_top (the core methods on CLINC150-LT IF=50 and BANKING77-LT; ~2-3 min a run on one core,
     so every method starts re-weighting at 40 % of training and only gamma is tuned)."""
-    threads = ["--num_threads", "1", "--save_final_model", "false", "--eval_train", "true"]
+    threads = [*CIFAR_COMMON, "--eval_train", "true"]
     clinc = {
         "data": "clinc150",
         "prepare": None,
