@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hf_semscale.atomic import atomic_folder
 from hf_semscale.select.candidates import GridSpec, grid_axes, grid_points
 from hf_semscale.select.methods import DRW_DEFERRAL, METHODS, TUNED_METHODS
 from hf_semscale.select.recipe import RecipeRun
@@ -359,55 +358,21 @@ def write_tiny_image_dataset(path: Path, per_class: int = 6, seed: int = 0) -> P
 
 
 def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Path, source: str | None = None) -> Path:
-    """Build train (long-tailed) / validation (carved from train) / test once and ``save_to_disk`` them."""
-    import datasets
-
-    from hf_semscale.data import (
-        class_counts,
-        limit_per_class,
-        load_dataset_any,
-        long_tail_indices,
-        train_validation_split,
-    )
+    """The setting's train (long-tailed) / validation (carved from train) / test, built once and saved under
+    ``cache_root`` (:func:`hf_semscale.data.save_long_tailed_splits`)."""
+    from hf_semscale.data import save_long_tailed_splits
 
     prep = setting["prepare"]
+    source = source or str(data_root / prep["data_dir"])
     target = cache_root / f"{setting['name']}_data"
-    if (target / "dataset_dict.json").is_file():
-        return target
-    src = source or str(data_root / prep["data_dir"])
-    train = load_dataset_any(src, "train")
-    test = load_dataset_any(src, "test")
-    parts = train_validation_split(train, prep["validation_per_class"], seed=0)
-    train = parts["train"]
-    labels = train.with_format(None)["label"]
-    train = train.select(
-        long_tail_indices(
-            labels,
-            prep["imbalance_factor"],
-            seed=0,
-            n_max=prep["n_max"],
-            num_classes=len(train.features["label"].names),
-        )
+    return save_long_tailed_splits(
+        source,
+        target,
+        prep["imbalance_factor"],
+        prep["validation_per_class"],
+        prep["n_max"],
+        prep.get("test_per_class"),
     )
-    if prep.get("test_per_class"):
-        test = limit_per_class(test, prep["test_per_class"], seed=0)
-    dd = datasets.DatasetDict(
-        {"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test}
-    )
-    save_dataset_dict(dd, target)
-    logger.info("prepared %s: train counts %s", target, class_counts(train))
-    return target
-
-
-def save_dataset_dict(dd: Any, target: Path) -> None:
-    """``dd.save_to_disk`` through :func:`~hf_semscale.atomic.atomic_folder`: concurrent or interrupted
-    preparations never leave a half-written ``target``."""
-    try:
-        with atomic_folder(target) as tmp:
-            dd.save_to_disk(str(tmp))
-    except OSError:
-        if not (target / "dataset_dict.json").is_file():  # else another process put a complete copy there first
-            raise
 
 
 def run_dir(work_dir: Path, tier: str, setting: dict[str, Any], method: str, seed: int, tag: str = "") -> Path:
