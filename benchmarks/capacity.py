@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.smoke import parse_benchmark_args  # noqa: E402
 from hf_semscale.core.scale import _chunk_elements, _plan_chunks, class_semantic_scales  # noqa: E402
+from hf_semscale.data import long_tail_counts  # noqa: E402
 from hf_semscale.dsb.comm import class_owners, gather_labelled_features, shard_classes_by_cost  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool, estimate_pool_bytes, pool_capacities  # noqa: E402
 
@@ -65,21 +66,16 @@ def fitted_profile(num_classes: int, total: int, largest: int, smallest: int) ->
     return counts(math.sqrt(lo * hi))
 
 
-def long_tail(num_classes: int, n_max: int, factor: float) -> list[int]:
-    """Cao et al.'s exponential profile ``n_max * factor^(-c / (C - 1))``."""
-    return [int(n_max * factor ** (-c / (num_classes - 1))) for c in range(num_classes)]
-
-
 def decoder_profile() -> list[int]:
     """10,000 classes, IF 100, ``n_max`` chosen so that they sum to ~1,000,000."""
     n_max = 100
-    while sum(long_tail(10_000, n_max + 1, 100)) <= 1_000_000:
+    while sum(long_tail_counts(n_max + 1, 10_000, 100)) <= 1_000_000:
         n_max += 1
-    return long_tail(10_000, n_max, 100)
+    return long_tail_counts(n_max, 10_000, 100)
 
 
 PROFILES = {
-    "CIFAR-100-LT": {"counts": lambda: long_tail(100, 500, 100), "dim": 64, "global_batch": 128},
+    "CIFAR-100-LT": {"counts": lambda: long_tail_counts(500, 100, 100), "dim": 64, "global_batch": 128},
     "ImageNet-LT": {"counts": lambda: fitted_profile(1000, 115_846, 1280, 5), "dim": 2048, "global_batch": 256},
     "iNaturalist 2018": {"counts": lambda: fitted_profile(8142, 437_513, 1000, 2), "dim": 2048, "global_batch": 256},
     "decoder 10k x 1M": {"counts": decoder_profile, "dim": 4096, "global_batch": 256},
@@ -262,12 +258,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # calibration: the float64 rate at each d on 4 classes of 400 rows (flops dominate), the per-class overhead
     # on 400 classes of 3 rows (bookkeeping dominates)
-    check_cases = [(long_tail(100, 500, 100), 64), (long_tail(50, 300, 20), 128), (long_tail(20, 800, 10), 256)]
+    check_cases = [
+        (long_tail_counts(500, 100, 100), 64),
+        (long_tail_counts(300, 50, 20), 128),
+        (long_tail_counts(800, 20, 10), 256),
+    ]
     model = TimeModel(args.repeats, args.calibration_sides)
     seconds = model.seconds
     rate, overhead = model.rate, model.overhead
 
-    checks = [check_memory(long_tail(100, 500, 100), 64, args.dtype, p, args.capacity) for p in (1, 2, 8)] + [
+    checks = [check_memory(long_tail_counts(500, 100, 100), 64, args.dtype, p, args.capacity) for p in (1, 2, 8)] + [
         check_gather(d, p, 128) for d, p in ((64, 2), (512, 8))
     ]
     for counts, dim in check_cases:

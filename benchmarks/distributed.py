@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.smoke import parse_benchmark_args
+from hf_semscale.data import long_tail_counts
 
 CASES = {
     "a": {"dim": 64, "global_batch": 128, "sizes": "cifar100_lt_if100"},
@@ -45,7 +46,7 @@ CASES = {
 
 def class_sizes(kind: str) -> list[int]:
     if kind == "cifar100_lt_if100":
-        return [int(500 * 100 ** (-k / 99)) for k in range(100)]
+        return long_tail_counts(500, 100, 100)
     raise ValueError(kind)
 
 

@@ -85,6 +85,8 @@ def unpack_dataset(kit: Path, target: Path) -> Path:
     features exact); refuses a data file whose checksum differs from the manifest's."""
     import datasets
 
+    from hf_semscale.data import save_dataset_dict
+
     manifest_path, data_path = kit / MANIFEST_FILE, kit / DATA_FILE
     if not manifest_path.is_file() or not data_path.is_file():
         raise FileNotFoundError(
@@ -108,8 +110,7 @@ def unpack_dataset(kit: Path, target: Path) -> Path:
                 for split in SPLITS
             }
         )
-    lt.save_dataset_dict(dd, target)
-    return target
+    return save_dataset_dict(dd, target)
 
 
 def download_wheels(folder: Path) -> list[Path]:

@@ -45,18 +45,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from benchmarks.tiers import DEFAULT_DATA_ROOT, DEFAULT_WORK_DIR, load_result  # noqa: E402
 
 logger = logging.getLogger("benchmarks.phenomena")
-
-DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "runs"
-DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def cifar_pixel_curves(data_root: Path, per_class: int, sizes: list[int], draws: int) -> dict[str, Any]:
@@ -123,7 +114,7 @@ def banking_phenomena(
     scales = class_semantic_scales(feats, labs, 77)
     accuracies = []
     for seed in seeds:
-        result = _load_json(work_dir / "cpu" / "banking77" / "ce" / f"seed{seed}" / "results.json")
+        result = load_result(work_dir / "cpu" / "banking77" / "ce" / f"seed{seed}" / "results.json")
         if result and result.get("test"):
             accuracies.append(result["test"]["per_class_accuracy"])
     out = {
@@ -154,7 +145,7 @@ def cifar_lt_correlations(work_dir: Path, seeds: list[int]) -> list[dict[str, An
         if "_tune" in method_dir.name:
             continue
         for seed in seeds:
-            result = _load_json(method_dir / f"seed{seed}" / "results.json")
+            result = load_result(method_dir / f"seed{seed}" / "results.json")
             if not result or not result.get("test") or not any(result["final_semantic_scales"]):
                 continue
             summary = imbalance_summary(
@@ -215,35 +206,11 @@ def train_balanced_cifar(
     import time
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        str(REPO_ROOT / "recipes" / "train_image.py"),
-        str(REPO_ROOT / "recipes" / "configs" / "cifar10.yaml"),
-        "--method",
-        "ce",
-        "--data_dir",
-        str(data_root / "cifar10"),
-        "--depth",
-        str(depth),
-        "--max_train_samples_per_class",
-        str(per_class),
-        "--validation_per_class",
-        "0",
-        "--num_train_epochs",
-        str(epochs),
-        "--lr_schedule",
-        "cosine",
-        "--warmup_epochs",
-        "0",
-        "--num_threads",
-        str(threads),
-        "--seed",
-        str(seed),
-        "--output_dir",
-        str(run_dir),
-        "--logging_steps",
-        "100",
-    ]
+    recipe, config = REPO_ROOT / "recipes" / "train_image.py", REPO_ROOT / "recipes" / "configs" / "cifar10.yaml"
+    cmd = [sys.executable, str(recipe), str(config), "--method", "ce", "--data_dir", str(data_root / "cifar10")]
+    cmd += f"--depth {depth} --max_train_samples_per_class {per_class} --validation_per_class 0".split()
+    cmd += f"--num_train_epochs {epochs} --lr_schedule cosine --warmup_epochs 0 --num_threads {threads}".split()
+    cmd += ["--seed", str(seed), "--output_dir", str(run_dir), "--logging_steps", "100"]
     logger.info("training: %s", " ".join(cmd))
     start = time.time()
     with open(run_dir.with_suffix(".log"), "w", encoding="utf-8") as log:
@@ -294,7 +261,7 @@ def balanced_cifar_phenomena(
     from hf_semscale.data import DataArguments, load_splits
     from hf_semscale.features import extract_features, extract_sample_vectors, load_model_for_features
 
-    result = _load_json(run_dir / "results.json")
+    result = load_result(run_dir / "results.json")
     if not result or not (run_dir / "config.json").is_file():
         logger.warning("no trained model / results.json in %s (train it with --train-balanced-cifar)", run_dir)
         return None

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.smoke import parse_benchmark_args
 from hf_semscale.core.scale import class_semantic_scales
+from hf_semscale.data import long_tail_counts
 
 CASES = {
     "a": {"num_classes": 100, "dim": 64, "sizes": "cifar100_lt_if100"},
@@ -49,7 +50,7 @@ TARGET_SECONDS = {"c": 5.0}
 def class_sizes(kind: str, num_classes: int) -> list[int]:
     c = np.arange(num_classes)
     if kind == "cifar100_lt_if100":
-        return [int(500 * 100 ** (-k / 99)) for k in c]
+        return long_tail_counts(500, 100, 100)
     if kind == "imagenet_lt_like":
         return [int(1280 * (5 / 1280) ** (k / 999)) for k in c]
     raise ValueError(kind)

@@ -243,14 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"run too short: re-weighting began at step {reweight_from + 1}; use more --steps")
     start_sample = next(s for s in samples if s["step"] >= first.stop)
     end_sample = samples[-1]
-    memory_keys = [
-        "rss_mib",
-        "tracemalloc_kib",
-        "tracemalloc_excl_harness_kib",
-        "pool_bytes",
-        "live_tensors",
-        "live_tensor_bytes",
-    ]
+    memory_keys = (
+        "rss_mib tracemalloc_kib tracemalloc_excl_harness_kib pool_bytes live_tensors live_tensor_bytes".split()
+    )
     result = {
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {

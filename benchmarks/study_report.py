@@ -19,15 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks.smoke import RESULTS_DIR
-from benchmarks.tiers import (
-    _pct,
-    ablation_tag,
-    choose_knobs,
-    load_result,
-    run_dir,
-    tier_settings,
-    tuned_methods,
-)
+from benchmarks.tiers import _pct, ablation_tag, choose_knobs, load_result, run_dir, tier_settings, tuned_methods
 from hf_semscale.core.imbalance import spearman
 from hf_semscale.select.methods import COUNT_TUNED_METHODS, SCALE_METHODS
 from hf_semscale.select.selection import mean_std as _mean_std

@@ -3,127 +3,36 @@
     python benchmarks/long_tail.py --tier gpu --dry-run --workers 8           # measure, estimate, run nothing
     python benchmarks/long_tail.py --tier gpu --workers 8 --budget-min 7      # run the part that fits 7 minutes
 
-The cost of one run is measured, not modelled: ``workers`` processes at once each run the tier's own recipe
-(``dsb_ce``, the tier's overrides and data, validation and test evaluated) three times, for ``short``, ``short``
-and ``long`` optimizer steps. The first run pays the process's one-off start-up (CUDA context, kernel choice); the
-other two give the marginal seconds per step under that concurrency, from their training loops' own times,
-``(T_long - T_short) / (long - short)``, and the fixed seconds per run (model, data, evaluation) from the short
-run's whole time, ``W_short - short * step``; a timing that gives no positive step time stops the plan. A tier's
-wall time is then the simulated schedule of ``long_tail.run_tier`` (its order, its dependencies, ``workers`` at
-once, finished runs skipped) with every run costing ``fixed + steps * step``.
+The cost of one run is measured by the library's :func:`~hf_semscale.select.selection.estimate_seconds` on the
+tier's own recipe (:class:`~hf_semscale.select.recipe.RecipeSchedule`: its config, overrides and data, validation
+and test evaluated): ``workers`` processes at once each run a warm-up probe (the process's one-off start-up: CUDA
+context, kernel choice), then a short and a long one; the slowest worker's fixed and per-step seconds count. A
+run costs :meth:`~hf_semscale.select.selection.RunEstimate.seconds` with the pool's re-measurements (the DSB
+methods' cost, the dearest). A tier's wall time is the simulated schedule of ``long_tail.run_tier`` (its order, its
+dependencies, ``workers`` at once, finished runs skipped).
 
-A budget is filled in a fixed priority order: each method at seed 0 (``BUDGET_PRIORITY``: CE, the count
-baseline, DSB-CE, then the rest) that still fits, then seeds 1 and 2 of those; finished runs cost nothing, so a
-later session with the same budget continues where the last one stopped.
+A budget is filled by the library's :func:`~hf_semscale.select.selection.fill_budget` in a fixed priority order:
+each method at seed 0 (``BUDGET_PRIORITY``: CE, the count baseline, DSB-CE, then the rest) that still fits, then
+seeds 1 and 2 of those; finished runs cost nothing, so a later session with the same budget continues where the
+last one stopped.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
-import multiprocessing as mp
-import shutil
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks import tiers as lt
+from hf_semscale.select.recipe import RecipeSchedule
+from hf_semscale.select.selection import estimate_seconds, fill_budget
 from recipes.common import RESULTS_FILENAME
 
 # The order a budget takes the methods in: the paper's comparison first (CE, class-balanced CE, DSB-CE), then the
 # strongest baseline and DSB on top of it, then LDAM, then the rest.
-BUDGET_PRIORITY = [
-    "ce",
-    "cb_ce",
-    "dsb_ce",
-    "balanced_softmax",
-    "dsb_balanced_softmax",
-    "ldam_drw",
-    "dsb_ldam",
-    "if_ce",
-    "focal",
-    "dsb_focal",
-    "mix_dsb_cb_ce",
-]
-TIMED_METHOD = "dsb_ce"  # the timing runs: pool capture and re-measurements included
-TIMED_STEPS = {"cuda": (20, 220), "cpu": (2, 10)}  # (short, long) optimizer steps of the timing runs
-
-
-def steps_per_run(setting: dict[str, Any], data_args: list[str], train_images: int) -> int:
-    """Optimizer steps of one full run of ``setting`` on ``train_images`` training images: its argv parsed by the
-    image recipe, steps counted by the recipe's own rule (``recipes.common.steps_per_epoch``)."""
-    from recipes.common import parse_yaml_then_cli, steps_per_epoch
-    from recipes.train_image import make_parser
-
-    argv = list(lt.recipe_run(setting, TIMED_METHOD, 0, Path("unused"), data_args, None, []).argv)
-    args = parse_yaml_then_cli(make_parser(), argv)[-1]
-    if args.max_steps and args.max_steps > 0:
-        return args.max_steps
-    return int(math.ceil(args.num_train_epochs * steps_per_epoch(train_images, args)))
-
-
-def _timed_runs(setting: dict[str, Any], data_args: list[str], out: str, steps: list[int], queue: Any) -> None:
-    """One worker: the recipe for each of ``steps`` optimizer steps in turn; puts (device, [(whole run s, training
-    loop s)]) on ``queue``."""
-    import torch
-
-    from recipes.train_image import main
-
-    seconds = []
-    for i, n in enumerate(steps):
-        extra = ["--max_steps", str(n), "--eval_test", "true"]
-        argv = list(lt.recipe_run(setting, TIMED_METHOD, 0, Path(out) / f"run{i}", data_args, None, extra).argv)
-        start = time.perf_counter()
-        record = main(argv)
-        seconds.append((time.perf_counter() - start, record["train_runtime_s"]))
-    queue.put((torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", seconds))
-
-
-def measure_run_cost(
-    setting: dict[str, Any], data_args: list[str], scratch: Path, workers: int, steps: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    """Seconds per optimizer step and fixed seconds per run of ``setting``'s recipe, ``workers`` runs at once.
-
-    Returns ``{"device", "workers", "short_steps", "long_steps", "step_s", "fixed_s"}``; the slowest worker's
-    figures (a conservative estimate). ``scratch`` holds the timing runs and is removed afterwards."""
-    import torch
-
-    if setting["recipe"] != "train_image":
-        raise ValueError(f"only image settings are timed, not {setting['name']!r} ({setting['recipe']})")
-    short, long = steps or TIMED_STEPS["cuda" if torch.cuda.is_available() else "cpu"]
-    if not 0 < short < long:
-        raise ValueError(f"timing steps must satisfy 0 < short < long, got {short}, {long}")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_timed_runs, args=(setting, data_args, str(scratch / f"w{w}"), [short, short, long], queue))
-        for w in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        spans = [queue.get(timeout=3600) for _ in procs]
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-        queue.close()
-        queue.join_thread()
-        shutil.rmtree(scratch, ignore_errors=True)
-    return {"device": spans[0][0], "workers": workers, **run_cost([s for _, s in spans], short, long)}
-
-
-def run_cost(timings: list[list[tuple[float, float]]], short: int, long: int) -> dict[str, Any]:
-    """``{"short_steps", "long_steps", "step_s", "fixed_s"}`` from each worker's (whole run s, training loop s) of
-    its start-up, ``short``- and ``long``-step runs: the slowest worker's step time from the training loops (the
-    evaluation and loading jitter left out) and its fixed time from the short run's whole time."""
-    step_s = max((t[2][1] - t[1][1]) / (long - short) for t in timings)
-    if not step_s > 0:
-        raise RuntimeError(
-            f"the {long}-step timing runs trained no longer than the {short}-step ones ({timings}): the timing is "
-            "noise on this machine; run again on a quieter machine"
-        )
-    fixed_s = max(max(0.0, t[1][0] - short * step_s) for t in timings)
-    return {"short_steps": short, "long_steps": long, "step_s": step_s, "fixed_s": fixed_s}
+BUDGET_PRIORITY = "ce cb_ce dsb_ce balanced_softmax dsb_balanced_softmax ldam_drw dsb_ldam if_ce focal dsb_focal mix_dsb_cb_ce".split()
+PROBE_STEPS = {"cuda": (20, 20, 220), "cpu": (2, 2, 10)}  # warm-up, short and long optimizer steps of the probes
 
 
 def _finished(out: Path) -> bool:
@@ -199,32 +108,27 @@ def fit_budget(
     def simulate(methods: list[str], seeds: list[int]) -> tuple[float, int]:
         return simulate_wall(planned_runs(work_dir, tier, setting, methods, seeds), run_s, workers)
 
-    best = {"methods": [], "seeds": [], "wall_s": 0.0, "runs": 0}
     order = [m for m in BUDGET_PRIORITY if m in setting["methods"]]
-    for method in order + [m for m in setting["methods"] if m not in order]:
-        methods = [*best["methods"], method]
-        wall, todo = simulate(methods, [0])
-        if wall <= budget_s:
-            best = {"methods": methods, "seeds": [0], "wall_s": wall, "runs": todo}
-    for k in range(2, len(lt.DEFAULT_SEEDS) + 1):
-        if not best["methods"]:
-            break
-        wall, todo = simulate(best["methods"], lt.DEFAULT_SEEDS[:k])
-        if wall > budget_s:
-            break
-        best = {**best, "seeds": lt.DEFAULT_SEEDS[:k], "wall_s": wall, "runs": todo}
-    return best
+    order += [m for m in setting["methods"] if m not in order]
+    methods = fill_budget(order, lambda kept: simulate(kept, lt.DEFAULT_SEEDS[:1])[0], budget_s)[0]
+    if not methods:
+        return {"methods": [], "seeds": [], "wall_s": 0.0, "runs": 0}
+    first, more = lt.DEFAULT_SEEDS[:1], lt.DEFAULT_SEEDS[1:]
+    seeds = first + fill_budget(more, lambda kept: simulate(methods, first + kept)[0], budget_s)[0]
+    wall, todo = simulate(methods, seeds)
+    return {"methods": methods, "seeds": seeds, "wall_s": wall, "runs": todo}
 
 
 def estimate_text(
-    work_dir: Path, tier: str, setting: dict[str, Any], cost: dict[str, Any], steps: int, budget_s: float
+    work_dir: Path, tier: str, setting: dict[str, Any], measured: dict[str, Any], steps: int, budget_s: float
 ) -> tuple[str, dict[str, Any]]:
     """The printed estimate of the whole tier (runs of ``steps`` optimizer steps) and of what fits ``budget_s``, and
-    that fitting selection."""
-    run_s = cost["fixed_s"] + steps * cost["step_s"]
+    that fitting selection. ``measured``: ``{"estimate": RunEstimate, "device", "workers", "probe_steps"}``."""
+    estimate, workers = measured["estimate"], measured["workers"]
+    run_s = estimate.seconds(steps, uses_pool=True)
     everything = planned_runs(work_dir, tier, setting, setting["methods"], lt.DEFAULT_SEEDS)
-    wall, todo = simulate_wall(everything, run_s, cost["workers"])
-    fit = fit_budget(work_dir, tier, setting, run_s, cost["workers"], budget_s)
+    wall, todo = simulate_wall(everything, run_s, workers)
+    fit = fit_budget(work_dir, tier, setting, run_s, workers, budget_s)
     if fit["methods"]:
         fits = (
             f"{budget_s / 60:.1f} min fit {fit['runs']} runs (seeds {fit['seeds']} of {' '.join(fit['methods'])}; "
@@ -232,15 +136,33 @@ def estimate_text(
         )
     else:
         fits = f"{budget_s / 60:.1f} min fit no run"
+    short, long = measured["probe_steps"][-2:]
     text = (
         f"{tier} tier, {setting['name']}: {todo} runs to do x {steps:,} optimizer steps. Measured on "
-        f"{cost['device']} with {cost['workers']} runs at once ({cost['short_steps']}- and {cost['long_steps']}-step "
-        f"timing runs of {TIMED_METHOD}): {1000 * cost['step_s']:.1f} ms per step per run "
-        f"({cost['workers'] / cost['step_s']:.1f} steps/s together) + {cost['fixed_s']:.1f} s per run, so "
-        f"{run_s:,.0f} s per run. The whole tier: {wall / 60:.1f} min of wall time "
-        f"({'fits' if wall <= budget_s else 'does NOT fit'} {budget_s / 60:.1f} min); {fits}."
+        f"{measured['device']} with {workers} runs at once ({short}- and {long}-step timing runs): "
+        f"{1000 * estimate.step_s:.1f} ms per step per run ({workers / estimate.step_s:.1f} steps/s together) + "
+        f"{estimate.fixed_s:.1f} s per run + {estimate.measure_s:.2f} s per scale re-measurement, so {run_s:,.0f} s "
+        f"per run. The whole tier: {wall / 60:.1f} min of wall time ({'fits' if wall <= budget_s else 'does NOT fit'} "
+        f"{budget_s / 60:.1f} min); {fits}."
     )
     return text, fit
+
+
+def measure(setting: dict[str, Any], data_args: list[str], workers: int) -> tuple[dict[str, Any], int]:
+    """Time ``setting``'s recipe (:data:`PROBE_STEPS`, ``workers`` at once); returns ``estimate_text``'s
+    ``measured`` and the optimizer steps of one full run."""
+    import torch
+
+    if setting["recipe"] != "train_image":
+        raise ValueError(f"only image settings are timed, not {setting['name']!r} ({setting['recipe']})")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    probe_steps = PROBE_STEPS["cpu" if device == "cpu" else "cuda"]
+    with tempfile.TemporaryDirectory(prefix="semscale-timing-") as scratch:
+        argv = (*data_args, *setting["overrides"])
+        schedule = RecipeSchedule.from_config(lt.REPO_ROOT / setting["config"], scratch, "image", argv)
+        estimate = estimate_seconds(schedule, probe_steps, workers)
+    measured = {"estimate": estimate, "device": device, "workers": workers, "probe_steps": probe_steps}
+    return measured, schedule.steps_per_run()
 
 
 def plan(
@@ -248,13 +170,9 @@ def plan(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Prepare the tier's first (image) setting, time its recipe here, print the estimate; returns the setting and
     :func:`fit_budget`'s selection, with the printed estimate under ``"text"``."""
-    import datasets
-
     setting = lt.tier_settings(tier)[0]
     data_args = lt.data_args_for(setting, data_root, work_dir / tier / "cache", source)
-    train_images = len(datasets.load_from_disk(data_args[data_args.index("--data_dir") + 1])["train"])
-    cost = measure_run_cost(setting, data_args, work_dir / tier / "_timing", workers)
-    steps = steps_per_run(setting, data_args, train_images)
-    text, fit = estimate_text(work_dir, tier, setting, cost, steps, budget_s)
+    measured, steps = measure(setting, data_args, workers)
+    text, fit = estimate_text(work_dir, tier, setting, measured, steps, budget_s)
     print(text, flush=True)
     return setting, {**fit, "text": text}

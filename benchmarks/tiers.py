@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hf_semscale.atomic import atomic_folder
 from hf_semscale.select.candidates import GridSpec, grid_axes, grid_points
 from hf_semscale.select.methods import DRW_DEFERRAL, METHODS, TUNED_METHODS
 from hf_semscale.select.recipe import RecipeRun
@@ -23,33 +22,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "runs"
 
-
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-
 
 # Published CIFAR-10-LT IF=100 top-1 (%), ResNet-32, 200 epochs (Cao et al. 2019, Table 2).
 PUBLISHED = {"ce": 70.4, "focal": 70.4, "cb_focal": 74.6, "ldam_drw": 77.0}
 
-
 DEFAULT_SEEDS = [0, 1, 2]
-
 
 # DSB's knobs, tuned per dsb_* method on the validation split. The warm-up ratio stays at its default 0.3:
 # a {0.3, 0.5} grid on an earlier CPU tier differed by <= 0.3 points (within seed noise), so the runs go to gamma.
 TUNING_GRID = {"semscale_gamma": [0.5, 1.0, 4.0], "semscale_warmup_ratio": [0.3]}
 
-
 CPU_EPOCHS = 12
-
 
 BANKING_EPOCHS = 10
 
-
 GPU_EPOCHS = 200  # Cao et al. 2019
 
-
-CIFAR_COMMON = ["--num_threads", "1", "--save_final_model", "false"]
-
+CIFAR_COMMON = "--num_threads 1 --save_final_model false".split()
 
 # The CPU tier's image schedule (CIFAR-10-LT there, sample-balanced CIFAR-10 in the study)
 CPU_IMAGE_SCHEDULE = (
@@ -57,98 +47,39 @@ CPU_IMAGE_SCHEDULE = (
     "batch 128, 0.5 warm-up epoch + cosine, crop + flip"
 )
 
-
 CPU_IMAGE_OVERRIDES = [
-    "--depth",
-    "8",
-    "--widths",
-    "8",
-    "16",
-    "32",
-    "--num_train_epochs",
-    str(CPU_EPOCHS),
-    "--max_eval_samples_per_class",
-    "500",
-    "--lr_schedule",
-    "cosine",
-    "--warmup_epochs",
-    "0.5",
-    "--learning_rate",
-    "0.1",
-    "--weight_decay",
-    "0.0002",
-    "--per_device_train_batch_size",
-    "128",
+    *f"--depth 8 --widths 8 16 32 --num_train_epochs {CPU_EPOCHS} --max_eval_samples_per_class 500".split(),
+    *"--lr_schedule cosine --warmup_epochs 0.5 --learning_rate 0.1 --weight_decay 0.0002".split(),
+    *"--per_device_train_batch_size 128".split(),
     *CIFAR_COMMON,
 ]
 
-
 # The methods of the issue-5 CPU / GPU tiers (their committed results); the study tiers add the rest.
-CLASSIC_METHODS = [
-    "ce",
-    "if_ce",
-    "cb_ce",
-    "focal",
-    "ldam_drw",
-    "balanced_softmax",
-    "dsb_ce",
-    "dsb_focal",
-    "dsb_ldam",
-    "dsb_balanced_softmax",
-    "mix_dsb_cb_ce",
-]
-
+CLASSIC_METHODS = "ce if_ce cb_ce focal ldam_drw balanced_softmax dsb_ce dsb_focal dsb_ldam dsb_balanced_softmax mix_dsb_cb_ce".split()
 
 # --- the regime study (tiers "text" and "cifar_balanced")
 STUDY_STARTS = [0.1, 0.4, 0.8]  # start of re-weighting (fraction of training): one epoch, DSB's default, the DRW point
 
-
 STUDY_GAMMAS = [0.5, 1.0, 4.0]
-
 
 STUDY_POWERS = [0.5, 1.0, 1.5, 2.0]  # p of pow_ce_tuned, w_c ∝ n_c^-p
 
-
 OUR_CONSTANTS = {"semscale_normalize_features": True}  # alpha = d, L2-normalised rows (our default)
-
 
 AUTHORS_CONSTANTS = {"semscale_alpha": 1.0, "semscale_normalize_features": False}  # the authors' reference code
 
-
 STUDY_TIERS = ("text", "cifar_balanced")
-
 
 FROZEN_EPOCHS = 10
 
-
 FINETUNE_EPOCHS = 8
 
-
-TEXT_METHODS = [
-    "ce",
-    "if_ce",
-    "cb_ce",
-    "focal",
-    "balanced_softmax",
-    "if_ce_tuned",
-    "cb_ce_tuned",
-    "pow_ce_tuned",
-    "pow_bs_tuned",
-    "dsb_ce",
-    "dsb_focal",
-    "dsb_balanced_softmax",
-    "mix_dsb_cb_ce",
-    "scalecount_cb_ce",
-    "reverse_dsb_ce",
-]
-
+TEXT_METHODS = "ce if_ce cb_ce focal balanced_softmax if_ce_tuned cb_ce_tuned pow_ce_tuned pow_bs_tuned dsb_ce dsb_focal dsb_balanced_softmax mix_dsb_cb_ce scalecount_cb_ce reverse_dsb_ce".split()
 
 FINETUNE_METHODS = ["ce", "balanced_softmax", "cb_ce_tuned", "pow_bs_tuned", "dsb_ce", "dsb_balanced_softmax"]
 
-
 # On sample-balanced data every count weight is 1 and balanced softmax is plain CE: only the scale can act.
 BALANCED_METHODS = ["ce", "focal", "dsb_ce", "dsb_focal", "scalecount_cb_ce", "reverse_dsb_ce"]
-
 
 # The pool size K and update interval, on one dataset (frozen CLINC150-LT IF=50), around dsb_ce's chosen knobs.
 ABLATIONS = {
@@ -161,17 +92,13 @@ ABLATIONS = {
     ],
 }
 
-
 GPU_WORKERS = 8  # concurrent runs on the one GPU: a ResNet-32 at batch 128 uses a sliver of an H100 / H200
-
 
 # One device session (15 min: start-up, install, data, timing, the runs): benchmarks/gpu_session.sh, which runs
 # `long_tail.py --tier gpu --workers 8 --budget-min 6` on data packed by benchmarks/gpu_kit.py.
 GPU_COMMAND = "bash benchmarks/gpu_session.sh"
 
-
 ESTIMATE_FILENAME = "long_tail_{tier}_estimate.json"  # a tier's last --dry-run estimate, quoted by the report
-
 
 GPU_BUDGET_S = 600.0  # the issue's "ten minutes of one H200": what --dry-run compares the whole tier with
 
@@ -208,14 +135,8 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "(30..182 per class after carving 5/class for validation); full test set (3,080)"
             ),
             "overrides": [
-                "--num_train_epochs",
-                str(BANKING_EPOCHS),
-                "--per_device_train_batch_size",
-                "128",
-                "--num_threads",
-                "1",
-                "--save_final_model",
-                "false",
+                *f"--num_train_epochs {BANKING_EPOCHS} --per_device_train_batch_size 128".split(),
+                *CIFAR_COMMON,
             ],
             # LDAM's s=30 assumes a cosine head; the MLP head is linear, so the LDAM methods are left out here.
             "methods": [m for m in CLASSIC_METHODS if "ldam" not in m],
@@ -246,36 +167,12 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                     "balanced test subset of 500/class (5,000)"
                 ),
                 "overrides": [
-                    "--depth",
-                    "32",
-                    "--num_train_epochs",
-                    str(GPU_EPOCHS),
-                    "--lr_schedule",
-                    "step",
-                    "--warmup_epochs",
-                    "5",
-                    "--lr_milestones",
-                    "160",
-                    "180",
-                    "--lr_decay",
-                    "0.01",
-                    "--learning_rate",
-                    "0.1",
-                    "--weight_decay",
-                    "0.0002",
-                    "--per_device_train_batch_size",
-                    "128",
-                    "--save_final_model",
-                    "false",
+                    *f"--depth 32 --num_train_epochs {GPU_EPOCHS} --lr_schedule step --warmup_epochs 5".split(),
+                    *"--lr_milestones 160 180 --lr_decay 0.01 --learning_rate 0.1 --weight_decay 0.0002".split(),
+                    *"--per_device_train_batch_size 128 --save_final_model false".split(),
                     # the images and their augmentation on the GPU: no host-side data pipeline
-                    "--augmentation",
-                    "batched",
-                    "--images_on_device",
-                    "true",
-                    "--dataloader_num_workers",
-                    "0",
-                    "--dataloader_pin_memory",
-                    "false",
+                    *"--augmentation batched --images_on_device true".split(),
+                    *"--dataloader_num_workers 0 --dataloader_pin_memory false".split(),
                 ],
                 "methods": list(CLASSIC_METHODS),
                 "grid": TUNING_GRID,
@@ -298,20 +195,8 @@ def tier_settings(tier: str) -> list[dict[str, Any]]:
                 "prepare": {"data_dir": None, "imbalance_factor": 4, "validation_per_class": 2, "n_max": None},
                 "schedule": "tiny: ResNet-8 widths (4, 8, 16), 1 epoch",
                 "overrides": [
-                    "--depth",
-                    "8",
-                    "--widths",
-                    "4",
-                    "8",
-                    "16",
-                    "--num_train_epochs",
-                    "1",
-                    "--lr_schedule",
-                    "cosine",
-                    "--per_device_train_batch_size",
-                    "8",
-                    "--semscale_update_interval",
-                    "1",
+                    *"--depth 8 --widths 4 8 16 --num_train_epochs 1 --lr_schedule cosine".split(),
+                    *"--per_device_train_batch_size 8 --semscale_update_interval 1".split(),
                     *CIFAR_COMMON,
                 ],
                 "methods": ["ce", "dsb_ce"],
@@ -339,7 +224,7 @@ def text_settings() -> list[dict[str, Any]]:
     """CLINC150-LT (IF 10, 50), BANKING77-LT and sample-balanced CLINC150: frozen_cached (every method, the full
     grid), then finetune_top (the core methods on CLINC150-LT IF=50 and BANKING77-LT; ~2-3 min a run on one core,
     so every method starts re-weighting at 40 % of training and only gamma is tuned)."""
-    threads = ["--num_threads", "1", "--save_final_model", "false", "--eval_train", "true"]
+    threads = [*CIFAR_COMMON, "--eval_train", "true"]
     clinc = {
         "data": "clinc150",
         "prepare": None,
@@ -473,55 +358,21 @@ def write_tiny_image_dataset(path: Path, per_class: int = 6, seed: int = 0) -> P
 
 
 def prepare_image_data(setting: dict[str, Any], data_root: Path, cache_root: Path, source: str | None = None) -> Path:
-    """Build train (long-tailed) / validation (carved from train) / test once and ``save_to_disk`` them."""
-    import datasets
-
-    from hf_semscale.data import (
-        class_counts,
-        limit_per_class,
-        load_dataset_any,
-        long_tail_indices,
-        train_validation_split,
-    )
+    """The setting's train (long-tailed) / validation (carved from train) / test, built once and saved under
+    ``cache_root`` (:func:`hf_semscale.data.save_long_tailed_splits`)."""
+    from hf_semscale.data import save_long_tailed_splits
 
     prep = setting["prepare"]
+    source = source or str(data_root / prep["data_dir"])
     target = cache_root / f"{setting['name']}_data"
-    if (target / "dataset_dict.json").is_file():
-        return target
-    src = source or str(data_root / prep["data_dir"])
-    train = load_dataset_any(src, "train")
-    test = load_dataset_any(src, "test")
-    parts = train_validation_split(train, prep["validation_per_class"], seed=0)
-    train = parts["train"]
-    labels = train.with_format(None)["label"]
-    train = train.select(
-        long_tail_indices(
-            labels,
-            prep["imbalance_factor"],
-            seed=0,
-            n_max=prep["n_max"],
-            num_classes=len(train.features["label"].names),
-        )
+    return save_long_tailed_splits(
+        source,
+        target,
+        prep["imbalance_factor"],
+        prep["validation_per_class"],
+        prep["n_max"],
+        prep.get("test_per_class"),
     )
-    if prep.get("test_per_class"):
-        test = limit_per_class(test, prep["test_per_class"], seed=0)
-    dd = datasets.DatasetDict(
-        {"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test}
-    )
-    save_dataset_dict(dd, target)
-    logger.info("prepared %s: train counts %s", target, class_counts(train))
-    return target
-
-
-def save_dataset_dict(dd: Any, target: Path) -> None:
-    """``dd.save_to_disk`` through :func:`~hf_semscale.atomic.atomic_folder`: concurrent or interrupted
-    preparations never leave a half-written ``target``."""
-    try:
-        with atomic_folder(target) as tmp:
-            dd.save_to_disk(str(tmp))
-    except OSError:
-        if not (target / "dataset_dict.json").is_file():  # else another process put a complete copy there first
-            raise
 
 
 def run_dir(work_dir: Path, tier: str, setting: dict[str, Any], method: str, seed: int, tag: str = "") -> Path:

@@ -52,6 +52,8 @@ __all__ = [
     "class_names",
     "DataArguments",
     "load_splits",
+    "save_long_tailed_splits",
+    "save_dataset_dict",
 ]
 
 DATA_DIR_ENV = "HF_SEMSCALE_DATA_DIR"
@@ -688,3 +690,51 @@ def carve_validation(
     validation = np.sort(np.concatenate(picked))
     train = np.setdiff1d(np.arange(labels.size), validation)
     return dataset.select(train), dataset.select(validation), kept_whole
+
+
+def save_dataset_dict(dd: datasets.DatasetDict, target: str | os.PathLike) -> Path:
+    """``dd.save_to_disk(target)`` through :func:`~hf_semscale.atomic.atomic_folder`: concurrent or interrupted
+    writers never leave a half-written ``target``; a complete copy another process put there first is kept."""
+    from .atomic import atomic_folder
+
+    target = Path(target)
+    try:
+        with atomic_folder(target) as tmp:
+            dd.save_to_disk(str(tmp))
+    except OSError:
+        if not (target / "dataset_dict.json").is_file():
+            raise
+    return target
+
+
+def save_long_tailed_splits(
+    source: str,
+    target: str | os.PathLike,
+    imbalance_factor: float,
+    validation_per_class: int,
+    n_max: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Build once and save at ``target`` (a ``DatasetDict`` folder) the splits of ``source`` (any
+    :func:`load_dataset_any` source with train and test splits): validation ``validation_per_class`` rows per class
+    carved from train, train then long-tailed (:func:`long_tail_indices`: ``imbalance_factor``, at most ``n_max``
+    per class), test cut to ``test_per_class`` per class (None: all). An existing complete ``target`` is returned
+    as it is."""
+    target = Path(target)
+    if (target / "dataset_dict.json").is_file():
+        return target
+    parts = train_validation_split(load_dataset_any(source, "train"), validation_per_class, seed=seed)
+    train = parts["train"]
+    num_classes = len(train.features["label"].names)
+    kept = long_tail_indices(
+        train.with_format(None)["label"], imbalance_factor, seed=seed, n_max=n_max, num_classes=num_classes
+    )
+    train = train.select(kept)
+    test = load_dataset_any(source, "test")
+    if test_per_class:
+        test = limit_per_class(test, test_per_class, seed=seed)
+    splits = {"train": train.flatten_indices(), "validation": parts["validation"].flatten_indices(), "test": test}
+    save_dataset_dict(datasets.DatasetDict(splits), target)
+    logger.info("prepared %s: train counts %s", target, class_counts(train))
+    return target

@@ -14,20 +14,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
 from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
-from .runs import Job, RunStore, Schedule, run_jobs
+from .runs import Job, RunStore, Schedule, run_jobs, run_pending
 
 __all__ = [
     "SelectionSettings",
@@ -35,12 +37,15 @@ __all__ = [
     "select_method",
     "check_class_counts",
     "estimate_seconds",
+    "fill_budget",
     "RunEstimate",
     "METRICS",
     "mean_std",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 METRICS = ("balanced_accuracy", "accuracy", "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")
 
@@ -82,9 +87,9 @@ class RunEstimate:
         return self.fixed_s + self.step_s * steps + self.measure_s * measurements
 
 
-def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24)) -> RunEstimate:
-    """Time two short unweighted runs (one torch thread, as a worker runs) for the fixed and per-step seconds, and one
-    re-measurement of every class's scale on a pool of the training set's size for the pool candidates' extra."""
+def _probe_seconds(schedule: Schedule, probe_steps: tuple[int, ...]) -> tuple[list[float], float]:
+    """Worker: (wall seconds of a short unweighted run of each of ``probe_steps``, seconds of one re-measurement of
+    every class's scale on a pool of the training set's size), with one torch thread."""
     import torch
 
     from ..core.scale import class_semantic_scales
@@ -101,13 +106,36 @@ def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, int] = (4, 24))
         labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         start = time.perf_counter()
         class_semantic_scales(torch.randn(labels.numel(), schedule.feature_dim), labels, len(counts))
-        measure_s = time.perf_counter() - start
+        return times, time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    step_s = (times[1] - times[0]) / (probe_steps[1] - probe_steps[0])
-    if not step_s > 0:
-        step_s = times[1] / probe_steps[1]  # the machine's noise swamped the difference: an upper bound
-    return RunEstimate(max(times[0] - step_s * probe_steps[0], 0.0), step_s, measure_s)
+
+
+def estimate_seconds(schedule: Schedule, probe_steps: tuple[int, ...] = (4, 24), workers: int = 1) -> RunEstimate:
+    """Time short unweighted runs of ``probe_steps`` optimizer steps for the fixed and per-step seconds, and one
+    re-measurement of every class's scale on a pool of the training set's size for the pool candidates' extra.
+
+    The last two probes give the estimate; earlier ones only warm up (a process's one-off start-up: a CUDA context).
+    ``workers`` > 1: each of ``workers`` processes probes at once (the concurrency the runs will have), and the
+    slowest worker's figures count."""
+    if len(probe_steps) < 2 or not 0 < probe_steps[-2] < probe_steps[-1]:
+        raise SelectionError(f"probe_steps must end in two step counts 0 < short < long, got {list(probe_steps)}")
+    (short, long), estimates = probe_steps[-2:], []
+    for times, measure_s in run_pending(functools.partial(_probe_seconds, schedule), [probe_steps] * workers, workers):
+        step_s = (times[-1] - times[-2]) / (long - short)
+        if not step_s > 0:
+            step_s = times[-1] / long  # the machine's noise swamped the difference: an upper bound
+        estimates.append(RunEstimate(max(times[-2] - step_s * short, 0.0), step_s, measure_s))
+    return RunEstimate(*(max(getattr(e, f.name) for e in estimates) for f in fields(RunEstimate)))
+
+
+def fill_budget(options: Sequence[T], seconds: Callable[[list[T]], float], budget_s: float) -> tuple[list[T], list[T]]:
+    """Fill ``budget_s`` in order: each option is kept when ``seconds(kept + [option])`` still fits, else skipped.
+    Returns (kept, skipped)."""
+    kept, skipped = [], []
+    for option in options:
+        (kept if seconds([*kept, option]) <= budget_s else skipped).append(option)
+    return kept, skipped
 
 
 def check_class_counts(counts: list[int], names: list[str]) -> None:
@@ -142,25 +170,20 @@ def _plan(
     ``run_s``: estimated seconds of one run of each candidate."""
     if settings.budget_min is None:
         return candidates, []
-    capacity_s = settings.budget_min * 60.0 * min(settings.workers, os.cpu_count() or 1)
-    kept, skipped, used, planned = [], [], 0.0, set()
-    for cand in candidates:
-        source = cand.trains_as or cand.name
-        runs = 0 if source in planned else len(cand.points) + len(seeds) - 1
-        cost = runs * run_s[cand.name]
-        if used + cost <= capacity_s:
-            kept.append(cand)
-            used += cost
-            planned.add(source)
-        else:
-            skipped.append(cand.name)
+
+    def work_s(kept: list[Candidate]) -> float:  # a post-hoc candidate costs nothing when its source trains anyway
+        sources = {c.trains_as or c.name: c for c in reversed(kept)}
+        return sum((len(c.points) + len(seeds) - 1) * run_s[c.name] for c in sources.values())
+
+    parallel = min(settings.workers, os.cpu_count() or 1)
+    kept, skipped = fill_budget(candidates, lambda kept: work_s(kept) / parallel, settings.budget_min * 60.0)
     if not kept:
         raise SelectionError(
             f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {min(run_s.values()):.0f} s and the first "
             f"candidate ({candidates[0].name}) needs {len(candidates[0].points) + len(seeds) - 1} runs. Fix: raise the "
             "budget, or use fewer seeds / candidates."
         )
-    return kept, skipped
+    return kept, [c.name for c in skipped]
 
 
 def select_method(

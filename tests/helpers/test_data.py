@@ -22,6 +22,7 @@ from hf_semscale.data import (
     long_tail_counts,
     long_tail_indices,
     make_long_tailed,
+    save_long_tailed_splits,
     train_validation_split,
 )
 
@@ -222,6 +223,17 @@ def test_save_to_disk_folder_columns_normalised(tmp_path: Path):
         load_dataset_any(tmp_path / "dd", "train")  # 'intent' is not a default label name
     with pytest.raises(DatasetLoadError, match="no text column 'question'.*--text-column"):
         load_dataset_any(tmp_path / "dd", "train", text_column="question")
+
+
+def test_long_tailed_splits_are_carved_cut_saved_once(tmp_path: Path):
+    source = tmp_path / "source"
+    datasets.DatasetDict({"train": _text_dataset([12, 12, 12]), "test": _text_dataset([5, 5, 5])}).save_to_disk(source)
+    target = save_long_tailed_splits(str(source), tmp_path / "prepared", 4, validation_per_class=2, test_per_class=3)
+    saved = datasets.load_from_disk(str(target))
+    assert class_counts(saved["validation"]) == [2, 2, 2] and class_counts(saved["test"]) == [3, 3, 3]
+    assert class_counts(saved["train"]) == long_tail_counts(10, 3, 4)  # 10 per class left after the validation rows
+    assert set(saved["train"]["text"]).isdisjoint(saved["validation"]["text"])
+    assert save_long_tailed_splits("/nonexistent", target, 4, 2) == target  # built once: the saved copy is kept
 
 
 def test_data_files_folder_goes_through_datasets_load_dataset(tmp_path: Path):

@@ -1,5 +1,5 @@
-"""The GPU tier's device session: the schedule simulation and budget of ``benchmarks/tier_budget.py``, and the
-data kit of ``benchmarks/gpu_kit.py``."""
+"""The GPU tier's device session: the schedule simulation and budget of ``benchmarks/tier_budget.py`` (on the
+library's timing and budget fill), and the data kit of ``benchmarks/gpu_kit.py``."""
 
 from __future__ import annotations
 
@@ -85,28 +85,10 @@ def test_budget_takes_methods_at_seed_0_in_priority_order_then_more_seeds(tmp_pa
     assert later["methods"][:3] == ["ce", "cb_ce", "dsb_ce"] and later["wall_s"] == 100.0
 
 
-def test_steps_per_run_of_the_gpu_tier():
-    gpu = lt.tier_settings("gpu")[0]
-    assert tb.steps_per_run(gpu, [], 12_156) == tiers.GPU_EPOCHS * 95  # 200 epochs of ceil(12,156 / 128) steps
-    assert gpu["prepare"]["test_per_class"] == 500
-
-
-def test_run_cost_from_the_timing_runs():
-    # two workers: (whole run s, training loop s) for start-up, 2 steps, 10 steps
-    timings = [[(30.0, 9.0), (12.0, 2.0), (20.0, 10.0)], [(31.0, 9.0), (13.0, 2.5), (22.0, 12.5)]]
-    cost = tb.run_cost(timings, 2, 10)
-    assert cost["step_s"] == pytest.approx(1.25) and cost["fixed_s"] == pytest.approx(13.0 - 2 * 1.25)
-    noisy = [[(30.0, 9.0), (12.0, 2.0), (11.0, 1.9)]]  # the long run trained no longer: no estimate at all
-    with pytest.raises(RuntimeError, match="the timing is noise on this machine"):
-        tb.run_cost(noisy, 2, 10)
-
-
-def test_timing_refuses_text_settings_and_bad_step_counts(tmp_path):
+def test_timing_refuses_text_settings():
     banking = next(s for s in lt.tier_settings("cpu") if s["recipe"] == "train_text")
     with pytest.raises(ValueError, match="only image settings are timed"):
-        tb.measure_run_cost(banking, [], tmp_path, 1)
-    with pytest.raises(ValueError, match="0 < short < long"):
-        tb.measure_run_cost(lt.tier_settings("tiny")[0], [], tmp_path, 1, steps=(4, 4))
+        tb.measure(banking, [], 1)
 
 
 def test_budget_run_times_the_recipe_then_runs_what_fits(tmp_path, one_torch_thread):
@@ -119,6 +101,7 @@ def test_budget_run_times_the_recipe_then_runs_what_fits(tmp_path, one_torch_thr
     lt.main([*common, "--dry-run", "--workers", "1"])
     estimate = json.loads((out / lt.ESTIMATE_FILENAME.format(tier="tiny")).read_text())
     assert estimate["text"].startswith("tiny tier, tiny_image: 8 runs to do x 1 optimizer steps. Measured on cpu")
+    assert "(2- and 10-step timing runs)" in estimate["text"] and "s per scale re-measurement" in estimate["text"]
     assert "--dry-run" in estimate["command"] and not (work / "tiny" / "tiny_image").exists()  # nothing ran
     lt.main([*common, "--budget-min", "5", "--workers", "1"])
     info = json.loads((work / "tiny" / "run_info.json").read_text())[-1]
@@ -128,7 +111,6 @@ def test_budget_run_times_the_recipe_then_runs_what_fits(tmp_path, one_torch_thr
     for method in ("ce", "dsb_ce"):
         for seed in lt.DEFAULT_SEEDS:
             assert (lt.run_dir(work, "tiny", setting, method, seed) / RESULTS_FILENAME).is_file()
-    assert not (work / "tiny" / "_timing").exists()  # the timing runs are cleaned up
     assert "| ce |" in (out / "long_tail.md").read_text()
 
 
@@ -161,6 +143,7 @@ def test_kit_round_trip_is_exact_and_checked(tmp_path):
 
 def test_kit_lands_where_the_benchmark_looks(tmp_path):
     setting = lt.tier_settings("gpu")[0]
+    assert setting["prepare"]["test_per_class"] == 500  # the packed data stays under the device tool's 64 MiB
     target = gpu_kit.data_target(tmp_path)
     lt.write_tiny_image_dataset(target)
     assert tiers.prepare_image_data(setting, tmp_path / "no_data", tmp_path / "gpu" / "cache") == target

@@ -23,6 +23,8 @@ from hf_semscale.select.selection import (
     _plan,
     check_class_counts,
     choose_winner,
+    estimate_seconds,
+    fill_budget,
 )
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -62,6 +64,47 @@ def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
 def test_data_no_method_can_be_validated_on_is_refused(counts, message):
     with pytest.raises(SelectionError, match=message):
         check_class_counts(counts, [str(c) for c in range(len(counts))])
+
+
+def test_fill_budget_skips_what_does_not_fit_and_goes_on():
+    kept, skipped = fill_budget([5, 9, 3, 2], lambda kept: float(sum(kept)), budget_s=10.0)
+    assert kept == [5, 3, 2] and skipped == [9]
+    assert fill_budget([11], lambda kept: float(sum(kept)), budget_s=10.0) == ([], [11])
+
+
+class SleepSchedule:
+    """Runs that sleep ``fixed_s + step_s * steps``; a process's first run sleeps ``startup_s`` more (a CUDA
+    context). Each run's pid goes to ``log_dir``."""
+
+    first_in_process = True
+
+    def __init__(self, log_dir: Path, fixed_s=0.05, step_s=0.02, startup_s=0.5):
+        self.log_dir, self.fixed_s, self.step_s, self.startup_s = log_dir, fixed_s, step_s, startup_s
+        self.feature_dim = 8
+
+    def class_counts(self):
+        return [20, 5]
+
+    def train(self, overrides, seed, max_steps=None):
+        startup = self.startup_s if SleepSchedule.first_in_process else 0.0
+        SleepSchedule.first_in_process = False
+        time.sleep(startup + self.fixed_s + self.step_s * max_steps)
+        with open(self.log_dir / f"{os.getpid()}.txt", "a") as log:
+            log.write(f"{max_steps}\n")
+        return {}, {}
+
+
+def test_estimate_seconds_leaves_the_warm_up_out_and_times_workers_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(SleepSchedule, "first_in_process", True)
+    estimate = estimate_seconds(SleepSchedule(tmp_path), probe_steps=(2, 2, 12))
+    assert estimate.step_s == pytest.approx(0.02, abs=0.01) and estimate.fixed_s < 0.3  # the 0.5 s start-up left out
+    (tmp_path / "w2").mkdir()
+    estimate = estimate_seconds(SleepSchedule(tmp_path / "w2"), probe_steps=(1, 2, 12), workers=2)
+    logs = [p.read_text().split() for p in (tmp_path / "w2").glob("*.txt")]
+    assert logs == [["1", "2", "12"]] * 2 and os.getpid() not in [int(p.stem) for p in (tmp_path / "w2").glob("*")]
+    assert estimate.step_s == pytest.approx(0.02, abs=0.01) and estimate.measure_s > 0
+    with pytest.raises(SelectionError, match="0 < short < long"):
+        estimate_seconds(SleepSchedule(tmp_path), probe_steps=(4, 4))
 
 
 def test_run_estimate_adds_the_pool_re_measurements():
