@@ -18,7 +18,6 @@ alike; the report gives every repeat and the median ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from benchmarks.smoke import parse_benchmark_args, write_results  # noqa: E402
 from recipes.train_image import (  # noqa: E402
     BatchImageCollator,
     ImageTransform,
@@ -163,9 +162,6 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_per_item_over_batched": ratio,
         "command": "python benchmarks/augmentation.py " + " ".join(argv or sys.argv[1:]),
     }
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "augmentation.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Augmentation: per-image set_transform vs batched uint8 collator",
         "",
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"(data + ResNet-8 forward/backward/SGD) {ratio['train_epoch_s']:.2f}x.",
         "",
     ]
-    (out / "augmentation.md").write_text("\n".join(lines))
+    write_results(args.out_dir, "augmentation", result, "\n".join(lines))
     print("\n".join(lines))
     return result
 

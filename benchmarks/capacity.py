@@ -28,7 +28,6 @@ CIFAR-100-LT (IF 100, d = 64), ImageNet-LT (1,000 classes, 115,846 images, 1,280
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -42,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from benchmarks.smoke import parse_benchmark_args, write_results  # noqa: E402
 from hf_semscale.core.scale import _chunk_elements, _plan_chunks, class_semantic_scales  # noqa: E402
 from hf_semscale.data import long_tail_counts  # noqa: E402
 from hf_semscale.dsb.comm import class_owners, gather_labelled_features, shard_classes_by_cost  # noqa: E402
@@ -333,10 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         fmt = (lambda v: f"{v * 1e3:.1f} ms") if "seconds" in c["what"] else (lambda v: f"{int(v):,} B")
         lines.append(f"| {c['what']} | {fmt(c['predicted'])} | {fmt(c['measured'])} | {c['ratio']:.3f} |")
     lines.append("")
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "capacity.md").write_text("\n".join(lines))
+    write_results(args.out_dir, "capacity", result, "\n".join(lines))
     print("\n".join(lines))
     return result
 

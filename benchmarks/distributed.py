@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.smoke import parse_benchmark_args
+from benchmarks.smoke import parse_benchmark_args, write_results
 from hf_semscale.data import long_tail_counts
 
 CASES = {
@@ -309,10 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        report = {"machine": machine, "results": results}
-        (args.out_dir / "distributed.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out_dir / "distributed.md").write_text(text + "\n")
+        write_results(args.out_dir, "distributed", {"machine": machine, "results": results}, text + "\n")
 
 
 if __name__ == "__main__":

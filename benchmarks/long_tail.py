@@ -30,7 +30,6 @@ study tiers.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -43,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from benchmarks.smoke import parse_benchmark_args, write_results  # noqa: E402
 from benchmarks.tiers import (  # noqa: E402
     DEFAULT_DATA_ROOT,
     DEFAULT_SEEDS,
@@ -316,8 +315,6 @@ def write_report(
     out_dir: Path, tiers: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]], notes: list[str]
 ) -> None:
     all_records = [r for records, _ in tiers.values() for r in records]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "long_tail.json").write_text(json.dumps(all_records, indent=2) + "\n", encoding="utf-8")
     lines = [
         "# Long-tail benchmark: DSB against the published baselines",
         "",
@@ -395,7 +392,7 @@ def write_report(
         "harness, not absolute numbers against the paper.",
         "",
     ]
-    (out_dir / "long_tail.md").write_text("\n".join(lines), encoding="utf-8")
+    write_results(out_dir, "long_tail", all_records, "\n".join(lines))
 
 
 def read_run_info(path: Path) -> list[dict[str, Any]]:

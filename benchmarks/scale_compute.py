@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.smoke import parse_benchmark_args
+from benchmarks.smoke import machine_description, parse_benchmark_args, write_results
 from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.data import long_tail_counts
 
@@ -154,32 +153,12 @@ def run_case(name: str, ref_sample: int | None, repeats: int, seed: int) -> dict
     }
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def _numpy_blas_threads() -> int | None:
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
     return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=None)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def table(rows: list[dict]) -> str:
@@ -217,9 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_benchmark_args(parser, argv, smoke={"cases": ["a"], "repeats": 1})
     json_path = args.out_dir / "scale_compute.json"
     if args.render:
-        report = {"machine": machine(), "runs": json.loads(json_path.read_text())["runs"]}
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out_dir / "scale_compute.md").write_text(markdown(report))
+        report = {"machine": machine_description(), "runs": json.loads(json_path.read_text())["runs"]}
+        write_results(args.out_dir, "scale_compute", report, markdown(report))
         return
     if args.threads is not None:
         from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -249,12 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows))
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     if not args.no_write:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
         runs = json.loads(json_path.read_text())["runs"] if json_path.exists() else []
         runs = [r for r in runs if r["settings"] != settings] + [run]  # one run per setting, latest kept
-        report = {"machine": machine(), "runs": runs}
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out_dir / "scale_compute.md").write_text(markdown(report))
+        report = {"machine": machine_description(), "runs": runs}
+        write_results(args.out_dir, "scale_compute", report, markdown(report))
         print(f"wrote {args.out_dir / 'scale_compute.md'} and .json")
 
 

@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.smoke import write_results  # noqa: E402
 from hf_semscale.data import DataArguments  # noqa: E402
-from hf_semscale.hub.report import write_json_atomic  # noqa: E402
 from hf_semscale.select.pipeline import select_text  # noqa: E402
 from hf_semscale.select.selection import SelectionSettings  # noqa: E402
 
@@ -121,8 +121,6 @@ def record_for(name: str, result: dict[str, Any], study: dict[str, Any] | None) 
 
 
 def write_report(records: list[dict[str, Any]], out_dir: Path, machine: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "selection.json", {"machine": machine, "records": records})
     pct = lambda v: "—" if v is None else f"{100 * v:.2f}"
     lines = [
         "# Does selection pick well?",
@@ -149,7 +147,7 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, machine: str) -> 
             f"{m} {pct(c['validation_balanced_accuracy_mean'])} / {pct(c['test_balanced_accuracy_mean'])}"
             for m, c in r["candidates"].items()
         ))  # fmt: skip
-    (out_dir / "selection.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(out_dir, "selection", {"machine": machine, "records": records}, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,14 @@ over the committed figures in ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from hf_semscale.atomic import atomic_path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -59,6 +64,42 @@ def parse_benchmark_args(
         )
     print(f"smoke run ({sizes}): results go to {args.out_dir}", flush=True)
     return args
+
+
+def write_results(
+    out_dir: Path, name: str, payload: dict[str, Any] | list[Any], markdown: str, indent: int = 2
+) -> None:
+    """Write ``out_dir/<name>.json`` (``payload``, indented JSON) and ``out_dir/<name>.md`` (``markdown``), each atomically."""
+    files = {f"{name}.json": json.dumps(payload, indent=indent) + "\n", f"{name}.md": markdown}
+    for filename, text in files.items():
+        with atomic_path(Path(out_dir) / filename) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def machine_description() -> dict[str, Any]:
+    """The machine a benchmark ran on: platform, CPU model, CPU count, Python / torch / numpy versions, load average."""
+    import numpy as np
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "load_average": os.getloadavg(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _shown(value: Any) -> str:

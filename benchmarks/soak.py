@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +36,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.smoke import parse_benchmark_args
+from benchmarks.smoke import machine_description, parse_benchmark_args, write_results
 
 HARNESS_FILTERS = [tracemalloc.Filter(False, f) for f in {__file__, os.path.abspath(__file__), tracemalloc.__file__}]
 
@@ -249,10 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
+            **machine_description(),
             "torch_threads": torch.get_num_threads(),
             "loadavg_start": load_start,
             "loadavg_end": load_end,
@@ -327,9 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         else None,
         "live_tensor_bytes": mem["end"]["live_tensor_bytes"] / mem["start"]["live_tensor_bytes"],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out_dir / "soak.md").write_text(render_markdown(result))
+    write_results(args.out_dir, "soak", result, render_markdown(result))
     print(render_markdown(result))
     if tmp is not None:
         tmp.cleanup()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.smoke import RESULTS_DIR
+from benchmarks.smoke import RESULTS_DIR, write_results
 from benchmarks.tiers import _pct, ablation_tag, choose_knobs, load_result, run_dir, tier_settings, tuned_methods
 from hf_semscale.core.imbalance import spearman
 from hf_semscale.select.methods import COUNT_TUNED_METHODS, SCALE_METHODS
@@ -410,8 +410,6 @@ def write_study_report(
         "ablations": ablations,
         "tuning": tuning,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"long_tail_{tier}.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
     lines = [
         f"# Regime study (`--tier {tier}`): where does the semantic scale help?",
@@ -528,5 +526,5 @@ def write_study_report(
                 "Final dsb_ce semantic scales (seed 0) against the class's training count, CPU-tier CIFAR-10-LT beside the text tiers.",
                 "",
             ]
-    (out_dir / f"long_tail_{tier}.md").write_text("\n".join(lines), encoding="utf-8")
+    write_results(out_dir, f"long_tail_{tier}", payload, "\n".join(lines), indent=1)
     return payload

@@ -60,7 +60,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.smoke import parse_benchmark_args  # noqa: E402
+from benchmarks.smoke import parse_benchmark_args, write_results  # noqa: E402
 from hf_semscale import SemanticScaleBalancer, SemScaleConfig, SemScaleTrainer  # noqa: E402
 from hf_semscale.core.losses import check_class_labels  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
@@ -626,9 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["uptime_after"] = uptime()
     report["notes"] = NOTES
     print(f"load: {report['uptime_after']}", flush=True)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "trainer_overhead.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out_dir / "trainer_overhead.md").write_text(markdown(report), encoding="utf-8")
+    write_results(args.out_dir, "trainer_overhead", report, markdown(report))
     print(f"wrote {args.out_dir / 'trainer_overhead.md'} and .json")
     return report
 
