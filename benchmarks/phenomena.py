@@ -224,29 +224,14 @@ def train_balanced_cifar(
     logger.info("trained %s in %.0f s", run_dir.name, time.time() - start)
 
 
-def _permutation_p(x: np.ndarray, y: np.ndarray, rank: bool, permutations: int = 20000, seed: int = 0) -> float | None:
-    """Two-sided permutation p-value of the (Pearson or Spearman) correlation of ``x`` and ``y``."""
-    from scipy.stats import rankdata
-
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    a, b = (rankdata(x), rankdata(y)) if rank else (np.asarray(x, float), np.asarray(y, float))
-    a, b = (a - a.mean()) / np.linalg.norm(a - a.mean()), (b - b.mean()) / np.linalg.norm(b - b.mean())
-    observed = abs(a @ b)
-    rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((permutations, a.size)), axis=1)
-    null = np.abs(b[perms] @ a)
-    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + permutations))
-
-
 def _correlations(scales: np.ndarray, counts: list[int], accuracy: np.ndarray) -> dict[str, Any]:
     import torch
 
-    from hf_semscale.core.imbalance import imbalance_summary
+    from hf_semscale.core.imbalance import imbalance_summary, permutation_p_value
 
     summary = imbalance_summary(torch.as_tensor(scales), torch.as_tensor(counts), torch.as_tensor(accuracy))
-    summary["p_pearson_scale_accuracy"] = _permutation_p(scales, accuracy, rank=False)
-    summary["p_spearman_scale_accuracy"] = _permutation_p(scales, accuracy, rank=True)
+    summary["p_pearson_scale_accuracy"] = permutation_p_value(scales, accuracy, rank=False)
+    summary["p_spearman_scale_accuracy"] = permutation_p_value(scales, accuracy, rank=True)
     return summary
 
 

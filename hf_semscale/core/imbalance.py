@@ -6,19 +6,28 @@
 - :func:`imbalance_summary`: max/min ratio, coefficient of variation, and, given per-class
   accuracy, Pearson and Spearman correlations of accuracy with scale and with sample count.
 
-This module imports torch only.
+This module imports torch and numpy only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .scale import MIN_SAMPLES_FOR_SCALE
 
-__all__ = ["normalized_scales", "imbalance_degree", "imbalance_summary", "pearson", "spearman", "average_ranks"]
+__all__ = [
+    "normalized_scales",
+    "imbalance_degree",
+    "imbalance_summary",
+    "pearson",
+    "spearman",
+    "average_ranks",
+    "permutation_p_value",
+]
 
 
 def _vector(values: Tensor | Sequence[float], name: str, non_negative: bool = True) -> Tensor:
@@ -95,6 +104,29 @@ def pearson(x: Tensor, y: Tensor) -> tuple[float | None, str | None]:
 def spearman(x: Tensor, y: Tensor) -> tuple[float | None, str | None]:
     """Spearman rank correlation (average ranks for ties): Pearson of the ranks, or ``(None, reason)``."""
     return pearson(average_ranks(x), average_ranks(y))
+
+
+def permutation_p_value(
+    x: Tensor | Sequence[float], y: Tensor | Sequence[float], rank: bool, permutations: int = 20000, seed: int = 0
+) -> float | None:
+    """Two-sided permutation p-value of the Pearson (``rank=False``) or Spearman correlation of ``x``, ``y`` ``[C]``.
+
+    The share of ``permutations`` random shuffles of ``y`` (numpy generator seeded with ``seed``) whose correlation is
+    at least as large in absolute value as the observed one, counting the observed order: ``(1 + hits) / (1 +
+    permutations)``. None when ``x`` or ``y`` is constant (the correlation is undefined).
+    """
+    a, b = _vector(x, "x", non_negative=False), _vector(y, "y", non_negative=False)
+    if a.shape != b.shape:
+        raise ValueError(f"x and y must have the same length, got {a.numel()} and {b.numel()}")
+    if bool((a == a[0]).all()) or bool((b == b[0]).all()):
+        return None
+    a, b = (average_ranks(a), average_ranks(b)) if rank else (a, b)
+    a, b = a.numpy(), b.numpy()
+    a, b = (a - a.mean()) / np.linalg.norm(a - a.mean()), (b - b.mean()) / np.linalg.norm(b - b.mean())
+    observed = abs(a @ b)
+    shuffles = np.argsort(np.random.default_rng(seed).random((permutations, a.size)), axis=1)
+    null = np.abs(b[shuffles] @ a)
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + permutations))
 
 
 def _ratio(values: Tensor, what: str) -> tuple[float | None, str | None]:

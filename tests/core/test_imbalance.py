@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from hf_semscale.core.imbalance import (
     imbalance_summary,
     normalized_scales,
     pearson,
+    permutation_p_value,
     spearman,
 )
 
@@ -102,6 +104,21 @@ def test_correlations_match_scipy(seed):
 def test_average_ranks_match_scipy():
     values = np.array([3.0, 1.0, 3.0, 2.0, 3.0, -1.0, 2.0])
     assert average_ranks(torch.tensor(values)).tolist() == stats.rankdata(values).tolist()
+
+
+def test_permutation_p_value_matches_the_exact_permutation_test():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = np.array([0.3, 0.1, 0.9, 0.4, 1.2, 0.8])
+    observed = abs(stats.pearsonr(x, y)[0])
+    exact = np.mean(
+        [abs(stats.pearsonr(x, y[list(p)])[0]) >= observed - 1e-12 for p in itertools.permutations(range(6))]
+    )
+    assert permutation_p_value(x, y, rank=False) == pytest.approx(exact, abs=0.01)
+    assert permutation_p_value(x, np.exp(x), rank=True) == pytest.approx(2 / 720, abs=0.002)  # only x and reversed x
+    assert permutation_p_value(x, y, rank=True, seed=3) == permutation_p_value(x, y, rank=True, seed=3)
+    assert permutation_p_value(x, np.full(6, 0.5), rank=False) is None
+    with pytest.raises(ValueError, match="same length"):
+        permutation_p_value(x, y[:5], rank=False)
 
 
 def test_constant_vectors_give_none_with_reason():
