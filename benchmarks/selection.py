@@ -24,12 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.smoke import write_results  # noqa: E402
+from benchmarks.smoke import RESULTS_DIR, parse_benchmark_args, write_results  # noqa: E402
 from hf_semscale.data import DataArguments  # noqa: E402
 from hf_semscale.select.pipeline import select_text  # noqa: E402
 from hf_semscale.select.selection import SelectionSettings  # noqa: E402
 
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 STUDY_FILE = RESULTS_DIR / "long_tail_text.json"
 SETTINGS = {
     "clinc150_lt_if10_frozen": ("clinc150", "clinc150_lt", 10, {"validation_split": "validation"}),
@@ -156,11 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", nargs="+", default=None, help="Default: hf-semscale select's.")
     parser.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "benchmarks" / "runs" / "selection"))
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--machine", default="a 2-core x86-64 CPU, no GPU")
-    parser.add_argument("--smoke", action="store_true", help="Tiny data, 1 epoch, 1 seed, a 1-point grid.")
-    args = parser.parse_args(argv)
+    # --smoke: CLINC150-LT IF=10 at 12 training / 4 evaluation texts per class, 1 epoch, 1 seed, a 1-point grid
+    args = parse_benchmark_args(parser, argv, smoke={"only": ["clinc150_lt_if10_frozen"]})
     settings = SelectionSettings(workers=args.workers)
     if args.candidates:
         settings = SelectionSettings(candidates=tuple(args.candidates), workers=args.workers)

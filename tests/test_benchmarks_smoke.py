@@ -135,3 +135,12 @@ def test_long_tail_smoke(tmp_path):
     records = run_smoke("long_tail", tmp_path)
     assert [(r["method"], r["seeds"]) for r in records if r["seeds"]] == [("dsb_ce", [0])]  # ce: not run
     assert (tmp_path / "runs" / "tiny" / "tiny_image" / "dsb_ce" / "seed0" / "results.json").is_file()
+
+
+def test_selection_smoke(tmp_path, shared_data_dir, minilm_path):
+    """``select`` end to end on a tiny CLINC150-LT (embedding included), scored against the study's table."""
+    report = run_smoke("selection", tmp_path / "out", "--data-root", str(shared_data_dir), "--work-dir", str(tmp_path))
+    (record,) = report["records"]
+    assert record["setting"] == "clinc150_lt_if10_frozen" and record["regime"] == "long_tail_below_dim"
+    assert record["method"] in record["candidates"] and record["oracle_method"]
+    assert 0.0 <= record["balanced_accuracy_mean"] <= 1.0
