@@ -43,6 +43,10 @@ _DATA_KEYS = {
     "max_train_samples_per_class",
     "max_eval_samples_per_class",
 }
+_START_KNOBS = {"semscale_warmup_ratio", "semscale_warmup_steps", "semscale_reweight_start"}
+"""Where re-weighting starts: the candidates' grid places it, so a config's value is not carried into the runs."""
+_FROZEN_KEYS = {"model_name_or_path", "encoder_mode", "method", "output_dir"}
+"""Config keys the frozen_cached selection reads itself (the encoder, the schedule check) or replaces (method, output)."""
 _SCHEDULE_KEYS = {
     "num_train_epochs": "epochs",
     "learning_rate": "learning_rate",
@@ -171,6 +175,17 @@ def selection_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dic
         schedule["hidden_dims"] = tuple(schedule["hidden_dims"])
     if args.epochs is not None:
         schedule["epochs"] = args.epochs
+    # the config's own semscale_* knobs hold for every run, except where the candidates and their start grid set them
+    knobs = {k: v for k, v in recipe.items() if k.startswith("semscale_") and k not in _START_KNOBS}
+    if knobs:
+        schedule["extra_args"] = knobs
+    unused = sorted(set(recipe) - _DATA_KEYS - set(_SCHEDULE_KEYS) - set(knobs) - _START_KNOBS - _FROZEN_KEYS)
+    if unused:
+        print(
+            f"note: the frozen_cached selection does not use these keys of {args.config}: {unused} (each run is the "
+            "schedule printed below; the candidates set the method and the start of re-weighting)",
+            file=sys.stderr,
+        )
     model = args.model or recipe.get("model_name_or_path", "minilm")
     return DataArguments(**data_fields), schedule, recipe, model
 

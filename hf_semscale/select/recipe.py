@@ -102,7 +102,7 @@ class RecipeSchedule:
     steps_per_epoch: int
     recipes_root: str
     extra_argv: tuple[str, ...] = ()
-    feature_dim_seen: int | None = None
+    feature_dim_seen: int | None = dataclasses.field(default=None, compare=False)  # learnt from the first run
 
     @classmethod
     def from_config(

@@ -8,6 +8,7 @@ again re-runs exactly the runs without one. Runs execute in worker processes (``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
 
-__all__ = ["Job", "RunStore", "Schedule", "run_jobs", "run_pending"]
+__all__ = ["Job", "RunStore", "Schedule", "run_jobs", "run_pending", "schedule_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,18 @@ class Job:
     def run_id(self) -> str:
         key = json.dumps([list(self.overrides), self.seed], sort_keys=True, default=str)
         return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-seed{self.seed}"
+
+
+def schedule_fingerprint(schedule: Schedule) -> str:
+    """A short hash of everything that decides a run besides its overrides and seed: the schedule's compared dataclass
+    fields (data, epochs, optimiser, base knobs, ...) and, for a recipe schedule, its config file's text. Runs of a
+    selection live under it, so a changed schedule never reuses another schedule's finished runs."""
+    values = {f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule) if f.compare}
+    config = values.get("config")
+    if isinstance(config, str) and Path(config).is_file():
+        values["config_text"] = Path(config).read_text(encoding="utf-8")
+    key = json.dumps([type(schedule).__name__, values], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 class RunStore:

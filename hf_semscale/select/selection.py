@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
 from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
-from .runs import Job, RunStore, Schedule, run_jobs, run_pending
+from .runs import Job, RunStore, Schedule, run_jobs, run_pending, schedule_fingerprint
 
 __all__ = [
     "SelectionSettings",
@@ -192,8 +192,8 @@ def select_method(
     settings: SelectionSettings | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Run (or resume) a selection with its runs in ``output_dir/runs``; returns the result (candidate rows, the
-    chosen method and the rule; :func:`~hf_semscale.select.report.write_selection` writes it out).
+    """Run (or resume) a selection with its runs in ``output_dir/runs/<schedule fingerprint>``; returns the result
+    (candidate rows, the chosen method and the rule; :func:`~hf_semscale.select.report.write_selection` writes it out).
 
     ``schedule`` trains one run (:class:`~hf_semscale.select.frozen.HeadSchedule`); ``log`` prints progress lines."""
     settings = settings or SelectionSettings()
@@ -201,7 +201,7 @@ def select_method(
     check_class_counts(counts, list(getattr(schedule, "class_names", [str(c) for c in range(len(counts))])))
     epochs = getattr(schedule, "epochs", 1.0)
     candidates = build_candidates(settings.candidates, epochs, settings.grid)
-    store = RunStore(Path(output_dir) / "runs")
+    store = RunStore(Path(output_dir) / "runs" / schedule_fingerprint(schedule))
     seeds = tuple(settings.seeds)
 
     estimate = estimate_seconds(schedule)

@@ -67,7 +67,7 @@ def test_select_on_an_image_recipe_config_trains_each_candidate_with_the_recipe(
     assert rows["dsb_ce"]["uses_pool"] and len(rows["dsb_ce"]["final_semantic_scales"]) == 4
     assert max(rows["dsb_ce"]["final_semantic_scales"]) > 0  # the recipe's DSB stage ran
     assert "tau" in rows["ce_posthoc_la"]["knobs"] and rows["ce_posthoc_la"]["test_balanced_accuracy_mean"] is not None
-    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*/*.json")]
     weighting = {r["overrides"]["semscale_weighting"]: r["semscale"]["semscale_weighting"] for r in records}
     assert weighting == {"none": "none", "dsb": "dsb"}  # the config's method: dsb_ce did not leak into ce's run
     assert all(r["validation"]["num_samples"] == 8 and r["test"]["num_samples"] == 8 for r in records)

@@ -107,6 +107,22 @@ def test_estimate_seconds_leaves_the_warm_up_out_and_times_workers_at_once(tmp_p
         estimate_seconds(SleepSchedule(tmp_path), probe_steps=(4, 4))
 
 
+def test_a_changed_schedule_never_reuses_finished_runs(tmp_path):
+    from hf_semscale.select.frozen import HeadSchedule
+    from hf_semscale.select.runs import schedule_fingerprint
+
+    base = HeadSchedule(str(tmp_path / "f.npz"), ["a", "b"], epochs=2.0)
+    assert schedule_fingerprint(base) == schedule_fingerprint(
+        HeadSchedule(str(tmp_path / "f.npz"), ["a", "b"], epochs=2.0)
+    )
+    for changed in (
+        HeadSchedule(str(tmp_path / "f.npz"), ["a", "b"], epochs=3.0),
+        HeadSchedule(str(tmp_path / "g.npz"), ["a", "b"], epochs=2.0),  # other data / encoder: another features file
+        HeadSchedule(str(tmp_path / "f.npz"), ["a", "b"], epochs=2.0, extra_args={"semscale_update_interval": 5}),
+    ):
+        assert schedule_fingerprint(changed) != schedule_fingerprint(base)
+
+
 def test_run_estimate_adds_the_pool_re_measurements():
     estimate = RunEstimate(fixed_s=2.0, step_s=0.01, measure_s=0.5)
     assert estimate.seconds(1000, uses_pool=False) == pytest.approx(12.0)
@@ -122,7 +138,7 @@ def test_bad_settings_are_refused():
 
 def _finished_runs(out: Path) -> int:
     """Run records in ``out/runs`` (not the hidden temporary files of a write in progress or killed)."""
-    return sum(not p.name.startswith(".") for p in (out / "runs").glob("*.json"))
+    return sum(not p.name.startswith(".") for p in (out / "runs").glob("*/*.json"))
 
 
 def _run_worker(features: Path, out: Path, kill_after_runs: int | None = None) -> dict | None:
