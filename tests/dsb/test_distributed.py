@@ -6,7 +6,7 @@ Two kinds of tests:
   through a fake accelerator whose ``gather`` behaves like ``all_gather`` (every rank blocks until all
   have called it, and differing shapes are an error, as on gloo / NCCL).
 - ``@pytest.mark.distributed``: ONE real ``torchrun --nproc_per_node 2`` launch over gloo on the CPU
-  (``tests/support/distributed_worker.py``, phases train, resume, mismatch, stall; one launch because importing
+  (``tests/support/distributed_worker.py``, phases train, plain, resume, mismatch, stall; one launch because importing
   transformers costs ~15 s of CPU per process), checked against a 1-process run of the same global
   batches that this test process trains meanwhile. About 40-60 s of wall time on 2 idle cores.
 """
@@ -307,7 +307,7 @@ def two_process_run(tmp_path_factory):
         "--out",
         str(out / "two"),
         "--phases",
-        "train,resume,mismatch,stall",
+        "train,plain,resume,mismatch,stall",
         "--per-device-batch",
         "4",
         "--ddp-timeout",
@@ -425,6 +425,20 @@ def _init_model_state() -> dict[str, torch.Tensor]:
     finally:
         sys.path.remove(str(SUPPORT_DIR))
     return {f"model.{k}": v.detach().clone() for k, v in worker.make_model().state_dict().items()}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_plain_trainer_with_semscale_balancing_matches_semscale_trainer_on_two_processes(two_process_run):
+    """The plain-Trainer route (compute_loss_func + callback) over 2 real processes: the same weights after every
+    update, the same pool and model as SemScaleTrainer's run, bit-identical on both ranks."""
+    ours, info = _phase_result(two_process_run, "train", 0)
+    plain, plain_info = _phase_result(two_process_run, "plain", 0)
+    files = [two_process_run.two / "plain" / f"rank{r}.safetensors" for r in (0, 1)]
+    assert files[0].read_bytes() == files[1].read_bytes(), "the plain route's ranks differ"
+    assert plain_info["num_processes"] == 2 and plain_info["update_steps"] == info["update_steps"]
+    for name, value in ours.items():
+        torch.testing.assert_close(plain[name], value, rtol=1e-6, atol=1e-6, msg=name)
 
 
 @pytest.mark.distributed

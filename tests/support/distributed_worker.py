@@ -17,6 +17,9 @@ Phases, in one process per rank (the expensive imports are paid once):
   rank-specific, so the ranks' files must be byte-identical) and ``rank{r}.json``.
 - ``resume``: a fresh model and trainer resume from ``DIR/train/checkpoint-10`` and train to 24;
   writes ``DIR/resume/rank{r}.*`` the same way.
+- ``plain``: the same run as ``train`` (no checkpoints) with a plain ``transformers.Trainer`` and
+  ``SemScaleBalancing`` (``compute_loss_func=balancing.loss``, ``callbacks=[balancing.callback]``): the route for users
+  who do not subclass; written like ``train``.
 - ``mismatch``: rank 1 builds its model with ``num_labels + 1``; ``train()`` must raise on EVERY rank (the
   message goes to ``DIR/mismatch/expected_error_rank{r}.txt``; in a real script that error ends every
   process with exit code 1); the process group stays usable, so later phases run in the same processes.
@@ -92,6 +95,40 @@ def make_model(num_labels: int = NUM_LABELS, hidden_dims: tuple[int, ...] = HIDD
     )
 
 
+def _record_updates(trainer, balancing) -> None:
+    """Wrap ``balancing.begin_step`` so ``trainer.update_log`` holds (step, weights, scales) after every update."""
+    trainer.update_log = []
+    begin_step = balancing.begin_step
+
+    def recorded(args, step):
+        updates = balancing.balancer.num_updates
+        begin_step(args, step)
+        if balancing.balancer.num_updates > updates:
+            trainer.update_log.append(
+                (step, balancing.balancer.class_weights.clone(), balancing.balancer.semantic_scales.clone())
+            )
+
+    balancing.begin_step = recorded
+
+
+def make_plain_trainer(output_dir: str | Path, per_device_batch: int):
+    """A plain ``transformers.Trainer`` with :class:`SemScaleBalancing`, the settings of :func:`make_trainer`."""
+    from transformers import Trainer
+
+    from hf_semscale import SemScaleBalancing
+
+    args = make_trainer(output_dir, per_device_batch, save=False).args
+    rows, counts = make_dataset()
+    model = make_model()
+    balancing = SemScaleBalancing(model, args, class_counts=counts)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows, compute_loss_func=balancing.loss, callbacks=[balancing.callback]
+    )
+    trainer.balancing = balancing
+    _record_updates(trainer, balancing)
+    return trainer
+
+
 def make_trainer(
     output_dir: str | Path,
     per_device_batch: int,
@@ -109,15 +146,12 @@ def make_trainer(
     class RecordingTrainer(SemScaleTrainer):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self.update_log: list = []
-            self._balancing_begin_step = self.balancing.begin_step
+            _record_updates(self, self.balancing)
+            self._recorded_begin_step = self.balancing.begin_step
             self.balancing.begin_step = self._begin_step
 
         def _begin_step(self, args, step):
-            updates = self.balancer.num_updates
-            self._balancing_begin_step(args, step)
-            if self.balancer.num_updates > updates:
-                self.update_log.append((step, self.class_weights.clone(), self.semantic_scales.clone()))
+            self._recorded_begin_step(args, step)
             if self.balancer.capturing and self.args.process_index == stall_rank and step >= STALL_STEP:
                 # This rank "hangs" before the gather (as a stuck data loader would) until torchrun
                 # stops it once the other rank has failed (exit 3 after 5 minutes otherwise).
@@ -162,9 +196,10 @@ def dump(trainer, folder: Path) -> None:
 
     rank, world = rank_and_world()
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in trainer.model.state_dict().items()}
-    tensors["class_weights"] = trainer.class_weights
-    tensors["semantic_scales"] = trainer.semantic_scales
-    state = trainer.balancer.state_dict()  # every rank: a class-sharded pool is gathered whole
+    balancer = trainer.balancing.balancer  # SemScaleTrainer or a plain Trainer with SemScaleBalancing
+    tensors["class_weights"] = balancer.class_weights
+    tensors["semantic_scales"] = balancer.semantic_scales
+    state = balancer.state_dict()  # every rank: a class-sharded pool is gathered whole
     tensors.update({k: v.contiguous() for k, v in state.items() if k.startswith("pool.")})
     if trainer.update_log:
         tensors["history.steps"] = torch.tensor([s for s, _, _ in trainer.update_log], dtype=torch.long)
@@ -177,10 +212,10 @@ def dump(trainer, folder: Path) -> None:
         "world_size": world,
         "num_processes": trainer.accelerator.num_processes,
         "global_step": trainer.state.global_step,
-        "stage": trainer.stage,
-        "num_updates": trainer.balancer.num_updates,
-        "pool_nbytes": trainer.pool.nbytes if trainer.pool is not None else 0,
-        "pool_sharded": trainer.pool.is_sharded if trainer.pool is not None else False,
+        "stage": balancer.stage,
+        "num_updates": balancer.num_updates,
+        "pool_nbytes": balancer.pool.nbytes if balancer.pool is not None else 0,
+        "pool_sharded": balancer.pool.is_sharded if balancer.pool is not None else False,
         "update_steps": [s for s, _, _ in trainer.update_log],
     }
     (folder / f"rank{rank}.json").write_text(json.dumps(info), encoding="utf-8")
@@ -193,6 +228,10 @@ def run_phase(phase: str, out: Path, per_device_batch: int, ddp_timeout: int) ->
     try:
         if phase == "train":
             trainer = make_trainer(folder, per_device_batch)
+            trainer.train()
+            dump(trainer, folder)
+        elif phase == "plain":
+            trainer = make_plain_trainer(folder, per_device_batch)
             trainer.train()
             dump(trainer, folder)
         elif phase == "resume":
