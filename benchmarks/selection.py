@@ -26,6 +26,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.smoke import RESULTS_DIR, parse_benchmark_args, write_results  # noqa: E402
 from hf_semscale.data import DataArguments  # noqa: E402
+from hf_semscale.select.candidates import knob_text  # noqa: E402
 from hf_semscale.select.pipeline import select_text  # noqa: E402
 from hf_semscale.select.selection import SelectionSettings  # noqa: E402
 
@@ -133,7 +134,7 @@ def write_report(records: list[dict[str, Any]], out_dir: Path, machine: str) -> 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        knobs = ", ".join(f"{k.removeprefix('semscale_')}={v:g}" for k, v in r["knobs"].items())
+        knobs = knob_text(r["knobs"])
         lines.append(
             f"| {r['setting']} | {r['regime']} | {r['method']} ({knobs or '—'}) | {pct(r['balanced_accuracy_mean'])} ± "
             f"{pct(r['balanced_accuracy_std'])} | {pct(r['ce_balanced_accuracy_mean'])} | "

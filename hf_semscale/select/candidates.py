@@ -16,7 +16,7 @@ from typing import Any
 from ..dsb.settings import DYNAMIC_WEIGHTING_MODES
 from .methods import METHODS, POSTHOC_METHODS, TUNED_METHODS, method_overrides
 
-__all__ = ["DEFAULT_CANDIDATES", "GridSpec", "Candidate", "build_candidates", "grid_axes", "grid_points"]
+__all__ = ["knob_text", "DEFAULT_CANDIDATES", "GridSpec", "Candidate", "build_candidates", "grid_axes", "grid_points"]
 
 DEFAULT_CANDIDATES = (
     "ce",
@@ -59,10 +59,24 @@ class Candidate:
     trains_as: str | None = None
 
     @property
+    def tuned_knobs(self) -> tuple[str, ...]:
+        """The knobs whose value differs between grid points (sorted): what validation chooses."""
+        names = {k for p in self.points for k in p}
+        return tuple(sorted(k for k in names if len({repr(p.get(k)) for p in self.points}) > 1))
+
+    def knobs_of(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The tuned knobs' values at ``point``."""
+        return {k: point[k] for k in self.tuned_knobs}
+
+    @property
     def complexity(self) -> tuple[int, int]:
         """(uses a feature pool, number of tuned knobs): smaller is simpler; ties in accuracy go to the simpler."""
-        tuned = len({k for p in self.points for k in p if len({repr(q.get(k)) for q in self.points}) > 1})
-        return int(self.uses_pool), tuned + int(self.trains_as is not None)
+        return int(self.uses_pool), len(self.tuned_knobs) + int(self.trains_as is not None)
+
+
+def knob_text(knobs: dict[str, Any], separator: str = ", ") -> str:
+    """``{"semscale_gamma": 4.0, ...}`` -> ``"gamma=4, ..."`` (empty for no knobs)."""
+    return separator.join(f"{k.removeprefix('semscale_')}={v:g}" for k, v in knobs.items())
 
 
 def grid_axes(method: str, epochs: float, grid: GridSpec) -> dict[str, list[float]]:

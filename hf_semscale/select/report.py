@@ -9,6 +9,7 @@ import yaml
 
 from ..atomic import atomic_path
 from ..hub.report import write_json_atomic
+from .candidates import knob_text
 
 __all__ = ["write_selection", "format_table", "config_kwargs", "summary_lines"]
 
@@ -26,10 +27,6 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
 
 
-def _knob_text(knobs: dict[str, Any]) -> str:
-    return ", ".join(f"{k.removeprefix('semscale_')}={v:g}" for k, v in knobs.items()) or "—"
-
-
 def format_table(result: dict[str, Any]) -> str:
     """The candidates as a markdown table (mean ± seed std, %), the chosen one in bold."""
     lines = [
@@ -40,7 +37,7 @@ def format_table(result: dict[str, Any]) -> str:
         name = f"**{row['method']}**" if row["method"] == result["chosen"] else row["method"]
         cells = [_cell(row, key) for key, _ in _SHOWN]
         lines.append(
-            f"| {name} | {'yes' if row['uses_pool'] else 'no'} | {_knob_text(row['knobs'])} | "
+            f"| {name} | {'yes' if row['uses_pool'] else 'no'} | {knob_text(row['knobs']) or '—'} | "
             + " | ".join(cells)
             + " |"
         )

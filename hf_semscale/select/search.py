@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .candidates import DEFAULT_CANDIDATES, GridSpec, build_candidates
+from .candidates import DEFAULT_CANDIDATES, GridSpec, build_candidates, knob_text
 
 __all__ = ["TrainerSearchSpace", "trainer_search_space"]
 
@@ -28,9 +28,9 @@ PARAM = "candidate"
 """The one categorical parameter of a trial: the key of a (candidate, grid point)."""
 
 
-def _key(method: str, point: dict[str, Any], varying: set[str]) -> str:
-    knobs = ",".join(f"{k.removeprefix('semscale_')}={point[k]:g}" for k in sorted(varying))
-    return f"{method}[{knobs}]" if knobs else method
+def _key(method: str, knobs: dict[str, Any]) -> str:
+    text = knob_text(knobs, separator=",")
+    return f"{method}[{text}]" if text else method
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ def trainer_search_space(
     base = {name: getattr(args, name) for name in vars(args) if name.startswith("semscale_")}
     points = {}
     for cand in trained:
-        varying = {k for k in cand.points[0] if len({repr(p.get(k)) for p in cand.points}) > 1}
         for point in cand.points:
             # a point that places the start itself resets the other ways of placing it (they are exclusive)
             start = (
@@ -84,5 +83,5 @@ def trainer_search_space(
                 if "semscale_warmup_ratio" in point
                 else {}
             )
-            points[_key(cand.name, point, varying)] = {**base, **start, **point}
+            points[_key(cand.name, cand.knobs_of(point))] = {**base, **start, **point}
     return TrainerSearchSpace(points)

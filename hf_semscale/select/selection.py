@@ -73,6 +73,11 @@ class SelectionSettings:
         if self.budget_min is not None and not self.budget_min > 0:
             raise SelectionError(f"budget_min must be positive minutes, got {self.budget_min}")
 
+    @property
+    def parallel_runs(self) -> int:
+        """Runs that really proceed at once: the workers, at most one per CPU core."""
+        return min(self.workers, os.cpu_count() or 1)
+
 
 @dataclass(frozen=True)
 class RunEstimate:
@@ -175,8 +180,9 @@ def _plan(
         sources = {c.trains_as or c.name: c for c in reversed(kept)}
         return sum((len(c.points) + len(seeds) - 1) * run_s[c.name] for c in sources.values())
 
-    parallel = min(settings.workers, os.cpu_count() or 1)
-    kept, skipped = fill_budget(candidates, lambda kept: work_s(kept) / parallel, settings.budget_min * 60.0)
+    kept, skipped = fill_budget(
+        candidates, lambda kept: work_s(kept) / settings.parallel_runs, settings.budget_min * 60.0
+    )
     if not kept:
         raise SelectionError(
             f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {min(run_s.values()):.0f} s and the first "
@@ -220,11 +226,10 @@ def select_method(
     finals_count = len(trained) * (len(seeds) - 1)
     unfinished = {name: sum(store.record(j) is None for j in jobs) + len(seeds) - 1 for name, jobs in tuning.items()}
     left_s = sum(n * estimate.seconds(steps, trained[name].uses_pool, start) for name, n in unfinished.items())
-    parallel = min(settings.workers, os.cpu_count() or 1)
     log(
         f"{len(tuning_jobs) + finals_count} runs ({len(tuning_jobs)} tuning at seed {seeds[0]}, {finals_count} finals); "
         f"a run takes about {estimate.fixed_s:.1f} s + {estimate.step_s * 1000:.1f} ms x {steps} steps (+ "
-        f"{estimate.measure_s:.2f} s per scale re-measurement with a pool), so about {math.ceil(left_s / parallel / 60)}"
+        f"{estimate.measure_s:.2f} s per scale re-measurement with a pool), so about {math.ceil(left_s / settings.parallel_runs / 60)}"
         f" min with {settings.workers} worker(s) for the runs not yet finished"
         + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
     )
@@ -267,15 +272,10 @@ def _choose_point(cand: Candidate, jobs: list[Job], store: RunStore) -> tuple[di
     rows, best, best_score = [], cand.points[0], -math.inf
     for point, job in zip(cand.points, jobs):
         score = _validation_score(store.record(job))
-        rows.append({"knobs": _knobs(cand, point), "validation_balanced_accuracy": score})
+        rows.append({"knobs": cand.knobs_of(point), "validation_balanced_accuracy": score})
         if score is not None and score > best_score:
             best, best_score = point, score
     return dict(best), rows
-
-
-def _knobs(cand: Candidate, point: dict[str, Any]) -> dict[str, Any]:
-    """The knobs that vary over the candidate's grid (the tuned ones)."""
-    return {k: v for k, v in point.items() if len({repr(p.get(k)) for p in cand.points}) > 1}
 
 
 def _summary(metrics_per_seed: dict[str, list[dict[str, Any] | None]]) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def _row(cand: Candidate, point: dict[str, Any], records: list[dict[str, Any]], 
     return {
         "method": cand.name,
         "uses_pool": cand.uses_pool,
-        "knobs": _knobs(cand, point),
+        "knobs": cand.knobs_of(point),
         "config": dict(point),
         **_summary({"validation": [r.get("validation") for r in records], "test": [r.get("test") for r in records]}),
         "final_class_weights": records[0].get("final_class_weights"),
