@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..metrics import long_tail_metrics
 
-__all__ = ["SPLITS", "HeadSchedule", "embed_splits"]
+__all__ = ["SPLITS", "HeadSchedule", "embed_splits", "quiet_library_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def embed_splits(
 
 
 @contextlib.contextmanager
-def _library_logs_quiet(*names: str) -> Iterator[None]:
+def quiet_library_logs(*names: str) -> Iterator[None]:
     """Errors only from ``hf_semscale`` (and the loggers ``names``) during a run: dozens of runs' stage warnings
     would drown the table."""
     loggers = [logging.getLogger(name) for name in ("hf_semscale", *names)]
@@ -154,7 +154,7 @@ class HeadSchedule:
             )
         )
         counts = self.class_counts()
-        with _library_logs_quiet(), tempfile.TemporaryDirectory(prefix="semscale-select-") as tmp:
+        with quiet_library_logs(), tempfile.TemporaryDirectory(prefix="semscale-select-") as tmp:
             args = SemScaleConfig(
                 output_dir=tmp,
                 num_train_epochs=self.epochs,

@@ -32,7 +32,7 @@ import yaml
 
 from ..atomic import atomic_path
 from ..metrics import long_tail_metrics
-from .frozen import _library_logs_quiet
+from .frozen import quiet_library_logs
 from .runs import run_pending
 from .selection import SelectionError
 
@@ -182,7 +182,7 @@ class RecipeSchedule:
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """One recipe run; ``max_steps`` cuts it short (timing probes). Returns the record and the split logits."""
         common = import_recipe("common", self.recipes_root)
-        with _library_logs_quiet("recipes"), tempfile.TemporaryDirectory(prefix="semscale-recipe-") as tmp:
+        with quiet_library_logs("recipes"), tempfile.TemporaryDirectory(prefix="semscale-recipe-") as tmp:
             record = import_recipe(self.recipe, self.recipes_root).main(self.argv(overrides, seed, tmp, max_steps))
             logits = {
                 f"{split}_logits": np.load(common.logits_file(tmp, split)) for split in self.labels if record.get(split)
