@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.smoke import parse_benchmark_args, write_results  # noqa: E402
+from hf_semscale.environment import machine_description, machine_text  # noqa: E402
 from recipes.train_image import (  # noqa: E402
     BatchImageCollator,
     ImageTransform,
@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": BATCH,
         "batches_per_epoch": batches_per_epoch,
         "threads": 1,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
-        "load_average": os.getloadavg(),
+        "machine": machine_description(),
         "repeats": runs,
         "median": summary,
         "speedup_per_item_over_batched": ratio,
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "# Augmentation: per-image set_transform vs batched uint8 collator",
         "",
         f"{what}; {len(labels):,} images, batch {BATCH} ({batches_per_epoch} batches), 1 thread, "
-        f"{result['machine']}, load average {', '.join(f'{x:.2f}' for x in result['load_average'])}. "
+        f"{machine_text(result['machine'])}. "
         f"Median of {args.repeats} alternating repeats. Command: `{result['command']}`.",
         "",
         "| path | data-only epoch (s) | per image (us) | train step (s) | train epoch (s) |",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,17 +36,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.smoke import parse_benchmark_args, write_results
 from hf_semscale.data import long_tail_counts
+from hf_semscale.environment import machine_description, machine_text
 
+CIFAR100_LT_IF100 = long_tail_counts(500, 100, 100)
 CASES = {
-    "a": {"dim": 64, "global_batch": 128, "sizes": "cifar100_lt_if100"},
-    "b": {"dim": 512, "global_batch": 256, "sizes": "cifar100_lt_if100"},
+    "a": {"dim": 64, "global_batch": 128, "sizes": CIFAR100_LT_IF100},
+    "b": {"dim": 512, "global_batch": 256, "sizes": CIFAR100_LT_IF100},
 }
-
-
-def class_sizes(kind: str) -> list[int]:
-    if kind == "cifar100_lt_if100":
-        return long_tail_counts(500, 100, 100)
-    raise ValueError(kind)
 
 
 # ---------------------------------------------------------------------------------------- worker
@@ -82,7 +77,7 @@ def _worker(args: argparse.Namespace) -> None:
     out: dict = {"num_processes": P, "device": str(device), "backend": str(acc.state.backend), "cases": {}}
     for name in args.cases:
         case = CASES[name]
-        d, sizes = case["dim"], class_sizes(case["sizes"])
+        d, sizes = case["dim"], case["sizes"]
         gen = torch.Generator().manual_seed(0)  # the same pool on every process, as in training
         labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         pool = torch.nn.functional.normalize(torch.randn(labels.numel(), d, generator=gen), dim=-1).to(device)
@@ -183,37 +178,11 @@ def _free_port() -> int:
 
 def _launch(processes: int, args: argparse.Namespace, tmp: Path) -> dict:
     out = tmp / f"p{processes}.json"
-    worker = [
-        str(Path(__file__).resolve()),
-        "--worker",
-        "--worker-out",
-        str(out),
-        "--device",
-        args.device,
-        "--steps",
-        str(args.steps),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-        "--cases",
-        *args.cases,
-    ]
-    if processes == 1:
-        cmd = [sys.executable, *worker]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(processes),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            *worker,
-        ]
+    flags = f"--worker --device {args.device} --steps {args.steps} --repeats {args.repeats} --threads {args.threads}"
+    worker = [str(Path(__file__).resolve()), *flags.split(), "--worker-out", str(out), "--cases", *args.cases]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port())]  # fmt: skip
+    cmd = [sys.executable, *(launcher if processes > 1 else []), *worker]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, start_new_session=True)
     if proc.returncode != 0 or not out.is_file():
@@ -286,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {p: _launch(p, args, Path(tmp)) for p in args.processes}
     machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **machine_description(),
         "device": args.device,
         "threads_per_process": args.threads,
         "load_average_before": [round(x, 2) for x in load_before],
@@ -299,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"`python benchmarks/distributed.py {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(" `", "`"),
         "",
-        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, device {args.device}, {args.threads} thread(s) per "
+        f"Machine: {machine_text(machine)}; device {args.device}, {args.threads} thread(s) per "
         f"process; load average {machine['load_average_before']} before, {machine['load_average_after']} after "
         "(a shared machine: the times are noisy, the byte counts exact).",
         "",

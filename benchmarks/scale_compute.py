@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.smoke import machine_description, parse_benchmark_args, write_results
+from benchmarks.smoke import parse_benchmark_args, write_results
 from hf_semscale.core.scale import class_semantic_scales
 from hf_semscale.data import long_tail_counts
+from hf_semscale.environment import machine_description
 
 CASES = {
     "a": {"num_classes": 100, "dim": 64, "sizes": "cifar100_lt_if100"},
@@ -250,8 +251,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     parts = [
         "# Semantic scale: batched torch vs the published numpy formula\n\n"
-        f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, {m['platform']}; torch {m['torch']}, "
-        f"numpy {m['numpy']}. The machine is shared with other engineers' jobs (see the load averages).\n\n"
+        f"Machine: {m['processor']}, {m['cpu_count']} CPU cores, {m['platform']}; torch {m['versions']['torch']}, "
+        f"numpy {m['versions']['numpy']}. The machine is shared with other engineers' jobs (see the load averages).\n\n"
         "Ours: `class_semantic_scales` on the whole case, best of the repeats, features in float32, "
         "computed in float64. Reference: numpy float64 `0.5*log2(det(I + d/m Zc^T Zc))`, one class at "
         "a time; its inf/NaN classes are the ones where det overflows. Errors: max |ours - ref| / |ref| "

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,32 +72,6 @@ def write_results(
     for filename, text in files.items():
         with atomic_path(Path(out_dir) / filename) as tmp:
             tmp.write_text(text, encoding="utf-8")
-
-
-def machine_description() -> dict[str, Any]:
-    """The machine a benchmark ran on: platform, CPU model, CPU count, Python / torch / numpy versions, load average."""
-    import numpy as np
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "load_average": os.getloadavg(),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _shown(value: Any) -> str:

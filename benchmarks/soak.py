@@ -36,26 +36,18 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.smoke import machine_description, parse_benchmark_args, write_results
+from benchmarks.smoke import parse_benchmark_args, write_results
+from hf_semscale.data import long_tail_counts
+from hf_semscale.environment import machine_description
 
 HARNESS_FILTERS = [tracemalloc.Filter(False, f) for f in {__file__, os.path.abspath(__file__), tracemalloc.__file__}]
 
 
-def rss_bytes() -> tuple[int, str]:
-    """Current resident set size and how it was measured."""
-    try:
-        import psutil
+def rss_bytes() -> int:
+    """Current resident set size (psutil: a dependency of accelerate, so always here)."""
+    import psutil
 
-        return psutil.Process().memory_info().rss, "psutil"
-    except ImportError:
-        pass
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), "/proc/self/statm"
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss (peak, not current)"
+    return psutil.Process().memory_info().rss
 
 
 def live_tensors() -> tuple[int, int]:
@@ -78,10 +70,6 @@ def live_tensors() -> tuple[int, int]:
             seen.add(storage.data_ptr())
             nbytes += storage.nbytes()
     return count, nbytes
-
-
-def long_tailed_counts(num_classes: int, n_max: int, imbalance: float) -> list[int]:
-    return [max(2, round(n_max * imbalance ** (-c / (num_classes - 1)))) for c in range(num_classes)]
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -135,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_semscale.modeling import MLPClassifierConfig, MLPForClassification
     from hf_semscale.trainer import HISTORY_FILENAME
 
-    counts = long_tailed_counts(args.classes, args.n_max, args.imbalance)
+    counts = long_tail_counts(args.n_max, args.classes, args.imbalance)
     g = torch.Generator().manual_seed(0)
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(counts)])
     centres = torch.randn(args.classes, args.input_dim, generator=g) * 2.0
@@ -169,6 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
         semscale_pool_dtype=args.pool_dtype,
     )
 
+    def memory_start(reweight_from: int) -> int:
+        """The first step memory is compared from: after the start window and the first checkpoint save, whose
+        one-off imports (matplotlib, for the report's plot) are not growth."""
+        return max(reweight_from + 20 + args.window, args.save_steps + 1)
+
     samples: list[dict] = []
     step_wall: list[float] = []
     step_cpu: list[float] = []
@@ -194,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
             step = state.global_step
             if step % args.sample_every == 0 or step == args.steps:
                 gc.collect()  # retained memory only: cyclic garbage (closures, frames) is not a leak
-                rss, _ = rss_bytes()
+                rss = rss_bytes()
                 recent = step_cpu[-args.sample_every :]
                 sample = {
                     "step": step,
@@ -215,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
                 sample["live_tensors"], sample["live_tensor_bytes"] = live_tensors()
                 samples.append(sample)
                 if tracemalloc.is_tracing() and trainer.stage == "reweight" and "start" not in snapshots:
-                    if step >= reweight_step[0] + 20 + args.window:
+                    if step >= memory_start(reweight_step[0]):
                         snapshots["start"] = (step, snap)
                 if tracemalloc.is_tracing() and step == args.steps:
                     snapshots["end"] = (step, snap)
@@ -239,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     last = slice(len(step_wall) - args.window, len(step_wall))
     if first.stop > last.start:
         raise SystemExit(f"run too short: re-weighting began at step {reweight_from + 1}; use more --steps")
-    start_sample = next(s for s in samples if s["step"] >= first.stop)
+    start_sample = next(s for s in samples if s["step"] >= memory_start(reweight_from))
     end_sample = samples[-1]
     memory_keys = (
         "rss_mib tracemalloc_kib tracemalloc_excl_harness_kib pool_bytes live_tensors live_tensor_bytes".split()
@@ -248,7 +241,6 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             **machine_description(),
-            "torch_threads": torch.get_num_threads(),
             "loadavg_start": load_start,
             "loadavg_end": load_end,
             "note": "shared machine: other jobs ran at the same time; CPU time per step is the steadier number",
@@ -282,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
             },
         },
         "memory": {
-            "rss_source": rss_bytes()[1],
+            "rss_source": "psutil",
             "start": {"step": start_sample["step"], **{k: start_sample.get(k) for k in memory_keys}},
             "end": {"step": end_sample["step"], **{k: end_sample.get(k) for k in memory_keys}},
         },
@@ -338,8 +330,8 @@ def render_markdown(r: dict) -> str:
         "",
         f"Command: `{r['command']}`  ",
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs shared with other jobs (load average "
-        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end), torch {m['torch']} with "
-        f"{m['torch_threads']} thread(s), Python {m['python']}.",
+        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end), torch {m['versions']['torch']} with "
+        f"{m['torch_threads']} thread(s), Python {m['versions']['python']}.",
         "",
         f"Run: {c['steps']} optimizer steps of a tiny MLP on {c['classes']} long-tailed classes "
         f"({c['class_counts'][0]}..{c['class_counts'][-1]} samples, {c['pool_rows']} pool rows, d={c['feature_dim']}, "
@@ -365,6 +357,9 @@ def render_markdown(r: dict) -> str:
         f"{mem['end']['pool_bytes'] / mem['start']['pool_bytes']:.3f} |",
         f"| live torch tensors (count / bytes, gc scan) | {mem['start']['live_tensors']} / {mem['start']['live_tensor_bytes'] / 2**10:.0f} KiB | "
         f"{mem['end']['live_tensors']} / {mem['end']['live_tensor_bytes'] / 2**10:.0f} KiB | {ratio['live_tensor_bytes']:.3f} |",
+        "",
+        "Memory is compared from the first sample after the first checkpoint save: that save's one-off imports "
+        "(matplotlib, for the report's plot) are not growth.",
         "",
         f"Files that grow by design: `semscale_history.jsonl` has one line per update ({r['files']['history_lines']} lines, "
         f"{r['files']['history_bytes'] / 2**10:.0f} KiB); `state.log_history` one entry per logging step "

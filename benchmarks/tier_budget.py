@@ -9,7 +9,7 @@ and test evaluated): ``workers`` processes at once each run a warm-up probe (the
 context, kernel choice), then a short and a long one; the slowest worker's fixed and per-step seconds count. A
 run costs :meth:`~hf_semscale.select.selection.RunEstimate.seconds` with the pool's re-measurements (the DSB
 methods' cost, the dearest). A tier's wall time is the simulated schedule of ``long_tail.run_tier`` (its order, its
-dependencies, ``workers`` at once, finished runs skipped).
+waves, ``workers`` at once, finished runs skipped).
 
 A budget is filled by the library's :func:`~hf_semscale.select.selection.fill_budget` in a fixed priority order:
 each method at seed 0 (``BUDGET_PRIORITY``: CE, the count baseline, DSB-CE, then the rest) that still fits, then
@@ -19,14 +19,13 @@ last one stopped.
 
 from __future__ import annotations
 
-import heapq
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks import tiers as lt
 from hf_semscale.select.recipe import RecipeSchedule
-from hf_semscale.select.selection import estimate_seconds, fill_budget
+from hf_semscale.select.selection import estimate_seconds, fill_budget, wall_seconds
 from recipes.common import RESULTS_FILENAME
 
 # The order a budget takes the methods in: the paper's comparison first (CE, class-balanced CE, DSB-CE), then the
@@ -41,60 +40,28 @@ def _finished(out: Path) -> bool:
 
 def planned_runs(
     work_dir: Path, tier: str, setting: dict[str, Any], methods: list[str], seeds: list[int]
-) -> list[tuple[str, list[bool]]]:
-    """``run_tier``'s submission groups for ``methods`` x ``seeds`` of one setting, in its order, each a
-    (kind, [already finished? per run]) with kind ``"warm"`` (runs alone first), ``"tune:<method>"`` (the method's
-    grid) and ``"queue"`` (both submitted at once after it), or ``"after:<method>"`` (submitted once ``<method>``'s
-    grid and the grids before it are done)."""
+) -> list[list[bool]]:
+    """``run_tier``'s three waves for ``methods`` x ``seeds`` of one setting, each a list of [already finished?] per
+    run: a text setting's first untuned run (it fills the encoder cache the others read); the tuned methods' grids and
+    the other untuned runs; the tuned methods' final runs (at the knobs their grids chose)."""
     tuned = [m for m in lt.tuned_methods(setting) if m in methods]
     untuned = [m for m in setting["methods"] if m in methods and m not in tuned]
     untuned_runs = [_finished(lt.run_dir(work_dir, tier, setting, m, s)) for m in untuned for s in seeds]
-    groups: list[tuple[str, list[bool]]] = []
-    if lt.fills_a_cache(setting) and untuned_runs:
-        groups.append(("warm", untuned_runs[:1]))
-        untuned_runs = untuned_runs[1:]
-    for method in tuned:
-        points = lt.method_grid(setting, method)
-        tags = ["_tune" + lt.grid_tag(p) for p in points]
-        groups.append((f"tune:{method}", [_finished(lt.run_dir(work_dir, tier, setting, method, 0, t)) for t in tags]))
-    groups.append(("queue", untuned_runs))
-    for method in tuned:
-        groups.append((f"after:{method}", [_finished(lt.run_dir(work_dir, tier, setting, method, s)) for s in seeds]))
-    return groups
+    warm = untuned_runs[:1] if lt.fills_a_cache(setting) else []
+    grids = [
+        _finished(lt.run_dir(work_dir, tier, setting, m, 0, "_tune" + lt.grid_tag(p)))
+        for m in tuned
+        for p in lt.method_grid(setting, m)
+    ]
+    finals = [_finished(lt.run_dir(work_dir, tier, setting, m, s)) for m in tuned for s in seeds]
+    return [warm, grids + untuned_runs[len(warm) :], finals]
 
 
-def simulate_wall(groups: list[tuple[str, list[bool]]], run_s: float, workers: int) -> tuple[float, int]:
-    """(wall seconds, runs to do) of ``run_tier``'s first-in-first-out pool of ``workers`` processes over
-    ``groups`` (:func:`planned_runs`), every unfinished run taking ``run_s`` and a finished one none."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    free = [0.0] * workers  # when each worker is next free
-    tune_done: dict[str, float] = {}
-    start_at, latest_tuning, wall, todo = 0.0, 0.0, 0.0, 0
-
-    def run(submitted: float, finished: bool) -> float:
-        nonlocal wall, todo
-        begin = max(submitted, heapq.heappop(free))
-        end = begin + (0.0 if finished else run_s)
-        todo += not finished
-        heapq.heappush(free, end)
-        wall = max(wall, end)
-        return end
-
-    for kind, runs in groups:
-        if kind == "warm":
-            start_at = max([run(0.0, f) for f in runs], default=0.0)
-            free = [start_at] * workers
-        elif kind.startswith("tune:"):
-            tune_done[kind[5:]] = max([run(start_at, f) for f in runs], default=start_at)
-        elif kind == "queue":
-            for f in runs:
-                run(start_at, f)
-        else:  # after:<method>: run_tier waits for the grids in order, so each waits for every earlier one too
-            latest_tuning = max(latest_tuning, tune_done[kind[6:]])
-            for f in runs:
-                run(latest_tuning, f)
-    return wall, todo
+def simulate_wall(waves: list[list[bool]], run_s: float, workers: int) -> tuple[float, int]:
+    """(wall seconds, runs to do) of ``waves`` (:func:`planned_runs`) on ``workers`` processes, every unfinished run
+    taking ``run_s`` and a finished one none (:func:`~hf_semscale.select.selection.wall_seconds`)."""
+    todo = [[run_s] * flags.count(False) for flags in waves]
+    return wall_seconds(todo, workers), sum(map(len, todo))
 
 
 def fit_budget(

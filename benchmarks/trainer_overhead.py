@@ -36,9 +36,7 @@ import gc
 import itertools
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,6 +64,7 @@ from hf_semscale.core.losses import check_class_labels  # noqa: E402
 from hf_semscale.data import long_tail_counts, long_tail_indices  # noqa: E402
 from hf_semscale.dsb.capture import HeadInputCapture, find_classification_head  # noqa: E402
 from hf_semscale.dsb.pool import FeaturePool  # noqa: E402
+from hf_semscale.environment import machine_description, machine_text  # noqa: E402
 from hf_semscale.modeling import CifarResNetConfig, CifarResNetForImageClassification  # noqa: E402
 
 DEFAULT_INTERVAL = SemScaleConfig.__dataclass_fields__["semscale_update_interval"].default
@@ -467,22 +466,15 @@ def _train_thread(trainer, baton: Baton) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def markdown(report: dict) -> str:
     lines = [
         "# SemScaleTrainer step-time overhead vs transformers.Trainer",
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Machine: {report['machine']}; torch {report['torch']}, transformers {report['transformers']}, "
-        f"{report['threads']} intra-op thread(s). Load (`uptime`) before: `{report['uptime_before']}`; "
-        f"after: `{report['uptime_after']}`.",
+        f"Machine: {machine_text(report['machine'])}, transformers {report['machine']['versions']['transformers']}, "
+        f"{report['machine']['torch_threads']} intra-op thread(s); load average {report['load_average_after'][0]:.2f} "
+        "at the end.",
         "",
         "Trainers run interleaved in one process (blocks of "
         f"{report['block_steps']} optimizer steps, rotating order, {report['warmup_blocks']} warm-up block(s) "
@@ -577,17 +569,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "command": "python benchmarks/trainer_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.platform()})",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
+        "machine": machine_description(),
         "block_steps": args.block_steps,
         "blocks": args.blocks,
         "warmup_blocks": args.warmup_blocks,
-        "uptime_before": uptime(),
         "results": [],
     }
-    print(f"load: {report['uptime_before']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for label in [m.strip() for m in args.models.split(",") if m.strip()]:
             if label == "resnet32":
@@ -623,9 +610,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(default interval), {c['estimated_ratio_every_step']:.3f}x (every step)",
                 flush=True,
             )
-    report["uptime_after"] = uptime()
+    report["load_average_after"] = os.getloadavg()
     report["notes"] = NOTES
-    print(f"load: {report['uptime_after']}", flush=True)
     write_results(args.out_dir, "trainer_overhead", report, markdown(report))
     print(f"wrote {args.out_dir / 'trainer_overhead.md'} and .json")
     return report

@@ -1,4 +1,5 @@
-"""``hf-semscale``: ``measure`` (scales of a dataset + model), ``select`` (a method for it), ``push``, ``demo``.
+"""``hf-semscale``: ``measure`` (scales of a dataset + model), ``select`` (a method for it), ``plan`` (DSB's cost at
+scale), ``push``, ``demo``.
 
 Each subcommand lives in ``hf_semscale/commands/<name>.py`` and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when chosen.
@@ -13,6 +14,7 @@ import sys
 SUBCOMMANDS = {
     "measure": "Measure per-class semantic scales of a dataset with a model; write JSON, plots and a table.",
     "select": "Which method suits this dataset: regime diagnosis and a validated comparison on its own training data.",
+    "plan": "What DSB's feature pool and re-measurements will cost per process (memory, traffic, work, seconds).",
     "push": "Publish a trained output directory (model, semantic_scales.json, model card) to the Hub.",
     "demo": "The main job on bundled long-tailed intents (offline): regime, validated comparison, recommendation.",
 }

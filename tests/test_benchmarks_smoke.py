@@ -111,8 +111,8 @@ def test_augmentation_smoke(tmp_path):
 def test_capacity_smoke(tmp_path):
     report = run_smoke("capacity", tmp_path)
     assert {row["processes"] for row in report["table"]} == {1, 2}
-    memory = [c for c in report["checks"] if "seconds" not in c["what"]]
-    assert memory and all(c["ratio"] == 1.0 for c in memory)  # bytes are predicted exactly
+    assert len(report["checks"]) == 3 and all(c["predicted"] > 0 and c["measured"] > 0 for c in report["checks"])
+    assert all(row["seconds_per_update_busiest"] > 0 for row in report["table"])  # the calibrated time model
 
 
 def test_scale_compute_smoke(tmp_path):

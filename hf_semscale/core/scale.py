@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "semantic_scale",
     "class_semantic_scales",
+    "chunk_layout",
     "check_finite_features",
     "classes_without_volume",
     "marginal_effect_curves",
@@ -330,6 +331,16 @@ def class_semantic_scales(
         length_tensor = torch.tensor(lengths, device=features.device)
         scales[chunk.classes] = _scales_of_row_sets(features, rows, length_tensor, normalize, a)
     return scales
+
+
+def chunk_layout(
+    class_sizes: Sequence[int], feature_dim: int, device: str | torch.device = "cpu"
+) -> list[tuple[int, int]]:
+    """How :func:`class_semantic_scales` batches classes of ``class_sizes`` rows of ``feature_dim`` features on
+    ``device``: ``(classes, padded rows)`` of each chunk, in order (classes of fewer than 2 rows are left out)."""
+    sets = [(c, n) for c, n in enumerate(class_sizes) if n >= MIN_SAMPLES_FOR_SCALE]
+    chunks = _plan_chunks(sets, feature_dim, _chunk_elements(torch.device(device)))
+    return [(len(chunk.classes), chunk.width) for chunk in chunks]
 
 
 def _check_class_ids(classes: Iterable[int] | None, num_classes: int) -> list[int]:

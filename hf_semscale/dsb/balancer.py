@@ -672,7 +672,7 @@ class SemanticScaleBalancer:
         raise MemoryError(
             f"The feature pool would take {needed / 2**20:.2f} MiB, over {p}max_pool_memory_mb="
             f"{s.max_pool_memory_mb:g} ({self.num_classes} classes, {rows} rows, d={feature_dim}, {s.pool_dtype})."
-            f"{too_big} Fix: {', or '.join(fixes)}."
+            f"{too_big} Fix: {', or '.join(fixes)}. `hf-semscale plan` shows each setting's cost per process."
         )
 
     # ------------------------------------------------------------------ state

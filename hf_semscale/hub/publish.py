@@ -363,6 +363,7 @@ def _report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "summary": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("summary") or {}).items() if _is_scalar(v)],
         "settings": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("settings") or {}).items() if _is_scalar(v)],
         "training": [(_cell(k), _format(v, ".6g")) for k, v in (report.get("training") or {}).items() if _is_scalar(v)],
+        "versions": [(_cell(k), _cell(v)) for k, v in (report.get("framework_versions") or {}).items()],
     }
 
 

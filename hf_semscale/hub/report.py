@@ -5,6 +5,7 @@ Schema (``format_version`` 1)::
     {
       "format_version": 1,
       "library_version": "0.1.0",
+      "framework_versions": {...},     # python, hf_semscale, transformers, torch, ... that wrote it
       "source": "trainer" | "measure",
       "space": "feature" | "sample",
       "step": int | null,              # trainer: global step of the report
@@ -78,6 +79,7 @@ def build_scale_report(
 ) -> dict[str, Any]:
     """Assemble a report dict; every per-class sequence has length ``C``."""
     from .. import __version__
+    from ..environment import framework_versions
 
     num_classes = len(scales)
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -96,6 +98,7 @@ def build_scale_report(
     report = {
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
+        "framework_versions": framework_versions(),
         "source": source,
         "space": space,
         "step": step,

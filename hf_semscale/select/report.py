@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_path
+from ..environment import machine_text
 from ..hub.report import write_json_atomic
 from .candidates import knob_text
 
@@ -135,6 +136,11 @@ def write_selection(output_dir: str | Path, result: dict[str, Any], recipe: dict
     ]
     if result.get("validation_note"):
         text += [result["validation_note"], ""]
+    text += [
+        f"{result['runs_executed']} of {result['runs_total']} runs trained by this call in "
+        f"{result['wall_time_s'] / 60:.1f} min on {machine_text(result['machine'])}; the others were on disk.",
+        "",
+    ]
     if result.get("skipped_for_budget"):
         text += [f"Skipped for the time budget: {', '.join(result['skipped_for_budget'])}.", ""]
     with atomic_path(paths[1]) as tmp:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..core.posthoc import DEFAULT_TAUS, adjust_logits, choose_tau
+from ..environment import machine_description
 from .candidates import DEFAULT_CANDIDATES, Candidate, GridSpec, build_candidates
 from .runs import Job, RunStore, Schedule, run_jobs, run_pending, schedule_fingerprint
 
@@ -168,26 +170,72 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def wall_seconds(waves: Sequence[Sequence[float]], workers: int) -> float:
+    """Wall seconds of ``waves`` of runs (seconds each) on ``workers`` processes: a wave starts once the one before has
+    finished, and each of its runs, in order, goes to the first process to be free."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    wall = 0.0
+    for runs in waves:
+        free = [wall] * workers  # a heap of the times the processes are next free
+        for seconds in runs:
+            heapq.heapreplace(free, free[0] + seconds)
+        wall = max(free)
+    return wall
+
+
+def _training_runs(
+    candidates: list[Candidate], seeds: tuple[int, ...], epochs: float, grid: GridSpec
+) -> tuple[dict[str, Candidate], dict[str, list[Job]]]:
+    """The methods that train (each candidate, or the method a post-hoc one reuses) and their tuning runs."""
+    trained: dict[str, Candidate] = {}
+    for cand in candidates:
+        source = cand.trains_as or cand.name
+        if source not in trained:
+            trained[source] = cand if cand.trains_as is None else build_candidates([source], epochs, grid)[0]
+    return trained, {name: [Job.of(p, seeds[0]) for p in cand.points] for name, cand in trained.items()}
+
+
+def _unfinished_waves(
+    candidates: list[Candidate],
+    seeds: tuple[int, ...],
+    epochs: float,
+    grid: GridSpec,
+    store: RunStore,
+    run_s: Callable[[Candidate], float],
+) -> list[list[float]]:
+    """Seconds of each run of ``candidates`` not yet in ``store``: [tuning runs, final runs]. A method's finals are
+    known once its grid is done; before, all ``len(seeds) - 1`` count as to do."""
+    trained, tuning = _training_runs(candidates, seeds, epochs, grid)
+    todo: dict[Job, float] = {}
+    finals = []
+    for name, cand in trained.items():
+        todo.update({j: run_s(cand) for j in tuning[name] if store.record(j) is None})
+        if any(store.record(j) is None for j in tuning[name]):
+            finals += [run_s(cand)] * (len(seeds) - 1)
+        else:
+            point = _choose_point(cand, tuning[name], store)[0]
+            finals += [run_s(cand) for s in seeds[1:] if store.record(Job.of(point, s)) is None]
+    return [list(todo.values()), finals]
+
+
 def _plan(
-    candidates: list[Candidate], seeds: tuple[int, ...], run_s: dict[str, float], settings: SelectionSettings
+    candidates: list[Candidate],
+    wall_s: Callable[[list[Candidate]], float],
+    run_s: Callable[[Candidate], float],
+    seeds: tuple[int, ...],
+    settings: SelectionSettings,
 ) -> tuple[list[Candidate], list[str]]:
-    """The candidates whose runs fit ``budget_min`` (in order; a candidate fits whole or not at all) and the skipped;
-    ``run_s``: estimated seconds of one run of each candidate."""
+    """The candidates whose unfinished runs fit ``budget_min`` of wall time ``wall_s(kept)`` (in order; a candidate
+    fits whole or not at all) and the skipped; ``run_s``: estimated seconds of one run of a candidate."""
     if settings.budget_min is None:
         return candidates, []
-
-    def work_s(kept: list[Candidate]) -> float:  # a post-hoc candidate costs nothing when its source trains anyway
-        sources = {c.trains_as or c.name: c for c in reversed(kept)}
-        return sum((len(c.points) + len(seeds) - 1) * run_s[c.name] for c in sources.values())
-
-    kept, skipped = fill_budget(
-        candidates, lambda kept: work_s(kept) / settings.parallel_runs, settings.budget_min * 60.0
-    )
+    kept, skipped = fill_budget(candidates, wall_s, settings.budget_min * 60.0)
     if not kept:
         raise SelectionError(
-            f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about {min(run_s.values()):.0f} s and the first "
-            f"candidate ({candidates[0].name}) needs {len(candidates[0].points) + len(seeds) - 1} runs. Fix: raise the "
-            "budget, or use fewer seeds / candidates."
+            f"nothing fits in --budget-min {settings.budget_min:g}: one run takes about "
+            f"{min(map(run_s, candidates)):.0f} s and the first candidate ({candidates[0].name}) needs "
+            f"{len(candidates[0].points) + len(seeds) - 1} runs. Fix: raise the budget, or use fewer seeds / candidates."
         )
     return kept, [c.name for c in skipped]
 
@@ -211,25 +259,22 @@ def select_method(
     seeds = tuple(settings.seeds)
 
     estimate = estimate_seconds(schedule)
-    steps = schedule.steps_per_run()
-    start = statistics.mean(settings.grid.starts)
-    run_s = {c.name: estimate.seconds(steps, c.uses_pool, start) for c in candidates}
-    candidates, skipped = _plan(candidates, seeds, run_s, settings)
-    # the candidates that train: each trained one, and the method a post-hoc candidate reuses
-    trained: dict[str, Candidate] = {}
-    for cand in candidates:
-        source = cand.trains_as or cand.name
-        if source not in trained:
-            trained[source] = cand if cand.trains_as is None else build_candidates([source], epochs, settings.grid)[0]
-    tuning = {name: [Job.of(p, seeds[0]) for p in cand.points] for name, cand in trained.items()}
+    steps, start = schedule.steps_per_run(), statistics.mean(settings.grid.starts)
+
+    def wall_s(kept: list[Candidate]) -> float:
+        return wall_seconds(_unfinished_waves(kept, seeds, epochs, settings.grid, store, run_s), settings.parallel_runs)
+
+    def run_s(cand: Candidate) -> float:
+        return estimate.seconds(steps, cand.uses_pool, start)
+
+    candidates, skipped = _plan(candidates, wall_s, run_s, seeds, settings)
+    trained, tuning = _training_runs(candidates, seeds, epochs, settings.grid)
     tuning_jobs = list(dict.fromkeys(j for jobs in tuning.values() for j in jobs))
     finals_count = len(trained) * (len(seeds) - 1)
-    unfinished = {name: sum(store.record(j) is None for j in jobs) + len(seeds) - 1 for name, jobs in tuning.items()}
-    left_s = sum(n * estimate.seconds(steps, trained[name].uses_pool, start) for name, n in unfinished.items())
     log(
         f"{len(tuning_jobs) + finals_count} runs ({len(tuning_jobs)} tuning at seed {seeds[0]}, {finals_count} finals); "
         f"a run takes about {estimate.fixed_s:.1f} s + {estimate.step_s * 1000:.1f} ms x {steps} steps (+ "
-        f"{estimate.measure_s:.2f} s per scale re-measurement with a pool), so about {math.ceil(left_s / settings.parallel_runs / 60)}"
+        f"{estimate.measure_s:.2f} s per scale re-measurement with a pool), so about {math.ceil(wall_s(candidates) / 60)}"
         f" min with {settings.workers} worker(s) for the runs not yet finished"
         + (f"; skipped for the budget: {', '.join(skipped)}" if skipped else "")
     )
@@ -258,8 +303,9 @@ def select_method(
         "grid": asdict(settings.grid),
         "runs_total": len(tuning_jobs) + finals_count,
         "runs_executed": executed,
-        "estimate": {**asdict(estimate), "run_s": run_s},
+        "estimate": {**asdict(estimate), "run_s": {c.name: run_s(c) for c in candidates}},
         "wall_time_s": time.perf_counter() - started,
+        "machine": machine_description(),
     }
 
 

@@ -28,38 +28,35 @@ def _finish(out: Path) -> None:
 
 
 def test_simulated_pool_runs_workers_at_once_and_skips_finished_runs():
-    assert tb.simulate_wall([("queue", [False] * 4)], run_s=10.0, workers=2) == (20.0, 4)
-    assert tb.simulate_wall([("queue", [False] * 5)], run_s=10.0, workers=2) == (30.0, 5)
-    assert tb.simulate_wall([("queue", [True, False, False])], run_s=10.0, workers=2) == (10.0, 2)
-    assert tb.simulate_wall([("queue", [True, True])], run_s=10.0, workers=2) == (0.0, 0)
+    assert tb.simulate_wall([[], [False] * 4, []], run_s=10.0, workers=2) == (20.0, 4)
+    assert tb.simulate_wall([[], [False] * 5, []], run_s=10.0, workers=2) == (30.0, 5)
+    assert tb.simulate_wall([[], [True, False, False], []], run_s=10.0, workers=2) == (10.0, 2)
+    assert tb.simulate_wall([[], [True, True], []], run_s=10.0, workers=2) == (0.0, 0)
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        tb.simulate_wall([("queue", [False])], run_s=1.0, workers=0)
+        tb.simulate_wall([[False]], run_s=1.0, workers=0)
 
 
-def test_simulated_pool_keeps_run_tiers_order():
+def test_simulated_pool_keeps_run_tiers_waves():
     # a text setting's first run goes alone (it fills the encoder cache), then the rest start
-    assert tb.simulate_wall([("warm", [False]), ("queue", [False, False])], 10.0, 3) == (20.0, 3)
-    assert tb.simulate_wall([("queue", [False, False, False])], 10.0, 3) == (10.0, 3)
-    # a tuned method's final runs wait for its grid, even with workers free
-    groups = [("tune:dsb_ce", [False, False]), ("queue", []), ("after:dsb_ce", [False])]
-    assert tb.simulate_wall(groups, 10.0, 4) == (20.0, 3)
-    # and for the grids before it: b's final waits for a's longer grid
-    groups = [("tune:a", [False] * 3), ("tune:b", [False]), ("queue", []), ("after:a", []), ("after:b", [False])]
-    assert tb.simulate_wall(groups, 10.0, 2) == (30.0, 5)
+    assert tb.simulate_wall([[False], [False, False], []], 10.0, 3) == (20.0, 3)
+    assert tb.simulate_wall([[], [False, False, False], []], 10.0, 3) == (10.0, 3)
+    # the tuned methods' final runs wait for every grid and untuned run, even with workers free
+    assert tb.simulate_wall([[], [False, False], [False]], 10.0, 4) == (20.0, 3)
+    assert tb.simulate_wall([[], [False] * 4, [False]], 10.0, 2) == (30.0, 5)
 
 
 def test_planned_runs_follow_the_tier_and_what_is_on_disk(tmp_path):
     gpu = lt.tier_settings("gpu")[0]
-    groups = tb.planned_runs(tmp_path, "gpu", gpu, gpu["methods"], lt.DEFAULT_SEEDS)
-    runs = [f for _, flags in groups for f in flags]
-    tuning = sum(len(lt.method_grid(gpu, m)) for m in lt.tuned_methods(gpu))
+    waves = tb.planned_runs(tmp_path, "gpu", gpu, gpu["methods"], lt.DEFAULT_SEEDS)
+    runs = [f for flags in waves for f in flags]
+    tuned = lt.tuned_methods(gpu)
+    tuning = sum(len(lt.method_grid(gpu, m)) for m in tuned)
     assert len(runs) == len(gpu["methods"]) * len(lt.DEFAULT_SEEDS) + tuning and not any(runs)
-    assert not any(kind == "warm" for kind, _ in groups)  # the image data is prepared before any run
+    assert waves[0] == [] and len(waves[2]) == len(tuned) * len(lt.DEFAULT_SEEDS)  # image data: no cache to fill
     _finish(lt.run_dir(tmp_path, "gpu", gpu, "ce", 0))
-    groups = tb.planned_runs(tmp_path, "gpu", gpu, ["ce"], [0, 1])
-    assert groups == [("queue", [True, False])]
+    assert tb.planned_runs(tmp_path, "gpu", gpu, ["ce"], [0, 1]) == [[], [True, False], []]
     banking = next(s for s in lt.tier_settings("cpu") if s["recipe"] == "train_text")
-    assert tb.planned_runs(tmp_path, "cpu", banking, ["ce"], [0, 1])[0] == ("warm", [False])
+    assert tb.planned_runs(tmp_path, "cpu", banking, ["ce"], [0, 1]) == [[False], [False], []]
 
 
 def test_budget_takes_methods_at_seed_0_in_priority_order_then_more_seeds(tmp_path):
@@ -78,11 +75,12 @@ def test_budget_takes_methods_at_seed_0_in_priority_order_then_more_seeds(tmp_pa
     assert everything["runs"] == len(gpu["methods"]) * 3 + sum(
         len(lt.method_grid(gpu, m)) for m in lt.tuned_methods(gpu)
     )
-    # finished runs cost nothing: with DSB-CE's grid done, its final runs fit the one round
+    # finished runs cost nothing: with DSB-CE's grid done, its place in the first round goes to another grid
     for point in lt.method_grid(gpu, "dsb_ce"):
         _finish(lt.run_dir(tmp_path, "gpu", gpu, "dsb_ce", 0, "_tune" + lt.grid_tag(point)))
-    later = tb.fit_budget(tmp_path, "gpu", gpu, run_s=100.0, workers=8, budget_s=150.0)
-    assert later["methods"][:3] == ["ce", "cb_ce", "dsb_ce"] and later["wall_s"] == 100.0
+    later = tb.fit_budget(tmp_path, "gpu", gpu, run_s=100.0, workers=8, budget_s=250.0)
+    assert "dsb_balanced_softmax" not in fit["methods"] and "dsb_balanced_softmax" in later["methods"]
+    assert later["methods"][:3] == ["ce", "cb_ce", "dsb_ce"] and later["wall_s"] == 200.0
 
 
 def test_timing_refuses_text_settings():

@@ -12,6 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 from fake_hub import DISCONNECT, FakeHub
 from huggingface_hub import ModelCard, constants
 
@@ -156,6 +158,9 @@ def test_card_has_metadata_table_plots_settings_and_citation(output_dir: Path) -
     assert "![Marginal effect](marginal_effect.png)" in text and "![Scale vs count](scale_vs_count.png)" in text
     assert "old_plot" not in text
     assert "| Balanced accuracy (mean per-class) | 0.5200 |" in text
+    versions = text.split("### Framework versions", 1)[1].split("##", 1)[0]
+    assert "- hf_semscale: " in versions and f"- torch: {torch.__version__}" in versions
+    assert f"- transformers: {transformers.__version__}" in versions
     assert "@inproceedings{ma2023delving," in text
     assert "title={Delving into Semantic Scale Imbalance}" in text
     assert "author={Ma, Yanbiao and Jiao, Licheng and Liu, Fang and Li, Yuxin and Yang, Shuyuan and Liu, Xu}" in text

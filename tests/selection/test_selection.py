@@ -14,17 +14,20 @@ from pathlib import Path
 import pytest
 import selection_worker as worker
 
-from hf_semscale.select.candidates import build_candidates
+from hf_semscale.select.candidates import GridSpec, build_candidates
 from hf_semscale.select.report import config_kwargs, write_selection
+from hf_semscale.select.runs import Job, RunStore
 from hf_semscale.select.selection import (
     RunEstimate,
     SelectionError,
     SelectionSettings,
     _plan,
+    _unfinished_waves,
     check_class_counts,
     choose_winner,
     estimate_seconds,
     fill_budget,
+    wall_seconds,
 )
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -50,12 +53,38 @@ def test_rule_prefers_the_best_unless_a_simpler_candidate_is_within_one_seed_std
     assert choose_winner(apart, cands)[0] == "dsb_balanced_softmax"
 
 
-def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits():
+def test_budget_plan_keeps_whole_candidates_and_refuses_a_budget_nothing_fits(tmp_path):
     cands = build_candidates(["ce", "dsb_ce"], epochs=10)  # ce: 1 + 2 runs; dsb_ce: 9 grid points + 2 runs
-    kept, skipped = _plan(cands, (0, 1, 2), {"ce": 10.0, "dsb_ce": 12.0}, SelectionSettings(workers=1, budget_min=1.0))
+    store, seeds = RunStore(tmp_path), (0, 1, 2)
+
+    def plan(run_s: dict[str, float], settings: SelectionSettings):
+        seconds = lambda cand: run_s[cand.name]
+        waves = lambda kept: _unfinished_waves(kept, seeds, 10, GridSpec(), store, seconds)
+        return _plan(cands, lambda kept: wall_seconds(waves(kept), settings.parallel_runs), seconds, seeds, settings)
+
+    kept, skipped = plan({"ce": 10.0, "dsb_ce": 12.0}, SelectionSettings(workers=1, budget_min=1.0))
     assert [c.name for c in kept] == ["ce"] and skipped == ["dsb_ce"]
     with pytest.raises(SelectionError, match="nothing fits"):
-        _plan(cands, (0, 1, 2), {"ce": 100.0, "dsb_ce": 120.0}, SelectionSettings(workers=1, budget_min=0.5))
+        plan({"ce": 100.0, "dsb_ce": 120.0}, SelectionSettings(workers=1, budget_min=0.5))
+    # runs on disk cost nothing: with dsb_ce's grid done (its first point best), only its 2 finals are left
+    for i, point in enumerate(cands[1].points):
+        store.save(Job.of(point, 0), {"validation": {"balanced_accuracy": 0.9 - i / 100}}, {})
+    waves = _unfinished_waves(cands, seeds, 10, GridSpec(), store, lambda cand: 1.0)
+    assert waves == [[1.0], [1.0] * 4]  # ce's one tuning run; 2 finals each
+    store.save(Job.of(cands[1].points[0], 1), {"validation": {"balanced_accuracy": 0.5}}, {})
+    assert _unfinished_waves(cands, seeds, 10, GridSpec(), store, lambda cand: 1.0)[1] == [1.0] * 3
+    kept, _ = plan({"ce": 10.0, "dsb_ce": 12.0}, SelectionSettings(workers=1, budget_min=1.0))
+    assert [c.name for c in kept] == ["ce", "dsb_ce"]  # 10 + 2 x 10 + 12 = 42 s
+
+
+def test_wall_seconds_runs_waves_one_after_another_on_the_first_free_worker():
+    assert wall_seconds([[10.0] * 4], workers=2) == 20.0
+    assert wall_seconds([[10.0] * 5], workers=2) == 30.0
+    assert wall_seconds([[30.0, 10.0, 10.0, 10.0]], workers=2) == 30.0  # the short ones share the other worker
+    assert wall_seconds([[10.0, 10.0, 10.0], [5.0]], workers=2) == 25.0  # the second wave waits for the first
+    assert wall_seconds([[], [5.0]], workers=3) == 5.0 and wall_seconds([], workers=1) == 0.0
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        wall_seconds([[1.0]], workers=0)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +213,9 @@ def test_selection_killed_with_sigkill_resumes_with_only_unfinished_runs_and_the
     result = {**whole, "regime": {"name": "long_tail_below_dim", "summary": "s", "feature_dim": 8}}
     paths = write_selection(tmp_path / "report", result, {"data_dir": "x", "num_train_epochs": 2})
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
-    assert whole["chosen"] in (tmp_path / "report" / "selection.md").read_text()
+    markdown = (tmp_path / "report" / "selection.md").read_text()
+    assert whole["chosen"] in markdown and whole["machine"]["cpu_count"] == os.cpu_count()
+    assert f"7 of 7 runs trained by this call in {whole['wall_time_s'] / 60:.1f} min on " in markdown
     recommended = (tmp_path / "report" / "recommended.yaml").read_text()
     for key, value in config_kwargs(whole).items():
         assert f"{key}: {value}" in recommended
