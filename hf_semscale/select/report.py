@@ -136,9 +136,11 @@ def write_selection(output_dir: str | Path, result: dict[str, Any], recipe: dict
     ]
     if result.get("validation_note"):
         text += [result["validation_note"], ""]
+    reused = result["runs_total"] - result["runs_executed"]
     text += [
         f"{result['runs_executed']} of {result['runs_total']} runs trained by this call in "
-        f"{result['wall_time_s'] / 60:.1f} min on {machine_text(result['machine'])}; the others were on disk.",
+        f"{result['wall_time_s'] / 60:.1f} min on {machine_text(result['machine'])}"
+        + (f"; {reused} were on disk." if reused else "."),
         "",
     ]
     if result.get("skipped_for_budget"):

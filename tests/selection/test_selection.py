@@ -216,6 +216,8 @@ def test_selection_killed_with_sigkill_resumes_with_only_unfinished_runs_and_the
     markdown = (tmp_path / "report" / "selection.md").read_text()
     assert whole["chosen"] in markdown and whole["machine"]["cpu_count"] == os.cpu_count()
     assert f"7 of 7 runs trained by this call in {whole['wall_time_s'] / 60:.1f} min on " in markdown
+    write_selection(tmp_path / "resumed", {**resumed, "regime": result["regime"]}, {"data_dir": "x"})
+    assert f"; {finished} were on disk." in (tmp_path / "resumed" / "selection.md").read_text()
     recommended = (tmp_path / "report" / "recommended.yaml").read_text()
     for key, value in config_kwargs(whole).items():
         assert f"{key}: {value}" in recommended
