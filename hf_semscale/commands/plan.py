@@ -16,6 +16,7 @@ import json
 import sys
 from dataclasses import fields
 
+from ..dsb.capacity import DEFAULT_GLOBAL_BATCH_SIZE, PoolPlan, ScaleTimeModel, format_bytes, plan_pool
 from ..dsb.settings import POOL_DTYPES, BalancerSettings
 
 _DEFAULTS = {f.name: f.default for f in fields(BalancerSettings)}
@@ -30,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-dim", type=int, required=True, help="d: the input size of the classification head.")
     parser.add_argument("--processes", type=int, nargs="+", default=[1], help="Process counts to plan for.")
     parser.add_argument(
-        "--global-batch-size", type=int, default=256, help="Samples per optimizer step over all processes."
+        "--global-batch-size",
+        type=int,
+        default=DEFAULT_GLOBAL_BATCH_SIZE,
+        help="Samples per optimizer step over all processes.",
     )
     parser.add_argument(
         "--pool-capacity", type=int, default=_DEFAULTS["pool_capacity"], help="K: pool rows per class min(n_c, K)."
@@ -55,7 +59,6 @@ def _class_counts(args: argparse.Namespace) -> list[int]:
 
 def _calibration_sides(counts: list[int], settings: BalancerSettings, dim: int) -> list[int]:
     """The calibrated matrix sides that matter here: up to the first at or above the largest ``min(m_c, d)``."""
-    from ..dsb.capacity import ScaleTimeModel
     from ..dsb.pool import pool_capacities
 
     largest = min(int(pool_capacities(counts, settings.pool_capacity).max()), dim)
@@ -66,35 +69,36 @@ def _calibration_sides(counts: list[int], settings: BalancerSettings, dim: int) 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..dsb.capacity import ScaleTimeModel, format_bytes, plan_pool
-
-    settings = BalancerSettings(
-        pool_capacity=args.pool_capacity,
-        pool_dtype=args.pool_dtype,
-        update_interval=args.update_interval,
-        shard_pool=not args.no_shard_pool,
-    )
-    counts = _class_counts(args)
-    model = None
-    if args.time and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"hf-semscale plan: --device {args.device}, but torch sees no CUDA device here. Fix: --device cpu"
-        )
-    if args.time:
-        print("calibrating the float64 volume rate on this machine ...", file=sys.stderr, flush=True)
-        model = ScaleTimeModel(
-            repeats=3, sides=_calibration_sides(counts, settings, args.feature_dim), device=args.device
-        )
-    try:
-        plans = {
+    def plans(model: ScaleTimeModel | None = None) -> dict[int, PoolPlan]:
+        return {
             p: plan_pool(counts, args.feature_dim, settings, p, args.global_batch_size, model) for p in args.processes
         }
+
+    try:  # settings, counts and sizes are checked here, before any calibration
+        settings = BalancerSettings(
+            pool_capacity=args.pool_capacity,
+            pool_dtype=args.pool_dtype,
+            update_interval=args.update_interval,
+            shard_pool=not args.no_shard_pool,
+        )
+        counts = _class_counts(args)
+        planned = plans()
     except ValueError as err:
         raise SystemExit(f"hf-semscale plan: {err}") from None
+    model = None
+    if args.time:
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(
+                f"hf-semscale plan: --device {args.device}, but torch sees no CUDA device here. Fix: --device cpu"
+            )
+        print("calibrating the float64 volume rate on this machine ...", file=sys.stderr, flush=True)
+        sides = _calibration_sides(counts, settings, args.feature_dim)
+        model = ScaleTimeModel(repeats=3, sides=sides, device=args.device)
+        planned = plans(model)
     if args.json:
-        print(json.dumps({str(p): plan.to_dict() for p, plan in plans.items()}, indent=2))
+        print(json.dumps({str(p): plan.to_dict() for p, plan in planned.items()}, indent=2))
         return 0
-    first = next(iter(plans.values()))
+    first = next(iter(planned.values()))
     print(
         f"{first.classes} classes, {first.samples:,} samples, d={args.feature_dim}; pool capacity "
         f"{'n_c' if settings.pool_capacity <= 0 else f'min(n_c, {settings.pool_capacity})'}, {settings.pool_dtype}, "
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         f"{settings.update_interval} steps, {args.global_batch_size} samples per step"
     )
     print("processes | pool memory / process | gather received / step | re-measurement (busiest) | per step")
-    for p, plan in plans.items():
+    for p, plan in planned.items():
         update = f"{plan.flops_per_update_busiest / 1e9:,.2f} GFLOP"
         step = f"{plan.flops_per_step_busiest / 1e9:,.3f} GFLOP"
         if plan.seconds_per_update_busiest is not None:

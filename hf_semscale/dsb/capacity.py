@@ -37,10 +37,13 @@ __all__ = [
     "process_shards",
     "timed_class_scales",
     "format_bytes",
+    "DEFAULT_GLOBAL_BATCH_SIZE",
 ]
 
 _GATHER_SIZES_BYTES = 16
 """The ``[1, 2]`` int64 batch sizes gathered before the features."""
+DEFAULT_GLOBAL_BATCH_SIZE = 256
+"""Samples per optimizer step over all processes, when a plan is not told."""
 
 
 def volume_flops(rows: int, dim: int) -> float:
@@ -164,7 +167,7 @@ def plan_pool(
     feature_dim: int,
     settings: BalancerSettings | None = None,
     processes: int = 1,
-    global_batch_size: int = 256,
+    global_batch_size: int = DEFAULT_GLOBAL_BATCH_SIZE,
     time_model: ScaleTimeModel | None = None,
 ) -> PoolPlan:
     """DSB's pool memory, gather traffic and re-measurement work for ``class_counts`` (training samples per class)
@@ -183,9 +186,7 @@ def plan_pool(
             raise ValueError(f"{name} must be >= 1, got {value}")
     caps = pool_capacities(list(class_counts), s.pool_capacity).tolist()
     shards = process_shards(caps, feature_dim, processes)
-    whole = estimate_pool_bytes(torch.tensor(caps), feature_dim, s.pool_dtype)
     rows_busiest = max(sum(caps[c] for c in shard) for shard in shards) if processes > 1 and s.shard_pool else sum(caps)
-    per_process = whole * rows_busiest // sum(caps)
     work = max(sum(volume_flops(caps[c], feature_dim) for c in shard) for shard in shards)
     sent = (
         math.ceil(global_batch_size / processes) * (feature_dim + 1) * 4 + _GATHER_SIZES_BYTES if processes > 1 else 0
@@ -197,8 +198,8 @@ def plan_pool(
         classes=len(caps),
         samples=int(sum(class_counts)),
         pool_rows=int(sum(caps)),
-        pool_bytes_per_process=per_process,
-        pool_bytes_one_process=whole,
+        pool_bytes_per_process=estimate_pool_bytes(torch.tensor([rows_busiest]), feature_dim, s.pool_dtype),
+        pool_bytes_one_process=estimate_pool_bytes(torch.tensor(caps), feature_dim, s.pool_dtype),
         gather_bytes_sent_per_step=sent,
         gather_bytes_received_per_step=processes * sent,
         flops_per_update_busiest=work,

@@ -40,6 +40,7 @@ __all__ = [
     "check_class_counts",
     "estimate_seconds",
     "fill_budget",
+    "wall_seconds",
     "RunEstimate",
     "METRICS",
     "mean_std",
@@ -210,8 +211,9 @@ def _unfinished_waves(
     todo: dict[Job, float] = {}
     finals = []
     for name, cand in trained.items():
-        todo.update({j: run_s(cand) for j in tuning[name] if store.record(j) is None})
-        if any(store.record(j) is None for j in tuning[name]):
+        missing = [j for j in tuning[name] if store.record(j) is None]
+        todo.update(dict.fromkeys(missing, run_s(cand)))
+        if missing:
             finals += [run_s(cand)] * (len(seeds) - 1)
         else:
             point = _choose_point(cand, tuning[name], store)[0]

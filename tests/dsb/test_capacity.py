@@ -146,8 +146,12 @@ def test_cli_plans_a_dataset_and_given_counts(tmp_path, capsys):
 def test_cli_refuses_bad_numbers_and_a_missing_device(monkeypatch):
     with pytest.raises(SystemExit, match="feature_dim must be >= 1"):
         main(["plan", "--class-counts", "5", "4", "--feature-dim", "0"])
-    with pytest.raises(SystemExit, match="class_counts must be"):
-        main(["plan", "--class-counts", "5", "-4", "--feature-dim", "8"])
+    with pytest.raises(SystemExit, match="class_counts must be"):  # before any --time calibration
+        main(["plan", "--class-counts", "5", "-4", "--feature-dim", "8", "--time"])
+    with pytest.raises(SystemExit, match="update_interval must be >= 1"):
+        main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--update-interval", "0"])
+    with pytest.raises(SystemExit, match="pool_capacity must be >= 0"):
+        main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--pool-capacity", "-3"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device here. Fix: --device cpu"):
         main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--time", "--device", "cuda"])
