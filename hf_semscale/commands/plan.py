@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _class_counts(args: argparse.Namespace) -> list[int]:
     if args.class_counts is not None:
+        if args.split != "train" or args.label_column is not None:
+            raise ValueError(
+                "--split and --label-column choose what --dataset counts. Fix: drop them, or use --dataset"
+            )
         return args.class_counts
     from ..data import class_counts, load_dataset_any
 
@@ -85,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         planned = plans()
     except ValueError as err:
         raise SystemExit(f"hf-semscale plan: {err}") from None
+    if args.device != "cpu" and not args.time:
+        raise SystemExit(
+            f"hf-semscale plan: --device {args.device} is where --time measures. Fix: add --time, or drop --device"
+        )
     model = None
     if args.time:
         if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

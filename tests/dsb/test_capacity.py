@@ -152,6 +152,10 @@ def test_cli_refuses_bad_numbers_and_a_missing_device(monkeypatch):
         main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--update-interval", "0"])
     with pytest.raises(SystemExit, match="pool_capacity must be >= 0"):
         main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--pool-capacity", "-3"])
+    with pytest.raises(SystemExit, match="--split and --label-column choose what --dataset counts"):
+        main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--label-column", "intent"])
+    with pytest.raises(SystemExit, match="is where --time measures. Fix: add --time"):
+        main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--device", "cuda"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device here. Fix: --device cpu"):
         main(["plan", "--class-counts", "5", "4", "--feature-dim", "8", "--time", "--device", "cuda"])
